@@ -1,0 +1,71 @@
+"""Intruder dimensions (Shuttleworth et al. 2024, "LoRA vs Full Fine-tuning: An Illusion of Equivalence").
+
+A fine-tune changes W₀ into W = W₀ + ΔW. A top singular vector u_k of W is an intruder when it is dissimilar to
+every singular vector of W₀:  max_l |⟨u_k, u_l(W₀)⟩| < ε. LoRA is reported to create such directions with large
+singular values; full fine-tuning mostly rotates existing ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .spectra import _as_matrix, svd
+
+
+@dataclass(frozen=True)
+class Intruders:
+    """Which of the top-k left singular vectors of the tuned W are intruders.
+
+    Attributes:
+        k: number of top singular vectors examined.
+        threshold: ε; a vector is an intruder when its largest |cos| with W₀'s singular vectors is below it.
+        max_cosine: float64 (k,), max_l |⟨u_k(W), u_l(W₀)⟩| for each of the top-k vectors of W.
+    """
+
+    k: int
+    threshold: float
+    max_cosine: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.max_cosine < self.threshold
+
+    @property
+    def count(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def ranks(self) -> list[int]:
+        """1-based positions (in W's spectrum) of the intruders."""
+        return [int(i) + 1 for i in torch.nonzero(self.mask).flatten()]
+
+
+def left_singular_basis(weight: torch.Tensor) -> torch.Tensor:
+    """All left singular vectors of W (out x min(out, in)), float64."""
+    return svd(_as_matrix(weight, "weight"))[0]
+
+
+def intruder_dimensions(
+    base: torch.Tensor,
+    tuned: torch.Tensor,
+    k: int = 10,
+    threshold: float = 0.5,
+    base_basis: torch.Tensor | None = None,
+) -> Intruders:
+    """Intruder dimensions among the top-k left singular vectors of ``tuned`` relative to ``base`` (W₀).
+
+    ``base_basis`` (``left_singular_basis(base)``) may be passed to reuse W₀'s decomposition across runs.
+    """
+    w0, w = _as_matrix(base, "base"), _as_matrix(tuned, "tuned")
+    if w0.shape != w.shape:
+        raise ValueError(f"base {tuple(w0.shape)} and tuned {tuple(w.shape)} must have one shape")
+    n = min(w.shape)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold ε must be in (0, 1], got {threshold!r}")
+    u0 = left_singular_basis(w0) if base_basis is None else _as_matrix(base_basis, "base_basis")
+    cos = (svd(w)[0][:, :k].T @ u0).abs()
+    return Intruders(k=k, threshold=threshold, max_cosine=cos.max(dim=1).values)

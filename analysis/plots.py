@@ -1,0 +1,195 @@
+"""Matplotlib figures in the paper's layout. Each function takes computed numbers and returns a Figure;
+``save_figure`` writes PNG + PDF with a footnote naming the runs the figure came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.lines  # noqa: E402
+import matplotlib.patches  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .modules import KIND_LABELS, parse_module, targets_label  # noqa: E402
+from .runs import runs_footnote  # noqa: E402
+from .tables import PAPER_TASK_ORDER  # noqa: E402
+from .weight_tables import SubspaceGrids  # noqa: E402
+
+CMAP = "viridis"
+DPI = 150
+
+
+def save_figure(fig: Figure, out: Path, stem: str, runs: Sequence[str], notes: Sequence[str] = (),
+                formats: Sequence[str] = ("png", "pdf")) -> list[Path]:  # fmt: skip
+    """Write ``out/stem.<fmt>`` for each format, with the source runs (and notes) as a footnote; close the figure."""
+    out.mkdir(parents=True, exist_ok=True)
+    footnote = "; ".join([*notes, runs_footnote(runs)])
+    # Below the axes (y < 0); bbox_inches="tight" grows the saved image to include it.
+    fig.text(0.005, -0.01, footnote, fontsize=6, color="0.35", ha="left", va="top", wrap=True)
+    paths = []
+    for fmt in formats:
+        path = out / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _ticks(n: int) -> list[int]:
+    return list(range(1, n + 1)) if n <= 10 else sorted({int(round(x)) for x in np.linspace(1, n, 8)})
+
+
+def _heatmap(ax, grid: torch.Tensor, title: str, xlabel: str, ylabel: str):
+    rows, cols = grid.shape
+    image = ax.imshow(grid.numpy(), cmap=CMAP, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest",
+                      extent=(0.5, cols + 0.5, rows + 0.5, 0.5))  # fmt: skip
+    ax.set_xticks(_ticks(cols))
+    ax.set_yticks(_ticks(rows))
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=7)
+    return image
+
+
+def plot_subspace_grids(data: SubspaceGrids, zoom: int | None = None) -> Figure:
+    """Heatmaps of φ(i, j), one panel per grid, colour bar 0–1; with ``zoom``, each grid larger than zoom x zoom gets
+    a second panel of its top-left zoom x zoom corner (Figure 3's right half)."""
+    panels = [(title, grid) for title, grid in data.grids.items()]
+    if zoom is not None:
+        panels += [(f"{title}, i, j ≤ {zoom}", grid[:zoom, :zoom]) for title, grid in data.grids.items()
+                   if max(grid.shape) > zoom]  # fmt: skip
+    widths = [min(3.0, max(1.0, g.shape[1] / max(g.shape[0], 1))) for _, g in panels]  # 8 x 64 grids drawn wide
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.1 * sum(widths) + 1.2, 3.0), layout="constrained",
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)  # fmt: skip
+    image = None
+    for n, (ax, (title, grid)) in enumerate(zip(axes[0], panels)):
+        image = _heatmap(ax, grid, title, "j", "i" if n == 0 else "")
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.025, pad=0.02, label="φ(i, j)")
+    fig.suptitle(f"{data.title}\n{data.ylabel}; {data.xlabel}", fontsize=10)
+    return fig
+
+
+def plot_metric_vs_rank(runs: pd.DataFrame) -> Figure:
+    """Table 6 as a plot: median metric (×100) vs r per target set, min–max over seeds shaded, full FT dashed."""
+    lora = runs[(runs["method"] == "lora") & runs["rank"].notna()]
+    tasks = [t for t in PAPER_TASK_ORDER if t in set(lora["task"])] + sorted(set(lora["task"]) - set(PAPER_TASK_ORDER))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.0 * len(tasks), 3.2), squeeze=False, layout="constrained")
+    for ax, task in zip(axes[0], tasks):
+        on_task = lora[lora["task"] == task]
+        for targets, group in on_task.groupby("targets"):
+            stats = group.groupby("rank")["score"].agg(["median", "min", "max"]).sort_index() * 100
+            ranks = stats.index.astype(int)
+            ax.plot(ranks, stats["median"], marker="o", label=f"LoRA {targets_label(targets)}")
+            ax.fill_between(ranks, stats["min"], stats["max"], alpha=0.2)
+        full = runs[(runs["method"] == "full") & (runs["task"] == task)]
+        if len(full):
+            ax.axhline(full["score"].median() * 100, color="0.3", ls="--", lw=1, label="full fine-tuning")
+        ax.set_xscale("log", base=2)
+        ranks = sorted(int(r) for r in on_task["rank"].unique())
+        ax.set_xticks(ranks, [str(r) for r in ranks])
+        ax.set_xlabel("LoRA rank r")
+        ax.set_ylabel(f"{on_task['metric'].iloc[0]} ×100 (best epoch)")
+        ax.set_title(f"{task}: metric vs rank (median over seeds, band = min–max)", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _config_styles(configs: Sequence[str]) -> dict[str, str]:
+    """Full FT solid, each LoRA config its own dash pattern, so colour can stand for the module kind."""
+    dashes = iter(["--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3))] * 4)
+    return {c: "-" if c == "full FT" else next(dashes) for c in configs}
+
+
+def plot_spectra(frame: pd.DataFrame, curves: dict[str, dict[str, torch.Tensor]], layer: int) -> Figure:
+    """(a) cumulative energy Σ_{l≤k}σ_l²/Σσ² vs k at one layer; (b) rank reaching 90% energy per layer.
+    Colour: module kind; line style: full FT (solid) or LoRA config."""
+    fig, (ax_e, ax_r) = plt.subplots(1, 2, figsize=(12, 3.8), layout="constrained")
+    colors = {kind: f"C{i}" for i, kind in enumerate(KIND_LABELS)}
+    styles = _config_styles(list(curves))
+    for config, by_module in curves.items():
+        for name, energy in by_module.items():
+            mid = parse_module(name)
+            if mid.layer == layer and energy.any():
+                k = np.arange(1, energy.numel() + 1)
+                ax_e.plot(k, energy.numpy(), ls=styles[config], color=colors.get(mid.kind, "0.5"), lw=1.3)
+    ax_e.axhline(0.9, color="0.5", ls=":", lw=1)
+    ax_e.set_xscale("log")
+    ax_e.set_xlabel("k (number of singular directions)")
+    ax_e.set_ylabel(r"cumulative energy $\sum_{l\leq k}\sigma_l^2 / \sum_l \sigma_l^2$")
+    ax_e.set_title(f"(a) ΔW spectra, layer {layer} (dotted: 90%)", fontsize=10)
+    ax_e.grid(alpha=0.3)
+    by_kind = {label: kind for kind, label in KIND_LABELS.items()}
+    for config, group in frame.groupby("method", sort=False):
+        for module, rows in group.groupby("module", sort=False):
+            ax_r.plot(rows["layer"], rows["rank@90%"], ls=styles.get(config, "--"), marker="o", ms=3,
+                      color=colors.get(by_kind.get(module), "0.5"))  # fmt: skip
+    ax_r.set_yscale("log")
+    ax_r.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax_r.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_r.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax_r.set_xlabel("layer")
+    ax_r.set_ylabel("rank reaching 90% of Σσ²")
+    ax_r.set_title("(b) rank at 90% energy per layer and module", fontsize=10)
+    ax_r.xaxis.get_major_locator().set_params(integer=True)
+    ax_r.grid(alpha=0.3)
+    kinds = [k for k in KIND_LABELS if k in {by_kind.get(m) for m in frame["module"]}]
+    module_handles = [matplotlib.lines.Line2D([], [], color=colors[k], label=KIND_LABELS[k]) for k in kinds]
+    config_handles = [matplotlib.lines.Line2D([], [], color="0.2", ls=ls, label=c) for c, ls in styles.items()]
+    fig.legend(handles=module_handles + config_handles, loc="outside right upper", fontsize=7, title="module / update",
+               title_fontsize=7)  # fmt: skip
+    return fig
+
+
+def plot_overlap(frame: pd.DataFrame) -> Figure:
+    """φ(r, r) between LoRA's and full FT's top-r left subspaces per layer, random-subspace r/d dotted."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
+    for i, ((config, module), rows) in enumerate(frame.groupby(["LoRA", "module"], sort=False)):
+        ax.plot(rows["layer"], rows["φ left (k=r)"], "-o", ms=4, color=f"C{i}", label=f"{module}, {config}")
+        ax.plot(rows["layer"], rows["random left r/d_out"], ":", color=f"C{i}", lw=1)
+    ax.plot([], [], ":", color="0.4", label="random subspaces (r/d)")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("φ(r, r), left singular vectors")
+    ax.set_title("Top-r subspace overlap of ΔW: LoRA vs full fine-tuning", fontsize=10)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_intruders(frame: pd.DataFrame) -> Figure:
+    """Intruder counts per layer, one panel per module kind, one bar per method (LoRA configs, full FT)."""
+    lora_modules = set(frame.loc[frame["method"] != "full FT", "module"])
+    modules = [m for m in KIND_LABELS.values() if m in (lora_modules or set(frame["module"]))]
+    methods = list(dict.fromkeys(frame["method"]))
+    fig, axes = plt.subplots(1, len(modules), figsize=(3.6 * len(modules) + 1.5, 3.4), squeeze=False, sharey=True,
+                             layout="constrained")  # fmt: skip
+    width = 0.8 / len(methods)
+    k = int(frame["k"].max())
+    for ax, module in zip(axes[0], modules):
+        for i, method in enumerate(methods):
+            rows = frame[(frame["module"] == module) & (frame["method"] == method)]
+            ax.bar(rows["layer"] + (i - (len(methods) - 1) / 2) * width, rows["intruders"], width, color=f"C{i}")
+        ax.set_title(module, fontsize=10)
+        ax.set_xlabel("layer")
+        ax.set_ylim(0, k)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel(f"intruder dimensions among top-{k}")
+    handles = [matplotlib.patches.Patch(color=f"C{i}", label=m) for i, m in enumerate(methods)]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7)
+    eps = frame["ε"].iloc[0]
+    fig.suptitle(f"Intruder dimensions: top-{k} singular vectors of W₀+ΔW with max |cos| to W₀'s < {eps:g}",
+                 fontsize=10)
+    return fig

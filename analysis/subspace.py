@@ -1,0 +1,97 @@
+"""Normalised subspace similarity between learned directions (Hu et al. 2021, §7.2, Figures 3 and 4).
+
+    φ(U₁, U₂, i, j) = ‖U₁[:, :i]ᵀ U₂[:, :j]‖²_F / min(i, j)  ∈ [0, 1]
+
+for orthonormal U₁ (d x r₁) and U₂ (d x r₂). The numerator is Σ cos² θ_k over the min(i, j) principal angles θ between
+span(U₁[:, :i]) and span(U₂[:, :j]), so φ is the mean cos² of those angles: 1 when one span contains the other, 0
+when they are orthogonal. For LoRA the paper takes U as the right-singular vectors of the A factor (r x in), the
+directions A reads from the input.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .spectra import _as_matrix, random_gaussian, svd, top_singular_vectors
+
+_ORTHONORMAL_TOL = 1e-6
+
+
+def _orthonormal_columns(u: torch.Tensor, what: str) -> torch.Tensor:
+    u = _as_matrix(u, what)
+    gram = u.T @ u
+    err = float((gram - torch.eye(gram.shape[0], dtype=gram.dtype)).abs().max()) if gram.numel() else 0.0
+    if err > _ORTHONORMAL_TOL:
+        raise ValueError(
+            f"{what} must have orthonormal columns (max |UᵀU - I| = {err:.2e}); "
+            f"pass singular vectors, e.g. top_singular_vectors(A, r, 'right')"
+        )
+    return u
+
+
+def subspace_similarity(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    """The φ grid for every i ≤ r₁, j ≤ r₂ at once: entry (i-1, j-1) = φ(U₁, U₂, i, j), float64 r₁ x r₂.
+
+    One pass: with G = (U₁ᵀU₂)∘², ‖U₁[:, :i]ᵀ U₂[:, :j]‖²_F = Σ_{a≤i, b≤j} G_ab is the 2-D cumulative sum of G, so
+    the whole grid costs one d x r₁ x r₂ product instead of r₁·r₂ decompositions.
+    """
+    u1 = _orthonormal_columns(u1, "U1")
+    u2 = _orthonormal_columns(u2, "U2")
+    if u1.shape[0] != u2.shape[0]:
+        raise ValueError(f"U1 and U2 must live in the same space, got {u1.shape[0]} and {u2.shape[0]} rows")
+    g = (u1.T @ u2).square()
+    overlap = g.cumsum(0).cumsum(1)
+    i = torch.arange(1, u1.shape[1] + 1, dtype=torch.float64)[:, None]
+    j = torch.arange(1, u2.shape[1] + 1, dtype=torch.float64)[None, :]
+    # Rounding can push a perfect overlap a hair above 1; φ is a mean of cos², so clamp to its range.
+    return (overlap / torch.minimum(i, j)).clamp_(0.0, 1.0)
+
+
+def lora_subspace_similarity(a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
+    """φ(A₁, A₂, i, j) between two LoRA A factors (r₁ x in, r₂ x in) through their right-singular vectors (§7.2)."""
+    a1, a2 = _as_matrix(a1, "A1"), _as_matrix(a2, "A2")
+    if a1.shape[1] != a2.shape[1]:
+        raise ValueError(f"A factors must share the input dimension, got {tuple(a1.shape)} and {tuple(a2.shape)}")
+    return subspace_similarity(
+        top_singular_vectors(a1, min(a1.shape), "right"), top_singular_vectors(a2, min(a2.shape), "right")
+    )
+
+
+def random_subspace_similarity(shape1: tuple[int, int], shape2: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """The baseline of Figure 4: φ between two random Gaussian matrices shaped like the A factors compared."""
+    return lora_subspace_similarity(random_gaussian(shape1, seed), random_gaussian(shape2, seed + 1))
+
+
+def expected_random_similarity(k: int, d: int) -> float:
+    """E[φ(k, k)] for two independent uniformly random k-dimensional subspaces of R^d: k / d.
+
+    (E‖U₁ᵀU₂‖²_F = k·k/d for U₂ uniform, divided by min(k, k) = k.)
+    """
+    if not 1 <= k <= d:
+        raise ValueError(f"need 1 <= k <= d, got k={k}, d={d}")
+    return k / d
+
+
+def delta_overlaps(delta1: torch.Tensor, delta2: torch.Tensor, k: int) -> tuple[float, float]:
+    """(left, right): φ(k, k) between the top-k left and right singular subspaces of two updates of one layer.
+
+    Used beyond the paper for LoRA vs full fine-tuning: how much of a full fine-tune's top-k ΔW subspace the
+    rank-k LoRA update finds. Compare to ``expected_random_similarity(k, d)``.
+    """
+    d1, d2 = _as_matrix(delta1, "delta1"), _as_matrix(delta2, "delta2")
+    if d1.shape != d2.shape:
+        raise ValueError(f"updates of the same layer must have one shape, got {tuple(d1.shape)} and {tuple(d2.shape)}")
+    if not 1 <= k <= min(d1.shape):
+        raise ValueError(f"k must be in [1, {min(d1.shape)}], got {k}")
+    (u1, _, vh1), (u2, _, vh2) = svd(d1), svd(d2)
+    left = subspace_similarity(u1[:, :k], u2[:, :k])[k - 1, k - 1]
+    right = subspace_similarity(vh1[:k].T, vh2[:k].T)[k - 1, k - 1]
+    return float(left), float(right)
+
+
+def delta_overlap(delta1: torch.Tensor, delta2: torch.Tensor, k: int, side: str = "left") -> float:
+    """φ(k, k) between the top-k ``side`` ("left" or "right") singular subspaces of two updates; see
+    ``delta_overlaps``."""
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    return delta_overlaps(delta1, delta2, k)[side == "right"]

@@ -1,0 +1,224 @@
+"""The paper's metric tables from the run table (``analysis.runs.scan_runs``), and CSV + Markdown writers.
+
+- Table 2: task metric per task, LoRA vs full fine-tuning, trainable parameters, median over seeds.
+- Table 5: metric per target set (Wq, Wk, Wv, Wo, {Wq, Wv}, ...) at a fixed budget of trainable parameters.
+- Table 6: metric vs LoRA rank r for each target set.
+
+Scores are the primary metric at each run's best epoch, ×100 as the paper prints them (accuracy, Matthews
+correlation, Pearson). Every builder returns a ``Table`` or raises ``MissingRuns`` naming what is absent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from .modules import targets_label
+from .runs import MissingRuns, runs_footnote
+
+PAPER_TASK_ORDER = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")
+
+
+@dataclass
+class Table:
+    """A result table with its title, the runs it came from and notes for the reader."""
+
+    frame: pd.DataFrame
+    title: str
+    runs: list[str]
+    notes: list[str] = field(default_factory=list)
+    formats: dict[str, Callable[[object], str]] = field(default_factory=dict)
+    float_format: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------- writers
+
+
+def _cell(value: object, fmt: Callable[[object], str] | None, float_format: str | None = None) -> str:
+    if fmt is not None and not _missing(value):
+        return fmt(value)
+    if _missing(value):
+        return "—"
+    if isinstance(value, float) and float_format:
+        return format(value, float_format)
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
+    return str(value).replace("|", "\\|")
+
+
+def _missing(value: object) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def to_markdown(
+    frame: pd.DataFrame, formats: dict[str, Callable[[object], str]] | None = None, float_format: str | None = None
+) -> str:
+    """A GitHub-flavoured Markdown table; numeric columns right-aligned, missing cells as '—'.
+
+    ``formats`` maps a column to a formatter; other floats use ``float_format`` (e.g. ``".2f"``) or one decimal.
+    """
+    formats = formats or {}
+    header = [str(c).replace("|", "\\|") for c in frame.columns]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+    rows = [
+        [_cell(v, formats.get(c), float_format) for c, v in zip(frame.columns, rec)]
+        for rec in frame.itertuples(index=False)
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(table: Table, out: Path, stem: str) -> list[Path]:
+    """``out/stem.csv`` (unrounded) and ``out/stem.md`` (title, table, notes, source runs)."""
+    out.mkdir(parents=True, exist_ok=True)
+    csv, md = out / f"{stem}.csv", out / f"{stem}.md"
+    table.frame.to_csv(csv, index=False)
+    notes = "".join(f"\n{n}\n" for n in table.notes)
+    body = to_markdown(table.frame, table.formats, table.float_format)
+    md.write_text(f"## {table.title}\n\n{body}{notes}\n_{runs_footnote(table.runs)}_\n")
+    return [csv, md]
+
+
+def human_count(n: object) -> str:
+    """74498 -> '74.5K', 22788866 -> '22.8M' (the paper's '0.3M' style)."""
+    n = float(n)  # type: ignore[arg-type]
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _tasks(frame: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(frame["task"].dropna()))
+    return [t for t in PAPER_TASK_ORDER if t in present] + sorted(t for t in present if t not in PAPER_TASK_ORDER)
+
+
+def _config_label(row: pd.Series, vary: dict[str, bool]) -> str:
+    if row["method"] == "full":
+        return f"{row['model']} FT"
+    parts = [f"r={row['rank']}", targets_label(row["targets"])]
+    if vary.get("alpha"):
+        parts.append(f"α={row['alpha']:g}")
+    if vary.get("init"):
+        parts.append(str(row["init"]))
+    if row.get("rslora") is True:
+        parts.append("rsLoRA")
+    return f"{row['model']} LoRA ({', '.join(parts)})"
+
+
+def _seed_range(counts: pd.Series) -> str:
+    lo, hi = int(counts.min()), int(counts.max())
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+
+
+def table2(runs: pd.DataFrame) -> Table:
+    """Table 2 analogue: one row per model / method / LoRA config, one column per task, median of seeds ×100."""
+    if runs.empty:
+        raise MissingRuns("Table 2 needs LoRA and full fine-tuning runs; no complete runs were found")
+    methods = {m: set(runs.loc[runs["method"] == m, "task"]) for m in ("lora", "full")}
+    shared = methods["lora"] & methods["full"]
+    if not shared:
+        have = ", ".join(f"{m} on {sorted(t) or 'no task'}" for m, t in methods.items())
+        raise MissingRuns(f"Table 2 needs LoRA and full fine-tuning runs on a common task; found {have}")
+    lora = runs[runs["method"] == "lora"]
+    vary = {c: lora[c].nunique(dropna=False) > 1 for c in ("alpha", "init")}
+    frame = runs.assign(config=[_config_label(r, vary) for _, r in runs.iterrows()])
+    tasks = _tasks(frame)
+    rows = []
+    for config, group in frame.groupby("config", sort=False):
+        per_task = group.groupby("task")["score"]
+        medians, counts = per_task.median() * 100, per_task.size()
+        row = {"model / method": config, "trainable": group["trainable_params"].median()}
+        row.update({t: medians.get(t, math.nan) for t in tasks})
+        if len(tasks) > 1:
+            row["avg"] = medians.mean() if len(medians) == len(tasks) else math.nan
+        row["seeds"] = _seed_range(counts)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["_full"] = table["model / method"].str.endswith(" FT")
+    table = table.sort_values(["_full", "model / method"], ascending=[False, True]).drop(columns="_full")
+    metrics = frame.groupby("task")["metric"].first()
+    return Table(
+        frame=table.reset_index(drop=True),
+        title="Table 2 analogue: LoRA vs full fine-tuning (median over seeds, best epoch, ×100)",
+        runs=list(runs["label"]),
+        notes=["Metrics: " + ", ".join(f"{t} {metrics[t]}" for t in tasks) + ". Trainable parameters include the "
+               "task head (median over runs of the row)."],
+        formats={"trainable": human_count},
+    )  # fmt: skip
+
+
+def table6(runs: pd.DataFrame) -> Table:
+    """Table 6 analogue: metric vs rank r, one row per task and target set, median of seeds ×100."""
+    lora = runs[(runs["method"] == "lora") & runs["rank"].notna()]
+    counts = lora.groupby(["task", "targets"])["rank"].nunique() if not lora.empty else pd.Series(dtype=int)
+    usable = counts[counts >= 2]
+    if usable.empty:
+        found = ", ".join(f"{t}/{g}: r={sorted(lora[(lora.task == t) & (lora.targets == g)]['rank'].unique())}"
+                          for t, g in counts.index) or "no LoRA runs"  # fmt: skip
+        raise MissingRuns(f"Table 6 needs LoRA runs at two or more ranks on the same task and targets; found {found}")
+    ranks = sorted(int(r) for r in lora["rank"].unique())
+    rows, used = [], []
+    for task, targets in usable.index:
+        group = lora[(lora["task"] == task) & (lora["targets"] == targets)]
+        used += list(group["label"])
+        med = group.groupby("rank")["score"].median() * 100
+        row = {"task": task, "weight type": targets_label(targets)}
+        row.update({f"r={r}": med.get(r, math.nan) for r in ranks})
+        row["seeds"] = _seed_range(group.groupby("rank").size())
+        rows.append(row)
+    return Table(
+        frame=pd.DataFrame(rows),
+        title="Table 6 analogue: metric vs LoRA rank r (median over seeds, best epoch, ×100)",
+        runs=used,
+    )
+
+
+def table5(runs: pd.DataFrame) -> Table:
+    """Table 5 analogue: metric per target set at one budget of trainable parameters, per task.
+
+    Within a task the head is the same for every run, so runs with equal ``trainable_params`` have equal LoRA
+    budgets (Wq at r=8 = {Wq, Wk} at r=4 = all four at r=2 for square projections). Per task the budget shared by
+    the most target sets is shown.
+    """
+    lora = runs[(runs["method"] == "lora") & runs["trainable_params"].notna()]
+    picks = []
+    for task, group in lora.groupby("task"):
+        by_budget = group.groupby("trainable_params")["targets"].nunique()
+        if by_budget.max() >= 2:
+            budget = by_budget[by_budget == by_budget.max()].index.max()
+            picks.append((task, int(budget), group[group["trainable_params"] == budget]))
+    if not picks:
+        raise MissingRuns(
+            "Table 5 needs LoRA runs on two or more target sets with the same number of trainable parameters "
+            f"(e.g. targets=q r=8 and targets=qv r=4); found target sets {sorted(set(lora['targets'].dropna()))}"
+        )
+    order = ["q", "k", "v", "o", "qk", "qv", "qkvo", "all"]
+    targets = sorted({t for _, _, g in picks for t in g["targets"]}, key=lambda t: (order + [t]).index(t))
+    rows = []
+    for t in targets:
+        row: dict[str, object] = {"weight type": targets_label(t)}
+        ranks = sorted({int(r) for _, _, g in picks for r in g.loc[g["targets"] == t, "rank"]})
+        row["rank r"] = ", ".join(map(str, ranks))
+        for task, _, group in picks:
+            row[task] = group.loc[group["targets"] == t, "score"].median() * 100
+        rows.append(row)
+    return Table(
+        frame=pd.DataFrame(rows),
+        title="Table 5 analogue: metric per weight type at a fixed parameter budget (median over seeds, ×100)",
+        runs=[label for _, _, g in picks for label in g["label"]],
+        notes=["Budget (trainable parameters incl. head): " + ", ".join(f"{t} {human_count(b)}" for t, b, _ in picks)],
+    )

@@ -1,0 +1,253 @@
+"""Training-step time and peak memory: lorakit LoRA, HF PEFT LoRA (same config) and full fine-tuning.
+
+A step is forward + backward + AdamW step + zero_grad on one fixed batch. All variants of a model live in one process
+(frozen weights shared) and take their steps in turn — one step of each, then the next round in reverse order — so a
+load spike from another process lands on every variant; the time is the median over rounds after warm-up. Peak memory
+comes from a fresh process per variant (see ``common.PeakMemory``).
+
+    python -m benchmarks.train_step                       # MiniLM + RoBERTa-base, r 8/64, targets qv/all
+    python -m benchmarks.train_step --models tiny --steps 2 --warmup 1 --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+from contextlib import nullcontext
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import common
+from .models import Variant, accounting, build_base, build_variant, check_same_adaptation, make_batch
+
+MEMORY_NOTE = (
+    "'peak' on a CPU is the peak resident set size of a fresh process that builds only this variant and runs its "
+    "training steps, over those steps (the high-water mark is reset after the build), with glibc's mmap threshold "
+    "pinned so that RSS tracks live memory (see common.pin_mmap_threshold); it includes ~0.3-0.4 GB of Python/torch "
+    "runtime, the same for every variant. On a GPU it is torch.cuda.max_memory_allocated over the same steps. "
+    "'tensor peak' (CPU) counts live tensors only: weights, AdamW state and batch at the start of the last step plus "
+    "their peak growth within it (profiler allocation events). 'static' is the analytic weights + gradients + AdamW "
+    "moments (fp32). 'saved vs full' is full FT's peak minus this variant's, to compare with the gradient + Adam "
+    "bytes that LoRA does not hold (the bound in brackets)."
+)
+
+
+def variants_for(ranks: list[int], targets: list[str]) -> list[Variant]:
+    """Full FT, both libraries at every (r, targets), and a second PEFT instance of the first config (noise floor)."""
+    lora = [Variant(method, r, t) for r in ranks for t in targets for method in ("lorakit", "peft")]
+    return [Variant("full"), *lora, Variant("peft", ranks[0], targets[0], replica=1)]
+
+
+def noise_floor(variants: list[Variant], times: dict[Variant, list[float]]) -> dict[str, Any]:
+    """The ratio between two identical instances timed side by side: how far from 1.00 noise alone moves a ratio."""
+    copy = next(v for v in variants if v.replica)
+    original = Variant(copy.method, copy.r, copy.targets)
+    medians = [common.summarize(times[v])["median_ms"] for v in (copy, original)]
+    return {"variants": [copy.label, original.label], "ratio": common.ratio(*medians),
+            "paired_ratio": common.paired_ratio(times[copy], times[original])}
+
+
+def make_step(model: nn.Module, device: str, lr: float = 1e-4) -> Callable[[dict[str, torch.Tensor]], None]:
+    """One optimisation step on a batch; the optimizer is torch's default AdamW for every variant."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        with common.amp(device):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step.optimizer = optimizer
+    return step
+
+
+def measure_memory(name: str, variant: Variant, args: dict[str, Any]) -> dict[str, Any]:
+    """Runs in its own process: build one variant, take ``mem_steps`` steps, report the peaks (MB).
+
+    ``peak_mb``: peak RSS (CPU) or max_memory_allocated (GPU) over the steps. ``tensor_peak_mb`` (CPU): live tensor
+    bytes at the start of the last step (weights, AdamW state, batch) plus their peak growth within it, from the
+    profiler — the last step is the first that starts with the optimizer state allocated.
+    """
+    pinned = args["pin_malloc"] and args["device"] == "cpu" and common.pin_mmap_threshold()
+    torch.set_num_threads(args["threads"])
+    device = args["device"]
+    model, _ = build_variant(name, variant, init=args["init"])
+    model.to(device).train()
+    step, batch = make_step(model, device), make_batch(model, args["batch"], args["seq_len"], device)
+    with common.PeakMemory(device) as memory:
+        for _ in range(args["mem_steps"] - 1):
+            step(batch)
+        live = common.live_bytes([*model.parameters(), *model.buffers(), *batch.values(), *optimizer_state(step)])
+        with common.tensor_peak() if device == "cpu" else nullcontext({}) as trace:
+            step(batch)
+    result = {"peak_mb": round(memory.peak / common.MB, 1), "at_start_mb": round(memory.start / common.MB, 1),
+              "method": memory.method + (", glibc mmap threshold pinned to 64 KiB" if pinned else "")}
+    if trace:
+        result["tensor_peak_mb"] = round((live + trace["peak_growth"]) / common.MB, 1)
+    return result
+
+
+def optimizer_state(step: Callable) -> list[torch.Tensor]:
+    return [t for state in step.optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+
+
+def time_variants(name: str, variants: list[Variant], args: argparse.Namespace, device: str,
+                  share: common.CpuShare) -> dict[str, Any]:
+    reference = build_base(name)
+    batch = make_batch(reference, args.batch, args.seq_len, device)
+    state = {k: v.to(device) for k, v in reference.state_dict().items()}
+    del reference
+    built = {v: build_variant(name, v, state, init=args.init) for v in variants}
+    checks = {}
+    for v in variants:
+        if v.method == "lorakit" and not v.replica:
+            peft_twin = built[Variant("peft", v.r, v.targets)]
+            checks[v.config] = check_same_adaptation(built[v], peft_twin, f"{name} {v.label}")
+    steps, account = {}, {}
+    for v, (model, _) in built.items():
+        model.to(device).train()
+        steps[v], account[v] = make_step(model, device), accounting(model)
+    times: dict[Variant, list[float]] = {v: [] for v in variants}
+    with share.measure():
+        for _ in range(args.warmup):
+            for v in variants:
+                steps[v](batch)
+        for round_ in range(args.steps):
+            for v in variants if round_ % 2 == 0 else variants[::-1]:
+                times[v].append(common.timed(lambda: steps[v](batch), device))
+    del built, steps
+    gc.collect()
+    return {"times": times, "accounting": account, "checks": checks}
+
+
+def compare(name: str, variants: list[Variant], timing: dict[str, Any], memory: dict[Variant, dict]) -> list[dict]:
+    """One row per (r, targets): lorakit against PEFT and against full fine-tuning, time and memory."""
+    times, account = timing["times"], timing["accounting"]
+    median = {v: common.summarize(t)["median_ms"] for v, t in times.items()}
+
+    def peaks(key: str, *vs: Variant) -> list[float | None]:
+        return [memory.get(v, {}).get(key) for v in vs]
+
+    rows = []
+    for lk in (v for v in variants if v.method == "lorakit" and not v.replica):
+        pf, full = Variant("peft", lk.r, lk.targets), Variant("full")
+        rss, tensors = peaks("peak_mb", lk, pf, full), peaks("tensor_peak_mb", lk, pf, full)
+        row = {
+            "model": name, "r": lk.r, "targets": lk.targets, **timing["checks"][lk.config],
+            "step_ms": {"lorakit": median[lk], "peft": median[pf], "full": median[full]},
+            "lorakit_vs_peft_time": common.ratio(median[lk], median[pf]),
+            "lorakit_vs_peft_time_paired": common.paired_ratio(times[lk], times[pf]),
+            "lorakit_vs_full_time": common.ratio(median[lk], median[full]),
+            "peft_vs_full_time": common.ratio(median[pf], median[full]),
+            "peak_mb": dict(zip(("lorakit", "peft", "full"), rss)),
+            "tensor_peak_mb": dict(zip(("lorakit", "peft", "full"), tensors)),
+            "lorakit_vs_peft_memory": common.ratio(rss[0], rss[1]),
+            "saved_vs_full_mb": None if None in rss else round(rss[2] - rss[0], 1),
+            "saved_vs_full_tensor_mb": None if None in tensors else round(tensors[2] - tensors[0], 1),
+            "expected_saving_vs_full_mb": round(
+                (account[full]["grad_bytes"] - account[lk]["grad_bytes"]) * 3 / common.MB, 1),
+        }
+        row["targets_met"] = {
+            "time_vs_peft": row["lorakit_vs_peft_time"] <= 1.0,
+            "time_vs_full": row["lorakit_vs_full_time"] <= 0.75,
+            "memory_vs_peft": None if None in rss else rss[0] <= rss[1],
+            "memory_vs_full": None if None in rss else row["saved_vs_full_mb"] >= row["expected_saving_vs_full_mb"],
+        }
+        rows.append(row)
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = common.setup(args)
+    gpu = device == "cuda"
+    args.steps = args.steps if args.steps is not None else 20 if gpu else 3
+    args.warmup = args.warmup if args.warmup is not None else 3 if gpu else 1
+    variants = variants_for(args.ranks, args.targets)
+    child_args = {"threads": args.threads, "device": device, "init": args.init, "batch": args.batch,
+                  "seq_len": args.seq_len, "mem_steps": args.mem_steps, "pin_malloc": not args.default_malloc}
+    result: dict[str, Any] = {
+        "benchmark": "train_step",
+        "machine": common.machine_info(device),
+        "settings": {"batch": args.batch, "seq_len": args.seq_len, "warmup_rounds": args.warmup,
+                     "timed_rounds": args.steps, "memory_steps": args.mem_steps, "init": args.init,
+                     "alpha": 16.0, "dropout": 0.0, "optimizer": "torch.optim.AdamW(lr=1e-4), default implementation",
+                     "time": "median over rounds of one step per variant, rounds alternating order"},
+        "memory_note": MEMORY_NOTE,
+        "models": {},
+    }
+    share = common.CpuShare()
+    for name in args.models:
+        timing = time_variants(name, variants, args, device, share)
+        measured = [v for v in variants if not v.replica] if args.mem_steps else []
+        memory = {v: common.run_isolated(measure_memory, name, v, child_args) for v in measured}
+        result["models"][name] = {
+            "variants": {v.label: {"method": v.method, "r": v.r, "targets": v.targets,
+                                   "time": common.summarize(timing["times"][v]),
+                                   "memory": memory.get(v), "accounting": timing["accounting"][v]}
+                         for v in variants},
+            "comparisons": compare(name, variants, timing, memory),
+            "noise_floor": noise_floor(variants, timing["times"]),
+        }
+    result["cpu_share"] = share.record()
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    times, memory, floors = [], [], []
+    for name, model in result["models"].items():
+        full = model["variants"]["full"]
+        floor = model["noise_floor"]
+        floors.append(f"{name}: {floor['variants'][0]} / {floor['variants'][1]} = {floor['ratio']} "
+                      f"(paired {floor['paired_ratio']})")
+        for c in model["comparisons"]:
+            static = model["variants"][f"lorakit r={c['r']} {c['targets']}"]["accounting"]["static_bytes"]
+            times.append([name, f"r={c['r']} {c['targets']}", c["adapted_modules"], c["trainable_params"],
+                          c["step_ms"]["lorakit"], c["step_ms"]["peft"], c["step_ms"]["full"],
+                          f"{c['lorakit_vs_peft_time']:.3f} ({c['lorakit_vs_peft_time_paired']:.3f})",
+                          c["lorakit_vs_full_time"], c["peft_vs_full_time"]])
+            memory.append([name, f"r={c['r']} {c['targets']}", *c["peak_mb"].values(), c["lorakit_vs_peft_memory"],
+                           *c["tensor_peak_mb"].values(), round(static / common.MB),
+                           round(full["accounting"]["static_bytes"] / common.MB),
+                           f"{c['saved_vs_full_mb']} / {c['saved_vs_full_tensor_mb']} "
+                           f"(≥ {c['expected_saving_vs_full_mb']})"])
+    s = result["settings"]
+    return "\n\n".join([
+        f"### Training step (batch {s['batch']} × {s['seq_len']}, median of {s['timed_rounds']} interleaved rounds "
+        f"after {s['warmup_rounds']} warm-up)",
+        common.machine_line(result["machine"], result["cpu_share"]),
+        common.markdown_table(["model", "LoRA", "modules", "trainable", "lorakit ms", "PEFT ms", "full FT ms",
+                               "lorakit/PEFT (paired)", "lorakit/full", "PEFT/full"], times),
+        "Noise floor — two identical PEFT instances timed side by side: " + "; ".join(floors) + ".",
+        common.markdown_table(["model", "LoRA", "lorakit peak MB", "PEFT peak MB", "full peak MB", "lorakit/PEFT",
+                               "lorakit tensors MB", "PEFT tensors MB", "full tensors MB", "static MB",
+                               "full static MB", "saved vs full MB: peak / tensors (≥ grads+Adam)"], memory),
+        f"Memory: {result['memory_note']}",
+    ])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_workload_args(p)
+    common.add_machine_args(p)
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed rounds, one step of every variant each (default 3 on a CPU, 20 on a GPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 1 on a CPU, 3 on a GPU)")
+    p.add_argument("--mem-steps", type=int, default=2, help="steps in each memory process (≥ 2); 0 skips memory")
+    p.add_argument("--default-malloc", action="store_true", help="leave glibc's dynamic mmap threshold alone")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parser().parse_args(argv)
+    result = run(args)
+    markdown = render(result)
+    path = common.write_result(args.out, "train_step", result, markdown)
+    print(markdown, f"\nwritten: {path}", sep="\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

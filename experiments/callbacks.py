@@ -1,0 +1,38 @@
+"""Sweep-level hooks (Hydra callbacks, conf/sweep.yaml ``hydra.callbacks``), run in the process that launches jobs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from experiments.config import ConfigError, validate
+from experiments.store import TABLE, write_run_table
+
+
+class SweepCallback(Callback):
+    """Checks the config before any job starts; writes the run table after all finish (any launcher: it scans)."""
+
+    failed: list[str] = []  # runs of the last sweep that did not complete; the entry point's exit status
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Refuse a bad config in one line, exit status 1, before any job starts. This checks the values all jobs
+        share; a swept value (``rank=0,8``) is checked by its own job, which fails alone."""
+        try:
+            validate(config)
+        except ConfigError as err:
+            print(err, file=sys.stderr, flush=True)
+            raise SystemExit(1) from None  # Hydra turns a callback's Exception into a warning and carries on
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        table = write_run_table(sweep_dir)
+        counts = table["status"].value_counts().to_dict() if len(table) else {}
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no runs"
+        print(f"[lorakit] {summary}; table: {sweep_dir / (TABLE + '.csv')}", flush=True)
+        SweepCallback.failed = table.loc[table["status"] != "complete", "name"].tolist() if len(table) else []

@@ -1,0 +1,246 @@
+"""GLUE splits: read from a local folder or the hub, tokenized once per (task, tokenizer, max length, subset), batched
+with dynamic padding.
+
+Local layout (that of ../shared/glue): ``<dir>/<task>/<split>.parquet`` with the hub's columns (``nyu-mll/glue``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from experiments.config import ConfigError
+from experiments.store import atomic_path
+
+CACHE_FORMAT = 1
+
+
+class DataError(ConfigError):
+    """The data a run asks for is not there; the message says where it looked and how to point elsewhere."""
+
+
+def read_glue(task: DictConfig, data: DictConfig) -> tuple[dict[str, pd.DataFrame], str]:
+    """The task's train and eval splits as DataFrames, and where they came from (a folder or ``hub:<id>``).
+
+    A local folder is used when ``data.dir`` holds ``<task>/``; otherwise the hub, which fails offline.
+    """
+    splits = [task.train_split, *task.eval_splits]
+    folder = Path(data.dir) / task.name if data.dir else None
+    if folder is not None and folder.is_dir():
+        missing = [s for s in splits if not (folder / f"{s}.parquet").is_file()]
+        if missing:
+            raise DataError(
+                f"{folder} lacks {', '.join(f'{s}.parquet' for s in missing)}; expected "
+                f"{', '.join(f'{s}.parquet' for s in splits)} (the layout of ../shared/glue)"
+            )
+        frames = {s: pd.read_parquet(folder / f"{s}.parquet") for s in splits}
+        source = str(folder.resolve())
+    else:
+        frames, source = _read_hub(task, data, splits), f"hub:{data.hub}"
+    columns = [*task.text_columns, "label"]
+    for split, frame in frames.items():
+        absent = [c for c in columns if c not in frame.columns]
+        if absent:
+            raise DataError(f"{task.name} {split} split from {source} has no column(s) {absent}; has {list(frame.columns)}")
+    return frames, source
+
+
+def _read_hub(task: DictConfig, data: DictConfig, splits: list[str]) -> dict[str, pd.DataFrame]:
+    import datasets
+
+    where = f"no {task.name}/ folder in data.dir={data.dir}" if data.dir else "data.dir is unset"
+    try:
+        loaded = datasets.load_dataset(data.hub, task.name)
+        return {s: loaded[s].to_pandas() for s in splits}
+    except Exception as err:  # offline, unknown config, no network: all the same to the user
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"no data for task {task.name!r}: {where}, and the hub dataset {data.hub} could not be loaded ({reason}); "
+            f"point data.dir=... or GLUE_DIR at a folder with {task.name}/{{{','.join(splits)}}}.parquet"
+        ) from None
+
+
+def subset(n: int, k: int | None, seed: int) -> np.ndarray:
+    """Indices of k of n examples, chosen by seed, in their original order; all n when k is None or ≥ n."""
+    if k is None or k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:k])
+
+
+@dataclass
+class TokenizedSplit(Dataset):
+    """Variable-length token sequences stored flat: example i is ``ids[offsets[i]:offsets[i + 1]]``."""
+
+    ids: np.ndarray
+    type_ids: np.ndarray | None
+    offsets: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        item = {"input_ids": self.ids[lo:hi], "labels": self.labels[i]}
+        if self.type_ids is not None:
+            item["token_type_ids"] = self.type_ids[lo:hi]
+        return item
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        out = {f"{prefix}ids": self.ids, f"{prefix}offsets": self.offsets, f"{prefix}labels": self.labels}
+        if self.type_ids is not None:
+            out[f"{prefix}type_ids"] = self.type_ids
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str) -> "TokenizedSplit":
+        type_key = f"{prefix}type_ids"
+        return cls(
+            ids=arrays[f"{prefix}ids"],
+            type_ids=arrays[type_key] if type_key in arrays else None,
+            offsets=arrays[f"{prefix}offsets"],
+            labels=arrays[f"{prefix}labels"],
+        )
+
+
+def tokenize(frame: pd.DataFrame, columns: list[str], tokenizer, max_length: int, regression: bool) -> TokenizedSplit:
+    texts = [frame[c].fillna("").astype(str).tolist() for c in columns]
+    encoded = tokenizer(*texts, truncation=True, max_length=max_length)
+    ids = encoded["input_ids"]
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in ids], out=offsets[1:])
+    flat = lambda seqs, dtype: np.fromiter((t for s in seqs for t in s), dtype=dtype, count=int(offsets[-1]))
+    return TokenizedSplit(
+        ids=flat(ids, np.int32),
+        type_ids=flat(encoded["token_type_ids"], np.int8) if "token_type_ids" in encoded else None,
+        offsets=offsets,
+        labels=frame["label"].to_numpy(np.float32 if regression else np.int64),
+    )
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
+    return f"{type(tokenizer).__name__}:{tokenizer.name_or_path}:{hashlib.sha1(vocab).hexdigest()[:16]}"
+
+
+def _source_fingerprint(frames_source: str, splits: list[str]) -> str:
+    if frames_source.startswith("hub:"):
+        return frames_source
+    stats = [(s, os.stat(Path(frames_source) / f"{s}.parquet")) for s in splits]
+    return json.dumps([frames_source] + [(s, st.st_size, st.st_mtime_ns) for s, st in stats])
+
+
+def load_tokenized(cfg: DictConfig, tokenizer) -> tuple[dict[str, TokenizedSplit], str]:
+    """The run's splits, tokenized: from ``data.cache_dir`` when this (task, tokenizer, max length, subset) was seen."""
+    task, data, train = cfg.task, cfg.data, cfg.train
+    splits = [task.train_split, *task.eval_splits]
+    frames, source = read_glue(task, data)
+    key = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "task": task.name,
+            "columns": list(task.text_columns),
+            "source": _source_fingerprint(source, splits),
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "max_length": train.max_length,
+            "max_train_samples": train.max_train_samples,
+            "max_eval_samples": train.max_eval_samples,
+            "subset_seed": data.subset_seed,
+        },
+        sort_keys=True,
+    )
+    path = Path(data.cache_dir) / f"{task.name}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.npz"
+    if path.is_file():
+        with np.load(path) as arrays:
+            return {s: TokenizedSplit.from_arrays(arrays, f"{s}/") for s in splits}, source
+
+    regression = task.num_labels == 1
+    out = {}
+    for split in splits:
+        limit = train.max_train_samples if split == task.train_split else train.max_eval_samples
+        frame = frames[split].iloc[subset(len(frames[split]), limit, data.subset_seed)]
+        out[split] = tokenize(frame, list(task.text_columns), tokenizer, train.max_length, regression)
+    # Parallel jobs may both get here; each renames a complete file of the same bytes into place.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{k: v for s in splits for k, v in out[s].arrays(f"{s}/").items()})
+    with atomic_path(path.with_suffix(".json")) as tmp:
+        tmp.write_text(key)  # what the hashed name stands for
+    return out, source
+
+
+class PadCollator:
+    """Pads a batch to its longest sequence (dynamic padding), not to the max length."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(item["input_ids"]) for item in items)
+        batch = {
+            "input_ids": torch.full((len(items), width), self.pad_id, dtype=torch.long),
+            "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
+        }
+        if "token_type_ids" in items[0]:
+            batch["token_type_ids"] = torch.zeros((len(items), width), dtype=torch.long)
+        for row, item in enumerate(items):
+            n = len(item["input_ids"])
+            batch["input_ids"][row, :n] = torch.from_numpy(item["input_ids"].astype(np.int64))
+            batch["attention_mask"][row, :n] = 1
+            if "token_type_ids" in batch:
+                batch["token_type_ids"][row, :n] = torch.from_numpy(item["token_type_ids"].astype(np.int64))
+        batch["labels"] = torch.as_tensor(np.stack([item["labels"] for item in items]))
+        return batch
+
+
+class LengthGroupedBatches:
+    """Random batches of similar length, so dynamic padding pads little (HF's ``group_by_length``).
+
+    Each epoch: shuffle, cut into mega-batches of ``group`` batches, sort each by length, cut into batches, shuffle
+    the batches. Every example is seen once an epoch, in an order fixed by the generator's seed.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, generator: torch.Generator, group: int = 50) -> None:
+        self.lengths, self.batch_size, self.generator, self.group = lengths, batch_size, generator, group
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).numpy()
+        span = self.group * self.batch_size
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = order[start : start + span]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
+
+
+def train_loader(split: TokenizedSplit, batch_size: int, pad_id: int, seed: int, group_by_length: bool) -> DataLoader:
+    """Shuffled by a generator seeded from the run's seed, so the order is the seed's and nothing else's."""
+    generator = torch.Generator().manual_seed(seed)
+    if group_by_length:
+        batches = LengthGroupedBatches(split.lengths(), batch_size, generator)
+        return DataLoader(split, batch_sampler=batches, collate_fn=PadCollator(pad_id))
+    return DataLoader(split, batch_size, shuffle=True, generator=generator, collate_fn=PadCollator(pad_id))
+
+
+def eval_loader(split: TokenizedSplit, batch_size: int, pad_id: int) -> DataLoader:
+    """Batches of similar length (sorted), which pads far less; metrics do not depend on the order."""
+    order = np.argsort(split.lengths(), kind="stable")
+    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    return DataLoader(split, batch_sampler=batches, collate_fn=PadCollator(pad_id))

@@ -1,0 +1,35 @@
+"""The sweep entry point: ``python -m experiments.sweep rank=4,8,16,64`` (conf/sweep.yaml; always a multirun).
+
+Each job trains one run into ``multirun/<date>/<time>-<id>/<overrides>/``; afterwards runs.csv and runs.parquet
+list every run of the sweep. Re-run into the same folder (``hydra.sweep.dir=...``) to finish a sweep: complete runs
+are skipped, failed and half-written ones trained again. Exit status 1 when a run failed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from experiments.callbacks import SweepCallback
+from experiments.config import register_resolvers
+from experiments.job import run_hydra_job
+
+register_resolvers()  # before @hydra.main composes conf/sweep.yaml, which uses them
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
+def main(cfg: DictConfig) -> dict:
+    return run_hydra_job(cfg)
+
+
+def cli() -> None:
+    main()
+    if SweepCallback.failed:
+        print(f"[lorakit] failed: {', '.join(SweepCallback.failed)} (see FAILED in each folder)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()

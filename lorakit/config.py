@@ -1,0 +1,107 @@
+"""LoRA hyper-parameters and target-module presets.
+
+The library takes this small frozen dataclass; Hydra (or any other front end) converts to it once, at the boundary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+
+class LoRAError(ValueError):
+    """A bad LoRA input: the message is one line saying what is wrong and what is accepted."""
+
+
+# One letter per attention projection (the paper's W_q, W_k, W_v, W_o). Each letter lists the module-name aliases of
+# the architectures we run: BERT/RoBERTa ("query"), DeBERTa-v2 ("query_proj") and LLaMA-style models ("q_proj").
+# A name matches a module whose full name equals it or ends with "." + it, so "attention.output.dense" picks W_o of
+# BERT/RoBERTa/DeBERTa without catching the MLP's "output.dense".
+_PROJECTIONS: dict[str, tuple[str, ...]] = {
+    "q": ("query", "query_proj", "q_proj"),
+    "k": ("key", "key_proj", "k_proj"),
+    "v": ("value", "value_proj", "v_proj"),
+    "o": ("attention.output.dense", "o_proj"),
+}
+_MLP: tuple[str, ...] = ("intermediate.dense", "output.dense")
+
+TARGET_PRESETS: dict[str, tuple[str, ...]] = {
+    "qv": _PROJECTIONS["q"] + _PROJECTIONS["v"],
+    "qkvo": tuple(name for letter in "qkvo" for name in _PROJECTIONS[letter]),
+    "all": tuple(name for letter in "qkvo" for name in _PROJECTIONS[letter]) + _MLP,
+}
+
+INITS = ("gaussian", "kaiming")
+
+
+def resolve_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
+    """Turn a preset or a list of module names into module names.
+
+    Presets: ``"all"`` (attention + MLP linears), or any string of the letters q, k, v, o (``"q"``, ``"qk"``, ``"qv"``,
+    ``"qkvo"``, ...) naming attention projections. A sequence of names is returned as given.
+    """
+    if isinstance(targets, str):
+        if targets in TARGET_PRESETS:
+            return TARGET_PRESETS[targets]
+        letters = targets.lower()
+        if letters and set(letters) <= set(_PROJECTIONS) and len(set(letters)) == len(letters):
+            return tuple(name for letter in "qkvo" if letter in letters for name in _PROJECTIONS[letter])
+        raise LoRAError(
+            f"unknown target preset {targets!r}; accepted: 'all', any combination of the letters q, k, v, o "
+            f"(e.g. 'qv', 'qkvo'), or a list of module names"
+        )
+    names = tuple(targets)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise LoRAError(f"targets must be a preset or a non-empty list of module names, got {targets!r}")
+    return names
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """How to adapt a model: ΔW = scale · B A with A (r × in) and B (out × r), scale = α / r (Hu et al. 2021, §4.1).
+
+    Attributes:
+        r: rank of the update.
+        alpha: the constant α; the paper sets α to the first r it tries and does not tune it.
+        dropout: dropout on the LoRA path's input.
+        targets: module names, or a preset (see ``resolve_targets``).
+        init: ``"gaussian"`` — A ~ N(0, 1/r²), B = 0 (the paper's random Gaussian A; PEFT's ``"gaussian"``), or
+            ``"kaiming"`` — Kaiming-uniform A, B = 0 (loralib and PEFT's default).
+        rslora: scale by α / √r instead of α / r (Kalajdzievski 2023), keeping the update's size stable across ranks.
+        trainable: modules left trainable besides LoRA (the task head), matched like targets.
+    """
+
+    r: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    targets: str | tuple[str, ...] = "qv"
+    init: str = "gaussian"
+    rslora: bool = False
+    trainable: tuple[str, ...] = field(default=("classifier",))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise LoRAError(f"rank r must be a positive integer, got {self.r!r}")
+        if not self.alpha > 0:
+            raise LoRAError(f"alpha must be > 0, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise LoRAError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.init not in INITS:
+            raise LoRAError(f"unknown init {self.init!r}; accepted: {', '.join(INITS)}")
+        if not isinstance(self.targets, str):
+            object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "trainable", tuple(self.trainable))
+        resolve_targets(self.targets)
+
+    @property
+    def scale(self) -> float:
+        return lora_scale(self.r, self.alpha, self.rslora)
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return resolve_targets(self.targets)
+
+
+def lora_scale(r: int, alpha: float, rslora: bool = False) -> float:
+    return alpha / math.sqrt(r) if rslora else alpha / r

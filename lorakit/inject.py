@@ -1,0 +1,136 @@
+"""Put LoRA into a built model by module name, and read back what it learned (ΔW)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .config import LoRAConfig, LoRAError
+from .layers import LoRALinear
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    """PEFT's rule: a module matches a pattern when its full name equals it or ends with "." + pattern."""
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def linear_module_names(model: nn.Module, include_head: bool = False, head: Iterable[str] = ("classifier",)) -> list[str]:
+    """Names of the ``nn.Linear`` layers of a model (LoRA-wrapped ones included), the task head left out by default."""
+    head = tuple(head)
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, LoRALinear)) or _inside_lora(model, name):
+            continue
+        if not include_head and matches_any_prefix(name, head):
+            continue
+        names.append(name)
+    return names
+
+
+def _inside_lora(model: nn.Module, name: str) -> bool:
+    parent = name.rpartition(".")[0]
+    while parent:
+        if isinstance(model.get_submodule(parent), LoRALinear):
+            return True
+        parent = parent.rpartition(".")[0]
+    return False
+
+
+def inject_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
+    """Replace every ``nn.Linear`` whose name matches ``config.targets`` with a ``LoRALinear``, in place.
+
+    Every parameter is frozen except the LoRA factors and those of the modules in ``config.trainable`` (the task head).
+    Returns the replaced module names, in model order.
+    """
+    if lora_modules(model):
+        raise LoRAError("model already has LoRA layers; inject into a fresh model, or load_adapter to replace them")
+    patterns = config.target_names
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and matches(name, patterns) and not matches_any_prefix(name, config.trainable)
+    ]
+    if not names:
+        available = linear_module_names(model, include_head=True)
+        shown = ", ".join(_collapse_layer_indices(available))
+        raise LoRAError(f"no nn.Linear module matches targets {list(patterns)}; the model's Linear modules are: {shown}")
+
+    model.requires_grad_(False)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        base = getattr(parent, child)
+        setattr(parent, child, LoRALinear(base, config.r, config.alpha, config.dropout, config.init, config.rslora))
+    for name, module in model.named_modules():
+        if matches(name, config.trainable):
+            module.requires_grad_(True)
+    model.lora_config = config  # what save_adapter needs to write PEFT's modules_to_save and init
+    return names
+
+
+def matches_any_prefix(name: str, modules: Iterable[str]) -> bool:
+    """True when ``name`` lies inside one of ``modules`` (matched like targets), e.g. RoBERTa's classifier.dense."""
+    parts = name.split(".")
+    return any(matches(".".join(parts[:i]), modules) for i in range(1, len(parts) + 1))
+
+
+def _collapse_layer_indices(names: list[str]) -> list[str]:
+    """'encoder.layer.0.x', 'encoder.layer.1.x' -> 'encoder.layer.{0..1}.x', to keep the error message one short line."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        parts = name.split(".")
+        index = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+        key = name if index is None else ".".join(parts[:index] + ["{i}"] + parts[index + 1 :])
+        groups.setdefault(key, []).append(parts[index] if index is not None else "")
+    out = []
+    for key, indices in groups.items():
+        if "{i}" in key:
+            span = indices[0] if len(indices) == 1 else f"{indices[0]}..{indices[-1]}"
+            key = key.replace("{i}", f"{{{span}}}")
+        out.append(key)
+    return out
+
+
+def merge_lora(model: nn.Module) -> None:
+    for module in lora_modules(model).values():
+        module.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for module in lora_modules(model).values():
+        module.unmerge()
+
+
+def delta_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Module name → ΔW = scale · B A (out × in) for every LoRA layer of the model."""
+    return {name: module.delta_weight() for name, module in lora_modules(model).items()}
+
+
+def weight_deltas(
+    base_state_dict: Mapping[str, torch.Tensor], tuned_state_dict: Mapping[str, torch.Tensor], names: Iterable[str]
+) -> dict[str, torch.Tensor]:
+    """Module name → ΔW = W_ft − W₀ for a full fine-tune, the same shape of answer as ``delta_weights``."""
+    deltas = {}
+    for name in names:
+        key = f"{name}.weight"
+        if key not in base_state_dict or key not in tuned_state_dict:
+            missing = "base" if key not in base_state_dict else "tuned"
+            raise LoRAError(f"weight_deltas: {key!r} is not in the {missing} state dict")
+        base, tuned = base_state_dict[key], tuned_state_dict[key]
+        if base.shape != tuned.shape:
+            raise LoRAError(f"weight_deltas: {key!r} has shape {tuple(base.shape)} in base, {tuple(tuned.shape)} tuned")
+        deltas[name] = tuned.detach().float() - base.detach().float()
+    return deltas
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts. LoRA adds 2·r·d parameters per adapted d × d matrix."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,101 @@
+"""The LoRA layer: a frozen linear map plus a trainable low-rank update (Hu et al. 2021, §4.1)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LoRAError, lora_scale
+
+
+class LoRALinear(nn.Module):
+    """h = W₀x + b + scale · B A dropout(x), with W₀ and b frozen.
+
+    The module adopts the ``weight`` and ``bias`` Parameters of the ``nn.Linear`` it replaces, so the base model's
+    state-dict keys are unchanged and a pretrained checkpoint still loads strictly; the update adds ``lora_A``
+    (r × in) and ``lora_B`` (out × r). The low-rank path is computed as (x Aᵀ) Bᵀ: O(r·(in + out)) per token and no
+    out × in matrix, except when ``merge()`` folds scale·B·A into W for inference.
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        init: str = "gaussian",
+        rslora: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise LoRAError(f"LoRALinear wraps nn.Linear, got {type(base).__name__}")
+        if not 0 < r <= min(base.in_features, base.out_features):
+            raise LoRAError(
+                f"rank r={r} must be in [1, min(in, out)] = [1, {min(base.in_features, base.out_features)}] "
+                f"for a {base.out_features}x{base.in_features} linear layer"
+            )
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.r, self.alpha, self.rslora = r, float(alpha), rslora
+        self.scale = lora_scale(r, alpha, rslora)
+        self.weight = base.weight
+        self.bias = base.bias
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, **factory))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        # W₀ kept while merged, so unmerge() restores it bit for bit rather than up to rounding of W₀ + ΔW − ΔW.
+        self._unmerged_weight: torch.Tensor | None = None
+        self.reset_lora_parameters(init)
+
+    @torch.no_grad()
+    def reset_lora_parameters(self, init: str = "gaussian") -> None:
+        """A random, B = 0, so ΔW = 0 and the adapted model starts as the pretrained one."""
+        if init == "gaussian":
+            nn.init.normal_(self.lora_A, std=1.0 / self.r)
+        elif init == "kaiming":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        else:
+            raise LoRAError(f"unknown init {init!r}; accepted: gaussian, kaiming")
+        nn.init.zeros_(self.lora_B)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return out
+        update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+        return out + update * self.scale
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = scale · B A (out × in), detached."""
+        return (self.lora_B.detach() @ self.lora_A.detach()) * self.scale
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold ΔW into W for inference; a no-op when already merged."""
+        if self.merged:
+            return
+        self._unmerged_weight = self.weight.detach().clone()
+        self.weight.add_(self.delta_weight().to(self.weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore W₀ exactly; a no-op when not merged."""
+        if not self.merged:
+            return
+        self.weight.copy_(self._unmerged_weight)
+        self._unmerged_weight = None
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, alpha={self.alpha:g}, "
+            f"scale={self.scale:g}, merged={self.merged}"
+        )

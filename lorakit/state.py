@@ -1,0 +1,213 @@
+"""Adapters on disk in HF PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+Keys are ``base_model.model.<module>.lora_A.weight`` / ``.lora_B.weight``; the trained head is saved the way PEFT
+saves ``modules_to_save`` (``base_model.model.<module>.<param>``). An adapter written here loads with
+``peft.PeftModel.from_pretrained`` and one written by PEFT loads here. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import LoRAConfig, LoRAError, lora_scale
+from .inject import inject_lora, linear_module_names, lora_modules, matches
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+_A, _B = ".lora_A.weight", ".lora_B.weight"
+
+
+@dataclass
+class Adapter:
+    """An adapter read from disk without a model: its PEFT config, LoRA factors and extra (head) tensors."""
+
+    config: dict
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A: r x in, B: out x r)
+    scale: float
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # "<module>.<param>" -> tensor (modules_to_save)
+
+    @property
+    def r(self) -> int:
+        return int(self.config["r"])
+
+    def delta_weights(self) -> dict[str, torch.Tensor]:
+        """Module name → ΔW = scale · B A (out × in), fp32."""
+        return {name: (B.float() @ A.float()) * self.scale for name, (A, B) in self.factors.items()}
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_path: str | None = None) -> Path:
+    """Write the model's LoRA factors and trainable head to ``path`` (a folder), atomically per file."""
+    modules = lora_modules(model)
+    if not modules:
+        raise LoRAError("save_adapter: the model has no LoRA layers; call inject_lora first")
+    config: LoRAConfig | None = getattr(model, "lora_config", None)
+    first = next(iter(modules.values()))
+    if any((m.r, m.alpha, m.rslora) != (first.r, first.alpha, first.rslora) for m in modules.values()):
+        raise LoRAError("save_adapter: LoRA layers differ in r, alpha or rslora; PEFT's format needs one of each")
+
+    tensors = {}
+    for name, module in modules.items():
+        tensors[PREFIX + name + _A] = module.lora_A.detach().contiguous().cpu()
+        tensors[PREFIX + name + _B] = module.lora_B.detach().contiguous().cpu()
+    modules_to_save = list(config.trainable) if config else []
+    for name, module in model.named_modules():
+        if modules_to_save and matches(name, modules_to_save):
+            for param_name, param in module.named_parameters():
+                tensors[f"{PREFIX}{name}.{param_name}"] = param.detach().contiguous().cpu()
+
+    name_or_path = base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    dropout = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
+    peft_config = {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else None,
+        "base_model_name_or_path": str(name_or_path) if name_or_path else None,
+        "r": first.r,
+        "lora_alpha": first.alpha,
+        "lora_dropout": dropout,
+        "use_rslora": first.rslora,
+        "init_lora_weights": "gaussian" if config is None or config.init == "gaussian" else True,
+        "target_modules": sorted(modules),
+        "modules_to_save": modules_to_save or None,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
+    metadata = {"format": "pt", "lorakit_model_class": type(model).__name__}
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(peft_config, indent=2) + "\n"))
+    return path
+
+
+def read_adapter(path: str | os.PathLike) -> Adapter:
+    """Read an adapter folder (lorakit's or PEFT's) into tensors, checking it is a plain LoRA adapter."""
+    path = Path(path)
+    config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+    if not config_file.is_file():
+        raise LoRAError(f"no adapter at {path}: expected {CONFIG_NAME} and {WEIGHTS_NAME} in that folder")
+    if not weights_file.is_file():
+        pickled = (path / "adapter_model.bin").is_file()
+        hint = " (found adapter_model.bin: pickled weights are refused; re-save it with safetensors)" if pickled else ""
+        raise LoRAError(f"no {WEIGHTS_NAME} in {path}{hint}")
+    config = json.loads(config_file.read_text())
+    if config.get("peft_type") != "LORA":
+        raise LoRAError(f"adapter at {path} is peft_type={config.get('peft_type')!r}; only LORA adapters are supported")
+    unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "layers_to_transform") if config.get(k)]
+    if config.get("bias", "none") != "none" or config.get("fan_in_fan_out"):
+        unsupported += ["bias" if config.get("bias", "none") != "none" else "fan_in_fan_out"]
+    if unsupported:
+        raise LoRAError(f"adapter at {path} uses {', '.join(unsupported)}, which lorakit does not support")
+
+    factors: dict[str, list] = {}
+    extra = {}
+    with safe_open(str(weights_file), framework="pt") as f:
+        for key in f.keys():
+            name = key.removeprefix(PREFIX)
+            if name.endswith(_A) or name.endswith(_B):
+                module, which = name[: -len(_A)], 0 if name.endswith(_A) else 1
+                factors.setdefault(module, [None, None])[which] = f.get_tensor(key)
+            else:
+                extra[name] = f.get_tensor(key)
+    incomplete = [name for name, (A, B) in factors.items() if A is None or B is None]
+    if incomplete or not factors:
+        raise LoRAError(f"adapter at {path} is incomplete: {'no LoRA tensors' if not factors else incomplete}")
+    r = int(config["r"])
+    for name, (A, B) in factors.items():
+        if A.shape[0] != r or B.shape[1] != r:
+            raise LoRAError(f"adapter at {path}: {name} has rank {A.shape[0]}, config says r={r}")
+    scale = lora_scale(r, float(config["lora_alpha"]), bool(config.get("use_rslora", False)))
+    return Adapter(config, {n: (A, B) for n, (A, B) in factors.items()}, scale, extra)
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """Load an adapter into ``model``, injecting LoRA first when the model has none. Returns the adapted names.
+
+    Refuses, with one line naming the module, an adapter whose modules or shapes do not exist in this model.
+    """
+    adapter = read_adapter(path)
+    _check_fits(model, adapter, path)
+    existing = lora_modules(model)
+    if existing:
+        if set(existing) != set(adapter.factors):
+            raise LoRAError(
+                f"adapter at {path} adapts {len(adapter.factors)} modules, the model's LoRA layers are "
+                f"{len(existing)} others; load it into a model without LoRA"
+            )
+        mismatched = [n for n, m in existing.items() if m.r != adapter.r or m.scale != adapter.scale]
+        if mismatched:
+            raise LoRAError(f"adapter at {path} has r={adapter.r}, the model's LoRA layer {mismatched[0]} differs")
+    else:
+        init = "gaussian" if adapter.config.get("init_lora_weights") == "gaussian" else "kaiming"
+        config = LoRAConfig(
+            r=adapter.r,
+            alpha=float(adapter.config["lora_alpha"]),
+            dropout=float(adapter.config.get("lora_dropout") or 0.0),
+            targets=tuple(adapter.factors),
+            init=init,
+            rslora=bool(adapter.config.get("use_rslora", False)),
+            trainable=tuple(adapter.config.get("modules_to_save") or ()),
+        )
+        inject_lora(model, config)
+        model.lora_config = config
+    modules = lora_modules(model)
+    with torch.no_grad():
+        for name, (A, B) in adapter.factors.items():
+            module = modules[name]
+            if module.merged:
+                module.unmerge()
+            module.lora_A.copy_(A)
+            module.lora_B.copy_(B)
+        parameters = dict(model.named_parameters())
+        for key, tensor in adapter.extra.items():
+            parameters[key].copy_(tensor)
+    return sorted(adapter.factors)
+
+
+def _check_fits(model: nn.Module, adapter: Adapter, path) -> None:
+    named = dict(model.named_modules())
+    for name, (A, B) in adapter.factors.items():
+        module = named.get(name)
+        if module is None or not hasattr(module, "in_features"):
+            linears = linear_module_names(model, include_head=True)
+            raise LoRAError(
+                f"adapter at {path} was saved for another model: it adapts {name!r}, which this "
+                f"{type(model).__name__} does not have (its Linear modules start with {linears[:3]})"
+            )
+        if (module.out_features, module.in_features) != (B.shape[0], A.shape[1]):
+            raise LoRAError(
+                f"adapter at {path} was saved for another model: {name} is {B.shape[0]}x{A.shape[1]} in the adapter, "
+                f"{module.out_features}x{module.in_features} in this {type(model).__name__}"
+            )
+    parameters = dict(model.named_parameters())
+    for key, tensor in adapter.extra.items():
+        if key not in parameters:
+            raise LoRAError(f"adapter at {path} was saved for another model: this model has no parameter {key!r}")
+        if parameters[key].shape != tensor.shape:
+            raise LoRAError(
+                f"adapter at {path} was saved for another model: {key} is {tuple(tensor.shape)} in the adapter, "
+                f"{tuple(parameters[key].shape)} here (e.g. a head with another number of labels)"
+            )
+
+
+def _atomic_write(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,80 @@
+"""The metric tables (Tables 2, 5, 6 analogues) on a hand-made run table, and the Markdown writer."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from analysis import MissingRuns, table2, table5, table6, targets_label, to_markdown
+from analysis.runs import COLUMNS, runs_footnote
+
+
+def run(method="lora", task="sst2", rank=8, targets="qv", seed=1, score=0.9, trainable=1000, alpha=8.0):
+    row = dict.fromkeys(COLUMNS)
+    name = f"rank={rank},targets={targets},seed={seed}" if method == "lora" else f"method=full,seed={seed}"
+    row.update(label=f"sweep/{task},{name}", sweep="sweep", name=name, task=task, method=method, model="minilm",
+               rank=rank if method == "lora" else None, alpha=alpha if method == "lora" else None,
+               targets=targets if method == "lora" else None, seed=seed, init="gaussian" if method == "lora" else None,
+               rslora=False if method == "lora" else None, metric="accuracy", score=score,
+               trainable_params=trainable, adapted_modules=[], has_weights=True)  # fmt: skip
+    return row
+
+
+def table(rows) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    for col in ("rank", "seed", "trainable_params"):
+        frame[col] = pd.array(frame[col], dtype="Int64")
+    return frame
+
+
+def test_table2_medians_over_seeds_per_task_and_method():
+    rows = [run(seed=s, score=x) for s, x in ((1, 0.90), (2, 0.94), (3, 0.91))]
+    rows += [run(task="rte", seed=s, score=x) for s, x in ((1, 0.70), (2, 0.80))]
+    rows += [run(method="full", seed=1, score=0.93, trainable=22_000_000), run(method="full", task="rte", score=0.75)]
+    t = table2(table(rows))
+    lora = t.frame[t.frame["model / method"] == "minilm LoRA (r=8, Wq, Wv)"].iloc[0]
+    assert lora["sst2"] == pytest.approx(91.0) and lora["rte"] == pytest.approx(75.0)
+    assert lora["avg"] == pytest.approx(83.0) and lora["seeds"] == "2–3"
+    full = t.frame[t.frame["model / method"] == "minilm FT"].iloc[0]
+    assert full["sst2"] == pytest.approx(93.0) and list(t.frame.columns)[2:4] == ["sst2", "rte"]  # paper's order
+    md = to_markdown(t.frame, t.formats)
+    assert "| minilm FT |" in md and "11.0M" in md  # median of 22M and 1000
+
+
+def test_table2_names_the_missing_method():
+    with pytest.raises(MissingRuns, match=r"LoRA and full fine-tuning runs on a common task; found lora on \['sst2'\]"):
+        table2(table([run()]))
+
+
+def test_table6_metric_vs_rank_per_target_set():
+    rows = [run(rank=r, seed=s, score=0.9 + 0.01 * r + 0.001 * s) for r in (1, 2, 8) for s in (1, 2, 3)]
+    t = table6(table(rows + [run(rank=4, targets="q")]))
+    assert list(t.frame.columns) == ["task", "weight type", "r=1", "r=2", "r=4", "r=8", "seeds"]
+    row = t.frame.iloc[0]
+    assert row["weight type"] == "Wq, Wv" and row["r=2"] == pytest.approx(100 * 0.922) and math.isnan(row["r=4"])
+    assert len(t.frame) == 1  # Wq alone has one rank: not a rank sweep
+    with pytest.raises(MissingRuns, match="two or more ranks"):
+        table6(table([run(rank=8)]))
+
+
+def test_table5_picks_the_budget_shared_by_most_target_sets():
+    rows = [run(rank=8, targets="q", trainable=600, score=0.90), run(rank=4, targets="qv", trainable=600, score=0.92),
+            run(rank=2, targets="qkvo", trainable=600, score=0.93), run(rank=8, targets="qv", trainable=1200)]
+    t = table5(table(rows))
+    assert list(t.frame["weight type"]) == ["Wq", "Wq, Wv", "Wq, Wk, Wv, Wo"]
+    assert list(t.frame["rank r"]) == ["8", "4", "2"] and t.frame["sst2"].tolist() == pytest.approx([90, 92, 93])
+    with pytest.raises(MissingRuns, match="same number of trainable parameters"):
+        table5(table([run(targets="q", trainable=1), run(targets="qv", trainable=2)]))
+
+
+def test_markdown_escapes_pipes_and_marks_missing_cells():
+    frame = pd.DataFrame({"name": ["a|b", "c"], "value": [1.23456, math.nan]})
+    assert to_markdown(frame, float_format=".2f").splitlines() == [
+        "| name | value |", "|:---|---:|", "| a\\|b | 1.23 |", "| c | — |",
+    ]  # fmt: skip
+
+
+def test_labels_and_footnotes():
+    assert targets_label("qv") == "Wq, Wv" and targets_label("all") == "all (attn + MLP)" and targets_label(None) == "—"
+    assert runs_footnote(["s/a", "s/b"]) == "runs: s/a; s/b"
+    assert runs_footnote([f"s{i % 2}/r{i}" for i in range(9)]) == "9 runs from sweeps s0, s1"

@@ -1,0 +1,125 @@
+"""Every config group option composes; bad inputs fail with one line; launchers divide the cores."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from experiments.config import CONF_DIR, REPO_ROOT, ConfigError, known_options, launcher_threads, register_resolvers
+from experiments.config import validate
+
+register_resolvers()
+GROUPS = ("task", "model", "method", "budget")
+
+
+def make(overrides=(), hydra=False):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("sweep", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in known_options(g)])
+def test_every_option_composes_and_resolves(group, option):
+    cfg = make([f"{group}={option}"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    node = resolved["train"] if group == "budget" else resolved[group]  # a budget fills train (@package train)
+    assert node["lr" if group == "budget" else "name"] is not None
+    if group == "task":
+        assert set(cfg.task.metrics) >= {cfg.task.metric} and cfg.task.num_labels in (1, 2, 3)
+
+
+def test_groups_hold_what_the_issue_lists():
+    assert known_options("task") == sorted(["sst2", "mrpc", "cola", "rte", "stsb", "qnli", "qqp", "mnli"])
+    assert set(known_options("model")) == {"minilm", "roberta_base", "roberta_large", "deberta_v2_xxlarge"}
+    assert known_options("method") == ["full", "lora"]
+
+
+@pytest.mark.parametrize("task", known_options("task"))
+def test_paper_budget_is_table_9(task):
+    cfg = make([f"task={task}", "budget=paper"])
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.epochs) == tuple(cfg.task.paper[k] for k in ("lr", "batch_size", "epochs"))
+    assert cfg.train.max_length == 512 and cfg.train.max_train_samples is None and cfg.method.lr == cfg.task.paper.lr
+
+
+def test_method_picks_its_learning_rate():
+    assert make(["method=full"]).method.lr == make().train.full_lr
+    assert make(["method=lora", "train.lr=3e-3"]).method.lr == 3e-3
+
+
+def test_primary_config_is_a_multirun_with_unique_folders_named_by_overrides():
+    first, second = make(hydra=True), make(hydra=True)
+    assert first.hydra.mode.name == "MULTIRUN"
+    assert str(first.hydra.sweep.dir) != str(second.hydra.sweep.dir)  # same second, different folders
+    assert str(first.hydra.sweep.subdir) == "default"  # no overrides
+    assert "wandb.mode" in first.hydra.job.config.override_dirname.exclude_keys
+
+
+def test_default_data_folder_is_the_shared_glue_beside_the_repo(monkeypatch):
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    expected = REPO_ROOT.parent / "shared" / "glue"
+    assert make().data.dir == (str(expected) if expected.is_dir() else None)
+    monkeypatch.setenv("GLUE_DIR", "/somewhere/glue")
+    assert make().data.dir == "/somewhere/glue"
+
+
+@pytest.mark.parametrize(
+    "launcher,target",
+    [("basic", "BasicLauncher"), ("joblib", "JoblibLauncher"), ("submitit_local", "LocalLauncher"), ("slurm", "SlurmLauncher")],
+)
+def test_launchers_compose(launcher, target):
+    cfg = make([f"hydra/launcher={launcher}"], hydra=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    if launcher == "slurm":
+        assert {"partition", "gpus_per_node", "timeout_min", "array_parallelism"} <= set(cfg.hydra.launcher)
+
+
+def test_slurm_composes_from_the_command_line():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "experiments.sweep", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "rank=4"]
+    job = subprocess.run(cmd + ["--cfg", "job"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert job.returncode == 0, job.stderr
+    hydra = subprocess.run(cmd + ["--cfg", "hydra"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert "SlurmLauncher" in hydra.stdout and "partition: gpu" in hydra.stdout
+
+
+def test_unknown_model_lists_the_options():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "experiments.sweep", "model=gpt5", "--cfg", "job"]
+    out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "Could not find 'model/gpt5'" in out.stderr and "roberta_base" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["rank=0"], "rank must be a positive integer, got 0"),
+        (["rank=-4"], "rank must be a positive integer"),
+        (["targets=qz"], "unknown target preset 'qz'"),
+        (["task.name=sst5"], "unknown task 'sst5'; known: cola, mnli"),
+        (["data.dir=/no/such/glue"], "data folder /no/such/glue does not exist"),
+        (["train.batch_size=0"], "train.batch_size must be a positive integer"),
+    ],
+)
+def test_bad_input_is_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as err:
+        validate(make(overrides))
+    assert "\n" not in str(err.value)
+
+
+def test_full_fine_tuning_ignores_lora_keys():
+    validate(make(["method=full", "rank=0", "targets=nonsense"]))
+
+
+def test_launcher_threads_divide_the_cores():
+    conf = OmegaConf.create
+    assert launcher_threads(None) is None
+    assert launcher_threads(conf({"_target_": "x.BasicLauncher"})) is None
+    assert launcher_threads(conf({"_target_": "x.JoblibLauncher", "n_jobs": 2}), cpu_count=8) == 4
+    assert launcher_threads(conf({"_target_": "x.JoblibLauncher", "n_jobs": -1}), cpu_count=8) == 1
+    assert launcher_threads(conf({"_target_": "x.JoblibLauncher", "n_jobs": -2}), cpu_count=8) == 1
+    assert launcher_threads(conf({"_target_": "x.JoblibLauncher", "n_jobs": 16}), cpu_count=2) == 1
+    assert launcher_threads(conf({"_target_": "x.submitit.LocalLauncher", "cpus_per_task": None}), cpu_count=8) == 1
+    assert launcher_threads(conf({"_target_": "x.submitit.SlurmLauncher", "cpus_per_task": 6}), cpu_count=64) == 6

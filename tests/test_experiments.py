@@ -1,0 +1,189 @@
+"""One run, in process, on a tiny BERT and tiny GLUE-layout data (tests/conftest.py): data, train(), run folders."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from experiments import data as data_module
+from experiments import store
+from experiments.config import CONF_DIR, register_resolvers
+from experiments.data import DataError, PadCollator, load_tokenized, read_glue
+from experiments.job import run_job
+from experiments.models import load_tokenizer
+from experiments.train import train
+
+register_resolvers()
+
+
+def make(overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("sweep", overrides=list(overrides))
+
+
+def test_train_returns_the_metrics_of_the_contract(tiny_overrides):
+    metrics = train(make(tiny_overrides), name="rank=2")
+    assert metrics["run"] == {
+        "name": "rank=2", "task": "sst2", "method": "lora", "model": "minilm", "model_path": metrics["run"]["model_path"],
+        "rank": 2, "alpha": 4.0, "targets": "qv", "seed": 0, "init": "gaussian", "rslora": False,
+    }
+    assert metrics["metric"] == "accuracy" and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert metrics["best"] == max(metrics["epochs"], key=lambda e: e["accuracy"]) and metrics["last"] == metrics["epochs"][-1]
+    assert all({"eval_loss", "accuracy"} <= set(e) for e in metrics["epochs"])
+    assert [p["step"] for p in metrics["loss_curve"]] == [2, 4, 6, 8]  # 64 examples / 16 = 4 steps an epoch
+    assert metrics["loss_curve"][0]["lr"] > 0 and metrics["loss_curve"][-1]["lr"] < metrics["loss_curve"][0]["lr"]
+    # Two layers × (query, value) adapted: A (2×32) and B (32×2) each, plus the head's classifier (32×2 + 2).
+    assert len(metrics["adapted_modules"]) == 4 and metrics["adapted_modules"][0].endswith("attention.self.query")
+    assert metrics["trainable_params"] == 4 * (2 * 32 + 32 * 2) + (32 * 2 + 2) < metrics["total_params"]
+    for key in ("wall_time_s", "train_examples_per_s", "peak_memory_mb"):
+        assert metrics[key] > 0
+    assert metrics["device"] == "cpu" and {"torch", "transformers", "lorakit"} <= set(metrics["versions"])
+    assert metrics["data"]["train_examples"] == 64 and metrics["data"]["validation_examples"] == 32
+
+
+def test_same_seed_same_numbers(tiny_overrides):
+    first, again = train(make(tiny_overrides)), train(make(tiny_overrides))
+    other = train(make(tiny_overrides + ["seed=1"]))
+    assert first["loss_curve"] == again["loss_curve"] and first["epochs"] == again["epochs"]
+    assert first["loss_curve"] != other["loss_curve"]
+
+
+def test_run_folder_describes_itself(tiny_overrides, tmp_path):
+    run_dir = tmp_path / "rank=2"
+    status = run_job(make(tiny_overrides), run_dir, name="rank=2", group="test")
+    assert status["status"] == "complete" and not status["skipped"]
+    assert store.is_complete(run_dir) and not (run_dir / store.FAILED).exists()
+    config = store.stored_config(run_dir)
+    assert "hydra" not in config and config["rank"] == 2 and config["data"]["dir"]  # resolved, no interpolations
+    assert json.loads((run_dir / "metrics.json").read_text())["run"]["name"] == "rank=2"
+    adapter = run_dir / "adapter"
+    assert {p.name for p in adapter.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
+def test_full_fine_tuning_keeps_the_delta_of_every_encoder_linear(tiny_overrides, tmp_path):
+    run_dir = tmp_path / "full"
+    overrides = tiny_overrides + ["method=full", "task=stsb", "train.full_lr=1e-3"]
+    assert run_job(make(overrides), run_dir, name="full", group="test")["status"] == "complete"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["metric"] == "pearson" and {"pearson", "spearman"} <= set(metrics["best"])
+    assert metrics["run"]["rank"] is None and metrics["run"]["targets"] is None
+    assert metrics["trainable_params"] == metrics["total_params"]
+    deltas = load_file(run_dir / "delta_weights.safetensors")
+    per_layer = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                 "intermediate.dense", "output.dense"]
+    assert set(deltas) == {f"bert.encoder.layer.{i}.{m}" for i in range(2) for m in per_layer}
+    assert deltas["bert.encoder.layer.0.intermediate.dense"].shape == (64, 32)
+    assert all(d.dtype == torch.float32 and d.abs().max() > 0 for d in deltas.values())
+    assert not (run_dir / "adapter").exists()
+
+
+def test_mnli_reports_matched_and_mismatched(tiny_overrides):
+    metrics = train(make(tiny_overrides + ["task=mnli", "train.epochs=1"]))
+    assert {"accuracy", "accuracy_mm", "eval_loss", "eval_loss_mm"} <= set(metrics["best"])
+    assert metrics["data"]["validation_mismatched_examples"] == 32
+
+
+def test_rerun_skips_complete_and_retrains_half_written_or_changed(tiny_overrides, tmp_path):
+    run_dir, cfg = tmp_path / "run", make(tiny_overrides)
+    run_job(cfg, run_dir, name="run", group="test")
+    written = (run_dir / "metrics.json").stat().st_mtime_ns
+    assert run_job(make(tiny_overrides + ["threads=2"]), run_dir, name="run", group="test")["skipped"]
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == written
+    (run_dir / "COMPLETE").unlink()  # killed before the marker: half written
+    assert not run_job(cfg, run_dir, name="run", group="test")["skipped"]
+    assert not run_job(make(tiny_overrides + ["train.lr=1e-3"]), run_dir, name="run", group="test")["skipped"]
+
+
+def test_a_failing_run_is_recorded_not_raised(tiny_overrides, tmp_path):
+    run_dir = tmp_path / "rank=64"
+    status = run_job(make(tiny_overrides + ["rank=64"]), run_dir, name="rank=64", group="test")  # 64 > hidden 32
+    assert status["status"] == "failed" and "rank" in status["error"]
+    failed = json.loads((run_dir / "FAILED").read_text())
+    assert "Traceback" in failed["traceback"] and not (run_dir / "COMPLETE").exists()
+    retried = run_job(make(tiny_overrides), run_dir, name="rank=64", group="test")
+    assert retried["status"] == "complete" and not (run_dir / "FAILED").exists()
+
+
+def test_a_nan_loss_fails_the_run(tiny_overrides, tmp_path, monkeypatch):
+    from experiments import train as train_module
+
+    def poisoned(path, num_labels):
+        model = load_model(path, num_labels)
+        torch.nn.init.constant_(model.classifier.weight, float("nan"))
+        return model
+
+    load_model = train_module.load_model
+    monkeypatch.setattr(train_module, "load_model", poisoned)
+    status = run_job(make(tiny_overrides), tmp_path / "nan", name="nan", group="test")
+    assert status["status"] == "failed" and status["error"].startswith("NonFiniteLoss: loss is nan at step 1")
+
+
+def test_wandb_run_is_closed_after_each_job_even_a_failed_one(tiny_overrides, tmp_path):
+    wandb = pytest.importorskip("wandb")
+    overrides = tiny_overrides + ["wandb.mode=offline", "train.epochs=1"]
+    failed = run_job(make(overrides + ["rank=64"]), tmp_path / "a", name="a", group="test")
+    assert failed["status"] == "failed" and wandb.run is None
+    assert run_job(make(overrides), tmp_path / "b", name="b", group="test")["status"] == "complete"
+    assert wandb.run is None
+    runs = [next((tmp_path / name / "wandb").glob("offline-run-*")) for name in "ab"]
+    assert runs[0].name != runs[1].name  # the second job logged into a run of its own
+
+
+def test_tokenization_is_cached_and_reused(tiny_overrides, tiny_model_dir, monkeypatch):
+    cfg, tokenizer = make(tiny_overrides), load_tokenizer(str(tiny_model_dir))
+    first, source = load_tokenized(cfg, tokenizer)
+    monkeypatch.setattr(data_module, "tokenize", lambda *a, **k: pytest.fail("tokenized again"))
+    again, _ = load_tokenized(cfg, tokenizer)
+    assert source.endswith("sst2") and np.array_equal(first["train"].ids, again["train"].ids)
+    with pytest.raises(pytest.fail.Exception):  # another max length is another cache entry
+        load_tokenized(make(tiny_overrides + ["train.max_length=8"]), tokenizer)
+
+
+def test_batches_pad_to_their_longest_sequence(tiny_overrides, tiny_model_dir):
+    splits, _ = load_tokenized(make(tiny_overrides), load_tokenizer(str(tiny_model_dir)))
+    split = splits["train"]
+    batch = PadCollator(pad_id=0)([split[0], split[1]])
+    width = max(split.lengths()[:2])
+    assert batch["input_ids"].shape == (2, width) and batch["attention_mask"].sum() == split.lengths()[:2].sum()
+    assert batch["labels"].tolist() == split.labels[:2].tolist()
+
+
+def test_train_subset_is_fixed_by_the_subset_seed(tiny_overrides, tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    a, _ = load_tokenized(make(tiny_overrides + ["train.max_train_samples=10", "seed=1"]), tokenizer)
+    b, _ = load_tokenized(make(tiny_overrides + ["train.max_train_samples=10", "seed=2"]), tokenizer)
+    assert len(a["train"]) == 10 and np.array_equal(a["train"].ids, b["train"].ids)
+
+
+def test_missing_data_says_where_it_looked(tiny_overrides, tmp_path):
+    (tmp_path / "sst2").mkdir()
+    with pytest.raises(DataError, match=r"lacks train.parquet, validation.parquet"):
+        read_glue(make(tiny_overrides + [f"data.dir={tmp_path}"]).task, make([f"data.dir={tmp_path}"]).data)
+    cfg = make(tiny_overrides + ["data.dir=null", "data.hub=no-such-org/no-such-glue"])
+    with pytest.raises(DataError, match=r"data.dir is unset.*could not be loaded.*GLUE_DIR") as err:
+        read_glue(cfg.task, cfg.data)
+    assert "\n" not in str(err.value)
+
+
+def test_run_table_lists_every_run_with_its_status(tiny_overrides, tmp_path):
+    run_job(make(tiny_overrides + ["train.epochs=1"]), tmp_path / "rank=2", name="rank=2", group="t")
+    run_job(make(tiny_overrides + ["rank=64"]), tmp_path / "rank=64", name="rank=64", group="t")
+    (tmp_path / "rank=8").mkdir()
+    store.write_config(tmp_path / "rank=8", make(tiny_overrides + ["rank=8"]))  # started, never finished
+    table = store.write_run_table(tmp_path)
+    assert dict(zip(table["name"], table["status"])) == {"rank=2": "complete", "rank=64": "failed", "rank=8": "incomplete"}
+    assert table.set_index("name").loc["rank=2", "best_accuracy"] >= 0
+    assert "rank" in table.set_index("name").loc["rank=64", "error"]
+    assert (tmp_path / "runs.csv").is_file() and (tmp_path / "runs.parquet").is_file()
+
+
+def test_length_grouped_batches_cover_every_example_once_with_little_padding():
+    lengths = np.random.default_rng(0).integers(3, 60, 1000)
+    batches = list(data_module.LengthGroupedBatches(lengths, 32, torch.Generator().manual_seed(0), group=10))
+    assert sorted(i for b in batches for i in b) == list(range(1000)) and len(batches) == 32
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded < 1.2 * lengths.sum()  # random batches of 32 pad to about 2x here

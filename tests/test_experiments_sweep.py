@@ -1,0 +1,90 @@
+"""Two-job sweeps end to end through ``python -m experiments.sweep``, on each local launcher, on the tiny model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from experiments.config import REPO_ROOT
+
+
+@pytest.fixture()
+def sweep(tiny_model_dir, tiny_glue_dir, tmp_path, offline_env):
+    """Run a sweep from a config that extends conf/sweep.yaml with the tiny model and data, so that only the
+    command line's own overrides name the run folders; returns (process, sweep folder)."""
+    (tmp_path / "tiny.yaml").write_text(
+        "defaults:\n  - sweep\n  - _self_\n"
+        f"model: {{path: {tiny_model_dir}}}\n"
+        f"data: {{dir: {tiny_glue_dir}, cache_dir: {tmp_path / 'cache'}}}\n"
+        "train: {epochs: 2, batch_size: 16, max_length: 32, max_train_samples: null, lr: 5.0e-3}\n"
+        "alpha: 4\nlog_every: 2\nwandb: {mode: disabled}\n"
+    )
+    env = {**offline_env, "PYTHONPATH": os.pathsep.join(filter(None, [offline_env.get("PYTHONPATH"), str(REPO_ROOT)]))}
+
+    def run(*overrides, sweep_dir=tmp_path / "sweep"):
+        cmd = [sys.executable, "-m", "experiments.sweep", "--config-dir", str(tmp_path), "--config-name", "tiny",
+               f"hydra.sweep.dir={sweep_dir}", *overrides]
+        # cwd outside the repo: a sweep writes nowhere but its sweep folder
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300), sweep_dir
+
+    return run
+
+
+def table(sweep_dir):
+    return pd.read_parquet(sweep_dir / "runs.parquet").set_index("name")
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
+def test_two_job_sweep_on_each_launcher(sweep, launcher):
+    process, sweep_dir = sweep("rank=2,4", f"hydra/launcher={launcher}")
+    assert process.returncode == 0, process.stderr[-3000:]
+    runs = table(sweep_dir)
+    assert sorted(runs.index) == ["rank=2", "rank=4"] and (runs["status"] == "complete").all()
+    assert runs.loc["rank=4", "rank"] == 4 and runs.loc["rank=4", "trainable_params"] > runs.loc["rank=2", "trainable_params"]
+    assert pd.read_csv(sweep_dir / "runs.csv").shape[0] == 2
+    for name in runs.index:
+        assert (sweep_dir / name / "COMPLETE").is_file() and (sweep_dir / name / "adapter").is_dir()
+    if launcher == "joblib":  # two parallel jobs on the cores: a share each
+        cores = os.cpu_count()
+        assert json.loads((sweep_dir / "rank=2" / "metrics.json").read_text())["threads"] == max(1, cores // min(2, cores))
+
+
+def test_rerun_skips_complete_runs_and_retrains_the_rest(sweep):
+    process, sweep_dir = sweep("rank=2,4", "wandb.mode=offline")  # two W&B runs in one process
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert all(next((sweep_dir / n / "wandb").glob("offline-run-*"), None) for n in ("rank=2", "rank=4"))
+    kept = (sweep_dir / "rank=2" / "metrics.json").stat().st_mtime_ns
+    (sweep_dir / "rank=4" / "COMPLETE").unlink()  # as if killed before its marker
+
+    process, _ = sweep("rank=2,4", "wandb.mode=offline")
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "rank=2: complete results exist, skipped" in process.stdout + process.stderr
+    assert (sweep_dir / "rank=2" / "metrics.json").stat().st_mtime_ns == kept
+    assert (table(sweep_dir)["status"] == "complete").all()
+
+
+def test_one_failed_job_does_not_stop_the_others(sweep):
+    process, sweep_dir = sweep("rank=64,2")  # rank 64 exceeds the tiny model's width of 32
+    assert process.returncode == 1
+    runs = table(sweep_dir)
+    assert runs.loc["rank=2", "status"] == "complete" and runs.loc["rank=64", "status"] == "failed"
+    assert "rank" in runs.loc["rank=64", "error"] and "failed: rank=64" in process.stderr
+    assert json.loads((sweep_dir / "rank=64" / "FAILED").read_text())["traceback"]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("rank=0", "rank must be a positive integer, got 0"),
+        ("targets=qz", "unknown target preset 'qz'"),
+        ("data.dir=/no/such/glue", "data folder /no/such/glue does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_line(sweep, override, message):
+    process, sweep_dir = sweep(override)
+    assert process.returncode == 1 and "Traceback" not in process.stderr
+    assert process.stderr.strip().splitlines()[-1].startswith(message)
+    assert not sweep_dir.exists()  # refused before any job started
