@@ -34,9 +34,34 @@ def _sweep_id() -> str:
     return secrets.token_hex(3)
 
 
+# Keys that configure LoRA alone; a full fine-tune ignores them (and records them as null).
+LORA_KEYS = ("rank", "alpha", "targets", "init", "rslora", "dropout", "init_from")
+
+
 def _run_name(override_dirname: str | None) -> str:
-    """A run folder's name: its overrides (``rank=8,seed=1``), "/" in a value made "_" so it stays one folder."""
-    return (override_dirname or "default").replace("/", "_")
+    """A run folder's name: its overrides (``rank=8,seed=1``), "/" in a value made "_" so it stays one folder.
+
+    A full fine-tune's name leaves out the LoRA keys, so ``method=lora,full rank=4,64`` trains the full fine-tune
+    once: its second job finds the first one's folder complete and skips it (experiments/job.py).
+    """
+    items = (override_dirname or "").split(",") if override_dirname else []
+    if "method=full" in items:
+        items = [i for i in items if i.split("=", 1)[0].lstrip("+~").split(".")[0] not in LORA_KEYS]
+    return ",".join(items).replace("/", "_") or "default"
+
+
+def _rank_at_budget(targets, rank_one_type: int) -> int:
+    """The rank that spends the budget of one weight type at ``rank_one_type`` over all the types in ``targets``
+    (Table 5: r=8 for Wq alone, 4 for {Wq, Wv}, 2 for all four), for d×d attention projections."""
+    if isinstance(targets, str) and targets and set(targets) <= set("qkvo"):
+        types = len(set(targets))
+    elif not isinstance(targets, str):
+        types = len(targets)
+    else:
+        raise ConfigError(f"a fixed-budget rank needs targets made of the letters q, k, v, o or a list, got {targets!r}")
+    if rank_one_type % types:
+        raise ConfigError(f"a budget of rank {rank_one_type} on one weight type does not split over {types} types")
+    return rank_one_type // types
 
 
 def register_resolvers() -> None:
@@ -44,6 +69,7 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("lorakit.default_glue_dir", _default_glue_dir, replace=True)
     OmegaConf.register_new_resolver("lorakit.unique", _sweep_id, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("lorakit.run_name", _run_name, replace=True)
+    OmegaConf.register_new_resolver("lorakit.rank_at_budget", _rank_at_budget, replace=True)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import store
-from experiments.config import launcher_threads
+from experiments.config import LORA_KEYS, launcher_threads
 from experiments.tracking import NullLogger, make_logger
 from experiments.train import train
 
@@ -44,6 +44,11 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str, group: str) -> dict:
     """Train into ``run_dir`` unless a complete run of the same config is there; return a status dict."""
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    with store.run_lock(run_dir):  # a parallel job with the same folder (a duplicate full fine-tune) waits, then skips
+        return _run_locked(cfg, resolved, run_dir, name, group)
+
+
+def _run_locked(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group: str) -> dict:
     if store.is_complete(run_dir):
         if _results_config(store.stored_config(run_dir)) == _results_config(resolved):
             log.info("%s: complete results exist, skipped", name)
@@ -69,8 +74,10 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str, group: str) -> dict:
 
 
 def _results_config(config: dict | None) -> dict | None:
+    """What a run's results depend on: the config without execution keys (and LoRA keys for a full fine-tune)."""
     if config is None:
         return None
-    kept = {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
+    ignored = EXECUTION_KEYS + (LORA_KEYS if config.get("method", {}).get("name") == "full" else ())
+    kept = {k: v for k, v in config.items() if k not in ignored}
     kept["data"] = {k: v for k, v in config.get("data", {}).items() if k != "cache_dir"}
     return kept

@@ -45,9 +45,19 @@ def load_tokenizer(path: str):
 def load_model(path: str, num_labels: int) -> torch.nn.Module:
     """The pretrained encoder with a new, randomly initialised head of ``num_labels`` outputs (1: regression), fp32."""
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
-    return _load(
-        "model",
-        lambda: AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=torch.float32),
-        path,
-    )
+    # Quiet: the load report would list the new head as "missing", which it is by design; no progress bar per run.
+    verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return _load(
+            "model",
+            lambda: AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=torch.float32),
+            path,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress:
+            hf_logging.enable_progress_bar()

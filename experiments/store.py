@@ -6,6 +6,7 @@ and renamed, so a run killed half-way leaves no file that looks finished. ``FAIL
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -46,6 +47,21 @@ def atomic_path(path: Path, is_dir: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock (flock) on a run folder itself while a job works in it; nothing is left behind.
+    A file system without flock on folders (some network mounts) runs the job unlocked."""
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_text(path: Path, text: str) -> None:
@@ -136,9 +152,41 @@ def collect_runs(sweep_dir: Path) -> pd.DataFrame:
 def write_run_table(sweep_dir: Path) -> pd.DataFrame:
     table = collect_runs(sweep_dir)
     if "targets" in table:  # a column of strings and lists, which parquet cannot store
-        table["targets"] = table["targets"].map(lambda t: t if t is None or isinstance(t, str) else ",".join(t))
+        table["targets"] = table["targets"].map(lambda t: ",".join(t) if isinstance(t, (list, tuple)) else t)
     with atomic_path(Path(sweep_dir) / f"{TABLE}.csv") as tmp:
         table.to_csv(tmp, index=False)
     with atomic_path(Path(sweep_dir) / f"{TABLE}.parquet") as tmp:
         table.to_parquet(tmp, index=False)
     return table
+
+
+def find_init_adapter(init_from: DictConfig, seed: int) -> Path | None:
+    """The adapter a run's LoRA factors start from (``init_from`` in conf/sweep.yaml), or None for a fresh start.
+
+    ``init_from.dir`` is an adapter folder, a run folder holding ``adapter/``, or a sweep folder; in a sweep folder
+    ``init_from.task`` picks the source, the complete LoRA run of that task with this ``seed`` (Appendix D: MNLI for
+    MRPC, RTE and STS-B), and ``task: null`` means no source (how the paper preset leaves its other tasks alone).
+    A half-written or failed run is never a source.
+    """
+    if init_from.dir is None:
+        return None
+    root = Path(init_from.dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"init_from.dir={root} does not exist; give an adapter, run or sweep folder")
+    if (root / "adapter_config.json").is_file():
+        return root
+    if (root / CONFIG).is_file():  # a run folder
+        if not is_complete(root) or not (root / ADAPTER).is_dir():
+            raise FileNotFoundError(f"init_from.dir={root} is not a complete LoRA run (no {COMPLETE} or no {ADAPTER}/)")
+        return root / ADAPTER
+    if init_from.task is None:
+        return None
+    for run_dir in run_folders(root):
+        if is_complete(run_dir) and (run_dir / ADAPTER).is_dir():
+            run = json.loads((run_dir / METRICS).read_text())["run"]
+            if run["task"] == init_from.task and run["method"] == "lora" and run["seed"] == seed:
+                return run_dir / ADAPTER
+    raise FileNotFoundError(
+        f"init_from: no complete LoRA run of task={init_from.task} with seed={seed} in {root}; "
+        f"run it into that sweep folder first (task={init_from.task} seed={seed})"
+    )

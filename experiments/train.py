@@ -28,7 +28,7 @@ from experiments.config import ConfigError, lora_config, run_info, validate
 from experiments.data import eval_loader, load_tokenized, train_loader
 from experiments.metrics import glue_metrics
 from experiments.models import load_model, load_tokenizer, resolve_model_path
-from experiments.store import ADAPTER, DELTAS, atomic_path
+from experiments.store import ADAPTER, DELTAS, atomic_path, find_init_adapter
 from experiments.tracking import NullLogger
 
 
@@ -70,8 +70,13 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     # Model: the seed fixes the new head's and the adapters' initial values.
     seed_everything(cfg.seed)
     model = load_model(model_path, task.num_labels)
+    init_adapter = None
     if lora:
         adapted = lorakit.inject_lora(model, lora_config(cfg))
+        init_adapter = find_init_adapter(cfg.init_from, cfg.seed)
+        if init_adapter is not None:  # the factors only: the head is new (another task, maybe another label count)
+            lorakit.load_adapter(model, init_adapter, head=False)
+            log.info("%s: LoRA factors initialised from %s", name, init_adapter)
     else:
         # ΔW of the encoder's attention and MLP layers: the task head and the pooler are not part of the analyses.
         adapted = lorakit.linear_module_names(model, head=(*cfg.model.head, "classifier", "pooler"))
@@ -143,6 +148,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
         "trainable_params": trainable_params,
         "total_params": total_params,
         "adapted_modules": list(adapted),
+        "init_from": str(init_adapter) if init_adapter else None,
         "wall_time_s": time.perf_counter() - started,
         "train_examples_per_s": train_examples / train_seconds,
         "peak_memory_mb": _peak_memory_mb(device),

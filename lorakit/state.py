@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -132,12 +132,16 @@ def read_adapter(path: str | os.PathLike) -> Adapter:
     return Adapter(config, {n: (A, B) for n, (A, B) in factors.items()}, scale, extra)
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike) -> list[str]:
+def load_adapter(model: nn.Module, path: str | os.PathLike, head: bool = True) -> list[str]:
     """Load an adapter into ``model``, injecting LoRA first when the model has none. Returns the adapted names.
 
+    ``head=False`` loads the LoRA factors alone and leaves the model's own head (and other saved modules) as they
+    are: how one task starts from another task's adapter (the paper's MRPC, RTE and STS-B from MNLI).
     Refuses, with one line naming the module, an adapter whose modules or shapes do not exist in this model.
     """
     adapter = read_adapter(path)
+    if not head:
+        adapter = replace(adapter, extra={})
     _check_fits(model, adapter, path)
     existing = lora_modules(model)
     if existing:

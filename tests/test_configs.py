@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from experiments.config import CONF_DIR, REPO_ROOT, ConfigError, known_options, launcher_threads, register_resolvers
 from experiments.config import validate
@@ -123,3 +124,48 @@ def test_launcher_threads_divide_the_cores():
     assert launcher_threads(conf({"_target_": "x.JoblibLauncher", "n_jobs": 16}), cpu_count=2) == 1
     assert launcher_threads(conf({"_target_": "x.submitit.LocalLauncher", "cpus_per_task": None}), cpu_count=8) == 1
     assert launcher_threads(conf({"_target_": "x.submitit.SlurmLauncher", "cpus_per_task": 6}), cpu_count=64) == 6
+
+
+PRESETS = known_options("experiment")
+
+
+def test_every_table_and_figure_has_a_cpu_preset_and_a_paper_variant():
+    cpu = {"table2", "table5", "table6", "fig3_fig4", "table7"}
+    assert set(PRESETS) == cpu | {f"{name}_paper" for name in cpu}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_composes_and_resolves(preset):
+    assert make([f"+experiment={preset}"], hydra=True).hydra.sweeper.params, "a preset is a sweep of its own"
+    job = OmegaConf.to_container(make([f"+experiment={preset}"]), resolve=True)
+    paper = preset.endswith("_paper")
+    assert job["model"]["name"] == ("roberta_base" if paper else "minilm")
+    if paper:  # Appendix D: α=8, r=8 on Wq, Wv unless the table varies them, Table 9's settings
+        assert job["alpha"] == 8 and job["train"]["max_length"] == 512 and job["train"]["warmup_ratio"] == 0.06
+        assert job["train"]["epochs"] == job["task"]["paper"]["epochs"]
+    else:
+        assert job["train"]["max_length"] == job["task"]["cpu"]["max_length"]
+    validate(make([f"+experiment={preset}"]))
+
+
+def test_table5_spends_one_budget_over_the_weight_types():
+    ranks = {t: make(["+experiment=table5", f"targets={t}"]).rank for t in ("q", "o", "qk", "qv", "qkvo")}
+    assert ranks == {"q": 8, "o": 8, "qk": 4, "qv": 4, "qkvo": 2}
+    assert make(["+experiment=table5", "targets=qkvo", "budget_rank=16"]).rank == 4
+    with pytest.raises(InterpolationResolutionError, match="does not split over 3 types"):
+        make(["+experiment=table5", "targets=qkv"]).rank
+
+
+def test_paper_table2_starts_mrpc_rte_stsb_from_mnli():
+    for task, source in [("mrpc", "mnli"), ("rte", "mnli"), ("stsb", "mnli"), ("sst2", None), ("mnli", None)]:
+        cfg = make(["+experiment=table2_paper", f"task={task}"], hydra=True)
+        assert cfg.init_from.task == source
+        assert cfg.init_from.dir == cfg.hydra.sweep.dir == "multirun/table2_paper/roberta_base"
+
+
+def test_paper_variants_start_from_the_command_line():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    for preset in [p for p in PRESETS if p.endswith("_paper")]:
+        cmd = [sys.executable, "-m", "experiments.sweep", f"+experiment={preset}", "hydra/launcher=slurm", "--cfg", "job"]
+        job = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        assert job.returncode == 0 and "roberta" in job.stdout, job.stderr

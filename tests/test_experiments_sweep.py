@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -88,3 +89,26 @@ def test_bad_input_is_one_clear_line(sweep, override, message):
     assert process.returncode == 1 and "Traceback" not in process.stderr
     assert process.stderr.strip().splitlines()[-1].startswith(message)
     assert not sweep_dir.exists()  # refused before any job started
+
+
+def test_a_full_fine_tune_trains_once_however_many_ranks_are_swept(sweep):
+    process, sweep_dir = sweep("method=lora,full", "rank=2,4")
+    assert process.returncode == 0, process.stderr[-3000:]
+    runs = table(sweep_dir)
+    assert sorted(runs.index) == ["method=full", "method=lora,rank=2", "method=lora,rank=4"]
+    assert (runs["status"] == "complete").all() and (sweep_dir / "method=full" / "delta_weights.safetensors").is_file()
+    assert (process.stdout + process.stderr).count("method=full: complete results exist, skipped") == 1
+
+
+def test_paper_table2_preset_runs_mnli_then_starts_stsb_from_its_adapter(sweep, tmp_path):
+    """The paper's chain (Appendix D) on the tiny model: the STS-B LoRA run loads the MNLI run's factors."""
+    sweep_dir = tmp_path / "paper"
+    process, _ = sweep("+experiment=table2_paper", "task=mnli,stsb", "method=lora", "seed=0", "budget=cpu",
+                       f"init_from.dir={sweep_dir}", "model.name=tiny", "train.max_train_samples=null",
+                       "train.epochs=1", sweep_dir=sweep_dir)
+    assert process.returncode == 0, process.stderr[-3000:]
+    runs = table(sweep_dir).set_index("task")
+    assert (runs["status"] == "complete").all() and list(runs.index) == ["mnli", "stsb"]
+    metrics = {t: json.loads((Path(runs.loc[t, "path"]) / "metrics.json").read_text()) for t in ("mnli", "stsb")}
+    assert metrics["mnli"]["init_from"] is None
+    assert metrics["stsb"]["init_from"] == str(Path(runs.loc["mnli", "path"]) / "adapter")

@@ -169,3 +169,19 @@ def test_real_minilm_roundtrip_through_peft(tmp_path, minilm_path):
     again = load()
     load_adapter(again, tmp_path / "from_peft")
     torch.testing.assert_close(again(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_factors_alone_start_another_task(tmp_path):
+    """head=False: another task's adapter (3 labels) initialises the factors; the new 2-label head is untouched."""
+    source = trained_lorakit_model(lambda: tiny_bert(num_labels=3), LoRAConfig(r=4, alpha=8))
+    save_adapter(source, tmp_path)
+    target = tiny_bert(num_labels=2, seed=1)
+    inject_lora(target, LoRAConfig(r=4, alpha=8))
+    head = target.classifier.weight.detach().clone()
+    with pytest.raises(LoRAError, match="another number of labels"):
+        load_adapter(target, tmp_path)
+    load_adapter(target, tmp_path, head=False)
+    for name, module in lora_modules(target).items():
+        assert torch.equal(module.lora_A, lora_modules(source)[name].lora_A)
+        assert torch.equal(module.lora_B, lora_modules(source)[name].lora_B)
+    assert torch.equal(target.classifier.weight, head)
