@@ -115,12 +115,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parser().parse_args(argv)
-    result = run(args)
-    markdown = render(result)
-    path = common.write_result(args.out, "analysis_cost", result, markdown)
-    print(markdown, f"\nwritten: {path}", sep="\n")
-    return result
+    return common.run_cli("analysis_cost", parser(), run, render, argv)
 
 
 if __name__ == "__main__":

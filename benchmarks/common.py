@@ -325,6 +325,16 @@ def write_result(out: Path, name: str, result: dict[str, Any], markdown: str) ->
     return out / f"{stem}.json"
 
 
+def run_cli(name: str, parser, run, render, argv: list[str] | None) -> dict[str, Any]:
+    """A benchmark's command line: parse, measure, write ``<out>/<name>_<device>.json`` and ``.md``, print the table."""
+    args = parser.parse_args(argv)
+    result = run(args)
+    markdown = render(result)
+    path = write_result(args.out, name, result, markdown)
+    print(markdown, f"\nwritten: {path}", sep="\n")
+    return result
+
+
 def machine_line(machine: dict[str, Any], share: dict[str, float]) -> str:
     gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
     return (
