@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from experiments import data as data_module
@@ -187,3 +188,17 @@ def test_length_grouped_batches_cover_every_example_once_with_little_padding():
     assert sorted(i for b in batches for i in b) == list(range(1000)) and len(batches) == 32
     padded = sum(len(b) * lengths[b].max() for b in batches)
     assert padded < 1.2 * lengths.sum()  # random batches of 32 pad to about 2x here
+
+
+def test_init_from_finds_the_source_run_or_says_what_is_missing(tiny_overrides, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    run_job(make(tiny_overrides + ["task=mnli", "train.epochs=1"]), sweep_dir / "task=mnli", name="task=mnli", group="t")
+    source = OmegaConf.create({"dir": str(sweep_dir), "task": "mnli"})
+    assert store.find_init_adapter(source, seed=0) == sweep_dir / "task=mnli" / "adapter"
+    assert store.find_init_adapter(OmegaConf.create({"dir": str(sweep_dir), "task": None}), seed=0) is None
+    assert store.find_init_adapter(OmegaConf.create({"dir": str(sweep_dir / "task=mnli"), "task": None}), seed=0) \
+        == sweep_dir / "task=mnli" / "adapter"
+    with pytest.raises(FileNotFoundError, match="no complete LoRA run of task=mnli with seed=1 in"):
+        store.find_init_adapter(source, seed=1)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        store.find_init_adapter(OmegaConf.create({"dir": str(tmp_path / "nowhere"), "task": "mnli"}), seed=0)
