@@ -69,8 +69,11 @@ class LoRALinear(nn.Module):
         out = F.linear(x, self.weight, self.bias)
         if self.merged:
             return out
-        update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
-        return out + update * self.scale
+        # The scale multiplies the narrow (…, r) activation, and the GEMM with B accumulates into W₀x + b in place of
+        # an add: no extra pass over the wide (…, out) output, forward or backward — on a CPU, where such passes are
+        # memory-bound, they cost more than the rank-r matmuls themselves.
+        h = F.linear(self.dropout(x), self.lora_A) * self.scale
+        return torch.addmm(out.reshape(-1, self.out_features), h.reshape(-1, self.r), self.lora_B.t()).view(out.shape)
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = scale · B A (out × in), detached."""
