@@ -3,7 +3,7 @@
     python -m analysis.figures multirun/2025-01-01/12-00-00-abc [more sweeps ...] --out results/<name>
 
 Writes into ``--out``: ``table2``, ``table5``, ``table6`` (CSV + Markdown), ``fig_metric_vs_rank``, ``fig3``,
-``fig4`` (PNG + PDF), ``table7``, ``spectra`` + ``fig_spectra``, ``overlap`` + ``fig_overlap``, ``intruders`` +
+``fig4`` (PNG + PDF, and the φ grids as CSV), ``subspace_summary`` (+ ``_agg``), ``table7``, ``spectra`` + ``fig_spectra``, ``overlap`` + ``fig_overlap``, ``intruders`` +
 ``fig_intruders``, ``runs.csv`` (the runs read) and ``index.md`` (what was produced from which runs, what was
 skipped and why). An analysis whose runs are missing is skipped with one line naming what is missing; the command
 fails only when nothing at all could be produced (or, with ``--strict``, when an analysis raised an error).
@@ -68,16 +68,33 @@ def _metric_vs_rank(runs, opts, out):
     return files + plots.save_figure(fig, out, "fig_metric_vs_rank", table.runs, formats=opts.formats), table.runs
 
 
+def _grid_values(data, out: Path, stem: str) -> Path:
+    """The numbers behind a φ figure, one row per (panel, i, j), so a reader can quote them without the picture."""
+    rows = [{"panel": title, "i": i + 1, "j": j + 1, "phi": float(grid[i, j])}
+            for title, grid in data.grids.items() for i in range(grid.shape[0]) for j in range(grid.shape[1])]
+    path = out / f"{stem}.csv"
+    pd.DataFrame(rows).to_csv(path, index=False, float_format="%.4f")
+    return path
+
+
 def _figure3(runs, opts, out):
     data = weight_tables.figure3_grids(runs, opts.task, opts.layer, opts.ranks)
     fig = plots.plot_subspace_grids(data, zoom=8)  # the paper's zoom: i ≤ 8, j ≤ 8
-    return plots.save_figure(fig, out, "fig3", data.runs, data.notes, opts.formats), data.runs
+    files = plots.save_figure(fig, out, "fig3", data.runs, data.notes, opts.formats)
+    return files + [_grid_values(data, out, "fig3")], data.runs
 
 
 def _figure4(runs, opts, out):
     data = weight_tables.figure4_grids(runs, opts.task, opts.layer, opts.seed_rank, opts.seed)
     fig = plots.plot_subspace_grids(data)
-    return plots.save_figure(fig, out, "fig4", data.runs, data.notes, opts.formats), data.runs
+    files = plots.save_figure(fig, out, "fig4", data.runs, data.notes, opts.formats)
+    return files + [_grid_values(data, out, "fig4")], data.runs
+
+
+def _subspace_summary(runs, opts, out):
+    table = weight_tables.subspace_summary(runs, opts.task, seed=opts.seed)
+    files = tables.write_table(table, out, "subspace_summary")
+    return files + tables.write_table(weight_tables.subspace_summary_agg(table), out, "subspace_summary_agg"), table.runs
 
 
 def _table7(runs, opts, out):
@@ -114,6 +131,7 @@ PRODUCTS: dict[str, tuple[str, Product]] = {
     "table6": ("Table 6: metric vs rank (and fig_metric_vs_rank)", _metric_vs_rank),
     "fig3": ("Figure 3: subspace similarity between ranks", _figure3),
     "fig4": ("Figure 4: subspace similarity between seeds vs random", _figure4),
+    "subspace": ("Figures 3-4 over every layer and pair, with the spread", _subspace_summary),
     "table7": ("Table 7: ΔW vs W", _table7),
     "spectra": ("ΔW spectra and rank at 90% energy", _spectra),
     "overlap": ("LoRA vs full fine-tuning subspace overlap", _overlap),

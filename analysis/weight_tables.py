@@ -4,6 +4,7 @@
 - ``table7``: ΔW vs W projections and amplification factors (Table 7).
 - ``spectra_table``: rank at 90% energy and effective rank of every ΔW, full fine-tuning and LoRA.
 - ``overlap_table``: φ between the top-r subspaces of a LoRA ΔW and the full fine-tune's ΔW of the same layer.
+- ``subspace_summary``: Figures 3 and 4 condensed over every layer and every seed or rank pair, with the spread.
 - ``intruder_table``: intruder dimensions of the tuned W against W₀, for LoRA and full fine-tuning.
 
 Each takes the run table of ``analysis.runs.scan_runs`` and raises ``MissingRuns`` naming what it lacks.
@@ -292,3 +293,65 @@ def _module_key(col: pd.Series) -> pd.Series:
         inverse = {label: kind for kind, label in KIND_LABELS.items()}
         return col.map(lambda m: kind_order(inverse.get(m, m)))
     return col
+
+
+def subspace_summary(runs: pd.DataFrame, task: str | None = None, zoom: int = 8, seed: int = 0) -> Table:
+    """Figures 3 and 4 over every adapted layer and every pair, not one layer of one pair: φ(1, 1) (the top
+    direction) and the mean of φ(i, j) over 1 ≤ i, j ≤ ``zoom`` without (1, 1) (the other top directions), for
+    - ranks: each seed's A_r=lo against its A_r=hi (Figure 3; lo, hi = 8, 64 when present, else the extremes);
+    - seeds: A_r of every pair of seeds at each rank with two or more (Figure 4);
+    beside two random Gaussian matrices of the same shapes. One row per (comparison, pair, layer, module)."""
+    runs = runs[runs["has_weights"]]
+    what = "the subspace summary needs LoRA runs on Wq and Wv at two ranks or with two seeds"
+    group = _qv_group(runs, task, what, lambda g: g["rank"].nunique() >= 2 or g["seed"].nunique() >= 2)
+    pairs = []
+    ranks = sorted(int(r) for r in group["rank"].dropna().unique())
+    if len(ranks) >= 2:
+        lo, hi = (8, 64) if {8, 64} <= set(ranks) else (ranks[0], ranks[-1])
+        for s in sorted(set(group.loc[group["rank"] == lo, "seed"]) & set(group.loc[group["rank"] == hi, "seed"])):
+            a = group[(group["rank"] == lo) & (group["seed"] == s)].iloc[0]
+            b = group[(group["rank"] == hi) & (group["seed"] == s)].iloc[0]
+            pairs.append(("ranks", f"r={lo} vs r={hi}", f"seed {s}", a, b))
+    for r in ranks:
+        at_r = group[group["rank"] == r].drop_duplicates("seed").sort_values("seed")
+        rows = [row for _, row in at_r.iterrows()]
+        pairs += [("seeds", f"r={r}", f"seeds {x['seed']} vs {y['seed']}", x, y)
+                  for n, x in enumerate(rows) for y in rows[n + 1:]]  # fmt: skip
+
+    def condensed(grid: torch.Tensor) -> tuple[float, float]:
+        top = grid[:zoom, :zoom].clone()
+        first = float(top[0, 0])
+        top[0, 0] = float("nan")
+        return first, float(torch.nanmean(top))
+
+    records, sources = [], set()
+    for comparison, ranks_compared, label, a, b in pairs:
+        layers = adapted_layers(pd.DataFrame([a, b]))
+        for layer in layers:
+            fa, fb = _a_factors(a, layer, ("q", "v")), _a_factors(b, layer, ("q", "v"))
+            for kind in ("q", "v"):
+                phi11, rest = condensed(lora_subspace_similarity(fa[kind], fb[kind]))
+                rand11, rand_rest = condensed(random_subspace_similarity(tuple(fa[kind].shape), tuple(fb[kind].shape), seed))
+                records.append({"comparison": comparison, "ranks": ranks_compared, "pair": label, "layer": layer, "module": KIND_LABELS[kind],
+                                "φ(1,1)": phi11, f"mean φ, i,j ≤ {zoom} but (1,1)": rest,
+                                "random φ(1,1)": rand11, f"random mean φ, i,j ≤ {zoom} but (1,1)": rand_rest})
+        sources |= {a["label"], b["label"]}
+    if not records:
+        raise MissingRuns(what)
+    frame = pd.DataFrame(records)
+    return Table(
+        frame=frame,
+        title=f"Figures 3 and 4 over every layer — {group['task'].iloc[0]}: φ of the top direction and of the next ones",
+        runs=sorted(sources),
+        notes=["Summary per comparison and module (median [min, max] over layers and pairs) in subspace_summary_agg."],
+        float_format=".3f",
+    )
+
+
+def subspace_summary_agg(table: Table) -> Table:
+    """``subspace_summary`` per (comparison, ranks, module): median and [min, max] over layers and pairs."""
+    value_columns = [c for c in table.frame.columns if "φ" in c]
+    grouped = table.frame.groupby(["comparison", "ranks", "module"], sort=False)[value_columns]
+    cells = grouped.agg(lambda v: f"{v.median():.3f} [{v.min():.3f}, {v.max():.3f}]").reset_index()
+    cells.insert(3, "layers × pairs", grouped.size().values)
+    return Table(frame=cells, title=table.title + " (median [min, max])", runs=table.runs)

@@ -101,7 +101,8 @@ def sweep(tmp_path_factory) -> Path:
 EXPECTED = [
     "index.md", "runs.csv",
     "table2.csv", "table2.md", "table5.csv", "table5.md", "table6.csv", "table6.md",
-    "fig_metric_vs_rank.png", "fig_metric_vs_rank.pdf", "fig3.png", "fig3.pdf", "fig4.png", "fig4.pdf",
+    "fig_metric_vs_rank.png", "fig_metric_vs_rank.pdf", "fig3.png", "fig3.pdf", "fig3.csv", "fig4.png", "fig4.pdf", "fig4.csv",
+    "subspace_summary.csv", "subspace_summary.md", "subspace_summary_agg.csv", "subspace_summary_agg.md",
     "table7.csv", "table7.md", "spectra.csv", "spectra.md", "fig_spectra.png", "fig_spectra.pdf",
     "overlap.csv", "overlap.md", "fig_overlap.png", "fig_overlap.pdf",
     "intruders.csv", "intruders.md", "fig_intruders.png", "fig_intruders.pdf",
