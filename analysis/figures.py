@@ -3,8 +3,8 @@
     python -m analysis.figures multirun/2025-01-01/12-00-00-abc [more sweeps ...] --out results/<name>
 
 Writes into ``--out``: ``table2``, ``table5``, ``table6`` (CSV + Markdown), ``fig_metric_vs_rank``, ``fig3``,
-``fig4`` (PNG + PDF, and the φ grids as CSV), ``subspace_summary`` (+ ``_agg``), ``table7``, ``spectra`` + ``fig_spectra``, ``overlap`` + ``fig_overlap``, ``intruders`` +
-``fig_intruders``, ``runs.csv`` (the runs read) and ``index.md`` (what was produced from which runs, what was
+``fig4`` (PNG + PDF, and the φ grids as CSV), ``subspace_summary`` (+ ``_agg``), ``table7``, ``spectra`` +
+``fig_spectra``, ``overlap`` + ``fig_overlap``, ``intruders`` + ``fig_intruders``, ``runs.csv`` (the runs read) and ``index.md`` (what was produced from which runs, what was
 skipped and why). An analysis whose runs are missing is skipped with one line naming what is missing; the command
 fails only when nothing at all could be produced (or, with ``--strict``, when an analysis raised an error).
 """

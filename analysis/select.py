@@ -58,18 +58,21 @@ def groups_by_setting(lora: pd.DataFrame) -> list[pd.DataFrame]:
     return sorted(groups, key=lambda g: (g["targets"].iloc[0] != "qv", -len(g)))
 
 
+def rank_pair(present: list[int]) -> tuple[int, int]:
+    """The two ranks Figure 3 compares: 8 and 64 when present, else the smallest and largest of ``present``."""
+    return (8, 64) if 8 in present and 64 in present else (min(present), max(present))
+
+
 def pick_rank_pair(group: pd.DataFrame, ranks: tuple[int, int] | None) -> tuple[pd.Series, pd.Series]:
-    """(run at the smaller rank, run at the larger), same seed when possible: ``ranks`` if given, else 8 and 64
-    (Figure 3) when present, else the smallest and largest ranks present."""
+    """(run at the smaller rank, run at the larger), same seed when possible: ``ranks`` if given, else
+    ``rank_pair`` of the ranks present."""
     present = sorted(int(r) for r in group["rank"].dropna().unique())
     if ranks is not None:
         lo, hi = sorted(ranks)
         if lo not in present or hi not in present:
             raise MissingRuns(f"ranks {lo} and {hi} requested but the runs have ranks {present}")
-    elif 8 in present and 64 in present:
-        lo, hi = 8, 64
     else:
-        lo, hi = present[0], present[-1]
+        lo, hi = rank_pair(present)
     at_lo, at_hi = group[group["rank"] == lo], group[group["rank"] == hi]
     common = sorted(set(at_lo["seed"].dropna()) & set(at_hi["seed"].dropna()))
     if common:

@@ -30,6 +30,7 @@ from .select import (
     lowest_seed,
     pick_rank_pair,
     pick_seed_pair,
+    rank_pair,
 )
 from .spectra import spectrum
 from .subspace import delta_overlaps, expected_random_similarity, lora_subspace_similarity, random_subspace_similarity
@@ -298,7 +299,7 @@ def _module_key(col: pd.Series) -> pd.Series:
 def subspace_summary(runs: pd.DataFrame, task: str | None = None, zoom: int = 8, seed: int = 0) -> Table:
     """Figures 3 and 4 over every adapted layer and every pair, not one layer of one pair: φ(1, 1) (the top
     direction) and the mean of φ(i, j) over 1 ≤ i, j ≤ ``zoom`` without (1, 1) (the other top directions), for
-    - ranks: each seed's A_r=lo against its A_r=hi (Figure 3; lo, hi = 8, 64 when present, else the extremes);
+    - ranks: each seed's A_r=lo against its A_r=hi (Figure 3; lo, hi from ``select.rank_pair``);
     - seeds: A_r of every pair of seeds at each rank with two or more (Figure 4);
     beside two random Gaussian matrices of the same shapes. One row per (comparison, pair, layer, module)."""
     runs = runs[runs["has_weights"]]
@@ -307,7 +308,7 @@ def subspace_summary(runs: pd.DataFrame, task: str | None = None, zoom: int = 8,
     pairs = []
     ranks = sorted(int(r) for r in group["rank"].dropna().unique())
     if len(ranks) >= 2:
-        lo, hi = (8, 64) if {8, 64} <= set(ranks) else (ranks[0], ranks[-1])
+        lo, hi = rank_pair(ranks)
         for s in sorted(set(group.loc[group["rank"] == lo, "seed"]) & set(group.loc[group["rank"] == hi, "seed"])):
             a = group[(group["rank"] == lo) & (group["seed"] == s)].iloc[0]
             b = group[(group["rank"] == hi) & (group["seed"] == s)].iloc[0]
@@ -331,9 +332,10 @@ def subspace_summary(runs: pd.DataFrame, task: str | None = None, zoom: int = 8,
             fa, fb = _a_factors(a, layer, ("q", "v")), _a_factors(b, layer, ("q", "v"))
             for kind in ("q", "v"):
                 phi11, rest = condensed(lora_subspace_similarity(fa[kind], fb[kind]))
-                rand11, rand_rest = condensed(random_subspace_similarity(tuple(fa[kind].shape), tuple(fb[kind].shape), seed))
-                records.append({"comparison": comparison, "ranks": ranks_compared, "pair": label, "layer": layer, "module": KIND_LABELS[kind],
-                                "φ(1,1)": phi11, f"mean φ, i,j ≤ {zoom} but (1,1)": rest,
+                baseline = random_subspace_similarity(tuple(fa[kind].shape), tuple(fb[kind].shape), seed)
+                rand11, rand_rest = condensed(baseline)
+                records.append({"comparison": comparison, "ranks": ranks_compared, "pair": label, "layer": layer,
+                                "module": KIND_LABELS[kind], "φ(1,1)": phi11, f"mean φ, i,j ≤ {zoom} but (1,1)": rest,
                                 "random φ(1,1)": rand11, f"random mean φ, i,j ≤ {zoom} but (1,1)": rand_rest})
         sources |= {a["label"], b["label"]}
     if not records:

@@ -44,7 +44,7 @@ def _run_name(override_dirname: str | None) -> str:
     A full fine-tune's name leaves out the LoRA keys, so ``method=lora,full rank=4,64`` trains the full fine-tune
     once: its second job finds the first one's folder complete and skips it (experiments/job.py).
     """
-    items = (override_dirname or "").split(",") if override_dirname else []
+    items = override_dirname.split(",") if override_dirname else []
     if "method=full" in items:
         items = [i for i in items if i.split("=", 1)[0].lstrip("+~").split(".")[0] not in LORA_KEYS]
     return ",".join(items).replace("/", "_") or "default"

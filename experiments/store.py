@@ -19,6 +19,8 @@ from typing import Any, Iterator
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from lorakit.state import CONFIG_NAME
+
 CONFIG, METRICS, ADAPTER, DELTAS = "config.yaml", "metrics.json", "adapter", "delta_weights.safetensors"
 COMPLETE, FAILED = "COMPLETE", "FAILED"
 RUN_FILES = (CONFIG, METRICS, ADAPTER, DELTAS, COMPLETE, FAILED, "wandb")
@@ -173,7 +175,7 @@ def find_init_adapter(init_from: DictConfig, seed: int) -> Path | None:
     root = Path(init_from.dir)
     if not root.is_dir():
         raise FileNotFoundError(f"init_from.dir={root} does not exist; give an adapter, run or sweep folder")
-    if (root / "adapter_config.json").is_file():
+    if (root / CONFIG_NAME).is_file():  # an adapter folder
         return root
     if (root / CONFIG).is_file():  # a run folder
         if not is_complete(root) or not (root / ADAPTER).is_dir():
