@@ -24,8 +24,8 @@ _PEFT_PREFIX = "base_model.model."
 
 COLUMNS = (
     "label", "sweep", "name", "task", "method", "model", "model_path", "rank", "alpha", "targets", "seed", "init",
-    "rslora", "metric", "score", "score_last", "best_epoch", "trainable_params", "total_params", "adapted_modules",
-    "has_weights", "run_dir",
+    "rslora", "metric", "score", "score_last", "best_epoch", "trainable_params", "method_params", "total_params",
+    "adapted_modules", "has_weights", "run_dir",
 )  # fmt: skip
 
 
@@ -80,8 +80,8 @@ def _read_run(run_dir: Path) -> dict:
     metric = metrics.get("metric")
     best, last = metrics.get("best") or {}, metrics.get("last") or {}
     method = run.get("method")
-    if method not in ("lora", "full"):
-        raise RunError(f"run.method must be 'lora' or 'full', got {method!r}")
+    if method not in ("lora", "full", "head"):
+        raise RunError(f"run.method must be 'lora', 'full' or 'head', got {method!r}")
     sweep = run_dir.parent.name
     name = run.get("name") or run_dir.name
     return {
@@ -103,6 +103,8 @@ def _read_run(run_dir: Path) -> dict:
         "score_last": last.get(metric, math.nan),
         "best_epoch": best.get("epoch"),
         "trainable_params": metrics.get("trainable_params"),
+        # Runs written before method_params existed: a full fine-tune trains everything; LoRA's head is unknown here.
+        "method_params": metrics.get("method_params", metrics.get("trainable_params") if method == "full" else None),
         "total_params": metrics.get("total_params"),
         "adapted_modules": list(metrics.get("adapted_modules") or []),
         "run_dir": str(run_dir),
@@ -130,13 +132,13 @@ def scan_runs(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[Sk
         except (OSError, ValueError, AttributeError) as err:
             skipped.append(Skipped(str(run_dir), f"unreadable metrics.json ({err})"))
             continue
-        what = "adapter" if row["method"] == "lora" else "delta_weights.safetensors"
-        row["has_weights"] = (run_dir / what).exists()
-        if not row["has_weights"]:
+        what = {"lora": "adapter", "full": "delta_weights.safetensors"}.get(row["method"])  # head: none to keep
+        row["has_weights"] = what is not None and (run_dir / what).exists()
+        if what is not None and not row["has_weights"]:
             warnings.warn(f"{row['label']}: no {what}; usable for metric tables only", RunWarning, stacklevel=2)
         rows.append(row)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    for col in ("rank", "seed", "best_epoch", "trainable_params", "total_params"):
+    for col in ("rank", "seed", "best_epoch", "trainable_params", "method_params", "total_params"):
         table[col] = pd.array(table[col], dtype="Int64")
     table["has_weights"] = table["has_weights"].astype(bool)
     table["score"] = table["score"].astype(float)

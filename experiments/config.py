@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
-METHODS = ("lora", "full")
+METHODS = ("lora", "full", "head")
 
 
 class ConfigError(CompactHydraException, ValueError):
@@ -41,11 +41,11 @@ LORA_KEYS = ("rank", "alpha", "targets", "init", "rslora", "dropout", "init_from
 def _run_name(override_dirname: str | None) -> str:
     """A run folder's name: its overrides (``rank=8,seed=1``), "/" in a value made "_" so it stays one folder.
 
-    A full fine-tune's name leaves out the LoRA keys, so ``method=lora,full rank=4,64`` trains the full fine-tune
-    once: its second job finds the first one's folder complete and skips it (experiments/job.py).
+    A full fine-tune's (or head-only run's) name leaves out the LoRA keys, so ``method=lora,full rank=4,64`` trains
+    the full fine-tune once: its second job finds the first one's folder complete and skips it (experiments/job.py).
     """
     items = override_dirname.split(",") if override_dirname else []
-    if "method=full" in items:
+    if "method=full" in items or "method=head" in items:
         items = [i for i in items if i.split("=", 1)[0].lstrip("+~").split(".")[0] not in LORA_KEYS]
     return ",".join(items).replace("/", "_") or "default"
 

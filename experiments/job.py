@@ -74,10 +74,10 @@ def _run_locked(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group
 
 
 def _results_config(config: dict | None) -> dict | None:
-    """What a run's results depend on: the config without execution keys (and LoRA keys for a full fine-tune)."""
+    """What a run's results depend on: the config without execution keys (and LoRA keys unless the method is LoRA)."""
     if config is None:
         return None
-    ignored = EXECUTION_KEYS + (LORA_KEYS if config.get("method", {}).get("name") == "full" else ())
+    ignored = EXECUTION_KEYS + (LORA_KEYS if config.get("method", {}).get("name") != "lora" else ())
     kept = {k: v for k, v in config.items() if k not in ignored}
     kept["data"] = {k: v for k, v in config.get("data", {}).items() if k != "cache_dir"}
     return kept

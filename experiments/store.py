@@ -127,7 +127,9 @@ def _row(run_dir: Path) -> dict:
         row["best_epoch"] = metrics["best"]["epoch"]
         row.update({f"best_{k}": v for k, v in metrics["best"].items() if k != "epoch"})
         row.update({f"last_{k}": v for k, v in metrics["last"].items() if k != "epoch"})
-        for key in ("trainable_params", "total_params", "wall_time_s", "train_examples_per_s", "peak_memory_mb", "device"):
+        keys = ("trainable_params", "method_params", "total_params", "wall_time_s", "train_examples_per_s",
+                "peak_memory_mb", "device")
+        for key in keys:
             row[key] = metrics.get(key)
     else:
         config = stored_config(run_dir) or {}

@@ -1,4 +1,5 @@
-"""One run: fine-tune a pretrained encoder on a GLUE task with LoRA or full fine-tuning, evaluate every epoch.
+"""One run: fine-tune a pretrained encoder on a GLUE task (LoRA, full fine-tuning, or the head alone), evaluate
+every epoch.
 
 ``train(cfg)`` reads top to bottom and knows nothing of Hydra's launcher or the run folder's markers: the sweep entry
 (experiments/job.py) calls it, and tests call it directly.
@@ -30,6 +31,7 @@ from experiments.metrics import glue_metrics
 from experiments.models import load_model, load_tokenizer, resolve_model_path
 from experiments.store import ADAPTER, DELTAS, atomic_path, find_init_adapter
 from experiments.tracking import NullLogger
+from lorakit.inject import matches_any_prefix
 
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,8 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     validate(cfg)
     logger = logger or NullLogger()
     started = time.perf_counter()
-    task, hp, lora = cfg.task, cfg.train, cfg.method.name == "lora"
+    task, hp, method = cfg.task, cfg.train, cfg.method.name
+    lora = method == "lora"
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -77,6 +80,10 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
         if init_adapter is not None:  # the factors only: the head is new (another task, maybe another label count)
             lorakit.load_adapter(model, init_adapter, head=False)
             log.info("%s: LoRA factors initialised from %s", name, init_adapter)
+    elif method == "head":  # the encoder frozen, only model.head trains: nothing adapted, no weights to keep
+        adapted = []
+        for param_name, param in model.named_parameters():
+            param.requires_grad_(matches_any_prefix(param_name, cfg.model.head))
     else:
         # ΔW of the encoder's attention and MLP layers: the task head and the pooler are not part of the analyses.
         adapted = lorakit.linear_module_names(model, head=(*cfg.model.head, "classifier", "pooler"))
@@ -84,6 +91,8 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
         initial = {k: w.detach().clone() for k, w in model.state_dict().items() if k in weights}
     model.to(device)
     trainable_params, total_params = lorakit.count_parameters(model)
+    # What the method itself trains, the task head left out: the paper's "# Trainable Parameters" (FT: all of them).
+    method_params = {"lora": lorakit.count_lora_parameters(model), "head": 0}.get(method, trainable_params)
 
     # AdamW with linear warm-up then linear decay to 0 (Appendix D).
     params = [p for p in model.parameters() if p.requires_grad]
@@ -128,7 +137,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
         logger.log({**{f"eval/{k}": v for k, v in results.items() if k != "epoch"}, "epoch": epoch}, step=step)
         log.info("%s epoch %d: %s", name, epoch, ", ".join(f"{k}={v:.4f}" for k, v in results.items() if k != "epoch"))
 
-    if out_dir is not None and cfg.save:
+    if out_dir is not None and cfg.save and method != "head":
         if lora:
             with atomic_path(Path(out_dir) / ADAPTER, is_dir=True) as tmp:
                 lorakit.save_adapter(model, tmp, base_model_name_or_path=model_path)
@@ -146,6 +155,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
         "last": epochs[-1],
         "loss_curve": loss_curve,
         "trainable_params": trainable_params,
+        "method_params": method_params,
         "total_params": total_params,
         "adapted_modules": list(adapted),
         "init_from": str(init_adapter) if init_adapter else None,

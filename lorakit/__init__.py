@@ -6,6 +6,7 @@ adapters in HF PEFT's format.
 
 from .config import TARGET_PRESETS, LoRAConfig, LoRAError, lora_scale, resolve_targets
 from .inject import (
+    count_lora_parameters,
     count_parameters,
     delta_weights,
     inject_lora,
@@ -26,6 +27,7 @@ __all__ = [
     "LoRAError",
     "LoRALinear",
     "TARGET_PRESETS",
+    "count_lora_parameters",
     "count_parameters",
     "delta_weights",
     "inject_lora",

@@ -134,3 +134,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+def count_lora_parameters(model: nn.Module) -> int:
+    """Parameters in the LoRA factors alone (the paper's "# Trainable Parameters": the task head not counted)."""
+    return sum(m.lora_A.numel() + m.lora_B.numel() for m in lora_modules(model).values())

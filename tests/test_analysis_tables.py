@@ -11,18 +11,19 @@ from analysis.runs import COLUMNS, runs_footnote
 
 def run(method="lora", task="sst2", rank=8, targets="qv", seed=1, score=0.9, trainable=1000, alpha=8.0):
     row = dict.fromkeys(COLUMNS)
-    name = f"rank={rank},targets={targets},seed={seed}" if method == "lora" else f"method=full,seed={seed}"
+    name = f"rank={rank},targets={targets},seed={seed}" if method == "lora" else f"method={method},seed={seed}"
     row.update(label=f"sweep/{task},{name}", sweep="sweep", name=name, task=task, method=method, model="minilm",
                rank=rank if method == "lora" else None, alpha=alpha if method == "lora" else None,
                targets=targets if method == "lora" else None, seed=seed, init="gaussian" if method == "lora" else None,
                rslora=False if method == "lora" else None, metric="accuracy", score=score,
-               trainable_params=trainable, adapted_modules=[], has_weights=True)  # fmt: skip
+               trainable_params=trainable, method_params={"lora": trainable - 100, "head": 0}.get(method, trainable),
+               adapted_modules=[], has_weights=True)  # fmt: skip
     return row
 
 
 def table(rows) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    for col in ("rank", "seed", "trainable_params"):
+    for col in ("rank", "seed", "trainable_params", "method_params"):
         frame[col] = pd.array(frame[col], dtype="Int64")
     return frame
 
@@ -36,9 +37,18 @@ def test_table2_medians_over_seeds_per_task_and_method():
     assert lora["sst2"] == pytest.approx(91.0) and lora["rte"] == pytest.approx(75.0)
     assert lora["avg"] == pytest.approx(83.0) and lora["seeds"] == "2–3"
     full = t.frame[t.frame["model / method"] == "minilm FT"].iloc[0]
-    assert full["sst2"] == pytest.approx(93.0) and list(t.frame.columns)[2:4] == ["sst2", "rte"]  # paper's order
+    assert full["sst2"] == pytest.approx(93.0) and list(t.frame.columns)[3:5] == ["sst2", "rte"]  # paper's order
+    assert lora["params"] == 900 and lora["trainable"] == 1000  # the paper's count leaves the head out
     md = to_markdown(t.frame, t.formats)
     assert "| minilm FT |" in md and "11.0M" in md  # median of 22M and 1000
+
+
+def test_table2_shows_a_head_only_baseline_after_full_and_lora():
+    rows = [run(score=0.9), run(method="full", score=0.93, trainable=22_000_000), run(method="head", score=0.8)]
+    t = table2(table(rows))
+    assert list(t.frame["model / method"]) == ["minilm FT", "minilm LoRA (r=8, Wq, Wv)", "minilm head only"]
+    head = t.frame.iloc[2]
+    assert head["params"] == 0 and head["trainable"] == 1000 and head["sst2"] == pytest.approx(80.0)
 
 
 def test_table2_names_the_missing_method():

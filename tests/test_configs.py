@@ -35,7 +35,7 @@ def test_every_option_composes_and_resolves(group, option):
 def test_groups_hold_what_the_issue_lists():
     assert known_options("task") == sorted(["sst2", "mrpc", "cola", "rte", "stsb", "qnli", "qqp", "mnli"])
     assert set(known_options("model")) == {"minilm", "roberta_base", "roberta_large", "deberta_v2_xxlarge"}
-    assert known_options("method") == ["full", "lora"]
+    assert known_options("method") == ["full", "head", "lora"]
 
 
 @pytest.mark.parametrize("task", known_options("task"))
@@ -47,6 +47,7 @@ def test_paper_budget_is_table_9(task):
 
 def test_method_picks_its_learning_rate():
     assert make(["method=full"]).method.lr == make().train.full_lr
+    assert make(["method=head"]).method.lr == make().train.lr
     assert make(["method=lora", "train.lr=3e-3"]).method.lr == 3e-3
 
 
@@ -110,8 +111,9 @@ def test_bad_input_is_one_line(overrides, message):
     assert "\n" not in str(err.value)
 
 
-def test_full_fine_tuning_ignores_lora_keys():
-    validate(make(["method=full", "rank=0", "targets=nonsense"]))
+@pytest.mark.parametrize("method", ["full", "head"])
+def test_methods_without_adapters_ignore_lora_keys(method):
+    validate(make([f"method={method}", "rank=0", "targets=nonsense"]))
 
 
 def test_launcher_threads_divide_the_cores():

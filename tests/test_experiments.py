@@ -36,9 +36,11 @@ def test_train_returns_the_metrics_of_the_contract(tiny_overrides):
     assert all({"eval_loss", "accuracy"} <= set(e) for e in metrics["epochs"])
     assert [p["step"] for p in metrics["loss_curve"]] == [2, 4, 6, 8]  # 64 examples / 16 = 4 steps an epoch
     assert metrics["loss_curve"][0]["lr"] > 0 and metrics["loss_curve"][-1]["lr"] < metrics["loss_curve"][0]["lr"]
-    # Two layers × (query, value) adapted: A (2×32) and B (32×2) each, plus the head's classifier (32×2 + 2).
+    # Two layers × (query, value) adapted: A (2×32) and B (32×2) each, plus the head: pooler (32×32 + 32) and
+    # classifier (32×2 + 2). The paper's count (method_params) leaves the head out.
     assert len(metrics["adapted_modules"]) == 4 and metrics["adapted_modules"][0].endswith("attention.self.query")
-    assert metrics["trainable_params"] == 4 * (2 * 32 + 32 * 2) + (32 * 2 + 2) < metrics["total_params"]
+    assert metrics["method_params"] == 4 * (2 * 32 + 32 * 2)
+    assert metrics["trainable_params"] == metrics["method_params"] + (32 * 32 + 32) + (32 * 2 + 2) < metrics["total_params"]
     for key in ("wall_time_s", "train_examples_per_s", "peak_memory_mb"):
         assert metrics[key] > 0
     assert metrics["device"] == "cpu" and {"torch", "transformers", "lorakit"} <= set(metrics["versions"])
@@ -72,7 +74,7 @@ def test_full_fine_tuning_keeps_the_delta_of_every_encoder_linear(tiny_overrides
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["metric"] == "pearson" and {"pearson", "spearman"} <= set(metrics["best"])
     assert metrics["run"]["rank"] is None and metrics["run"]["targets"] is None
-    assert metrics["trainable_params"] == metrics["total_params"]
+    assert metrics["trainable_params"] == metrics["method_params"] == metrics["total_params"]
     deltas = load_file(run_dir / "delta_weights.safetensors")
     per_layer = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                  "intermediate.dense", "output.dense"]
@@ -80,6 +82,29 @@ def test_full_fine_tuning_keeps_the_delta_of_every_encoder_linear(tiny_overrides
     assert deltas["bert.encoder.layer.0.intermediate.dense"].shape == (64, 32)
     assert all(d.dtype == torch.float32 and d.abs().max() > 0 for d in deltas.values())
     assert not (run_dir / "adapter").exists()
+
+
+def test_head_only_trains_the_head_on_a_frozen_encoder(tiny_overrides, tmp_path, monkeypatch):
+    from experiments import train as train_module
+
+    kept = {}
+
+    def keep(path, num_labels):  # the model train() builds, to compare its weights after training
+        kept["model"] = model = load_model(path, num_labels)
+        kept["before"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return model
+
+    load_model = train_module.load_model
+    monkeypatch.setattr(train_module, "load_model", keep)
+    run_dir = tmp_path / "head"
+    assert run_job(make(tiny_overrides + ["method=head"]), run_dir, name="head", group="test")["status"] == "complete"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["method_params"] == 0 and metrics["trainable_params"] == (32 * 32 + 32) + (32 * 2 + 2)
+    assert metrics["run"]["method"] == "head" and metrics["run"]["rank"] is None and metrics["adapted_modules"] == []
+    after = kept["model"].state_dict()
+    changed = {k for k, v in kept["before"].items() if not torch.equal(v, after[k])}
+    assert changed == {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}
+    assert not (run_dir / "adapter").exists() and not (run_dir / "delta_weights.safetensors").exists()
 
 
 def test_mnli_reports_matched_and_mismatched(tiny_overrides):

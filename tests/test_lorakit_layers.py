@@ -9,6 +9,7 @@ from torch import nn
 from lorakit import (
     LoRAConfig,
     LoRALinear,
+    count_lora_parameters,
     count_parameters,
     delta_weights,
     inject_lora,
@@ -149,6 +150,7 @@ def test_parameter_count_adds_2rd_per_matrix(tiny_model):
     assert total - total_before == 2 * 2 * (2 * 4 * 32)  # 2 layers x {q, v} x 2·r·d
     head = sum(p.numel() for n, p in tiny_model.named_parameters() if n.startswith("classifier."))
     assert trainable == total - total_before + head
+    assert count_lora_parameters(tiny_model) == total - total_before
 
 
 def test_minilm_qv_r8_adds_73728(minilm_path):
