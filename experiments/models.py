@@ -61,3 +61,14 @@ def load_model(path: str, num_labels: int) -> torch.nn.Module:
         hf_logging.set_verbosity(verbosity)
         if progress:
             hf_logging.enable_progress_bar()
+
+
+def untrained_pooler(model: torch.nn.Module) -> str | None:
+    """The name of the model's pooler when it looks never trained (a ``*.pooler.dense`` whose bias is exactly 0), else
+    None. Sentence-embedding checkpoints (all-MiniLM-L6-v2) train through mean pooling and ship BERT's pooler as
+    initialised; a classifier reading it learns little unless the pooler trains too."""
+    for name, module in model.named_modules():
+        if name.split(".")[-1] == "pooler" and isinstance(getattr(module, "dense", None), torch.nn.Linear):
+            bias = module.dense.bias
+            return name if bias is not None and not bias.detach().any() else None
+    return None

@@ -28,7 +28,7 @@ import lorakit
 from experiments.config import ConfigError, lora_config, run_info, validate
 from experiments.data import eval_loader, load_tokenized, train_loader
 from experiments.metrics import glue_metrics
-from experiments.models import load_model, load_tokenizer, resolve_model_path
+from experiments.models import load_model, load_tokenizer, resolve_model_path, untrained_pooler
 from experiments.store import ADAPTER, DELTAS, atomic_path, find_init_adapter
 from experiments.tracking import NullLogger
 from lorakit.inject import matches_any_prefix
@@ -73,6 +73,11 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     # Model: the seed fixes the new head's and the adapters' initial values.
     seed_everything(cfg.seed)
     model = load_model(model_path, task.num_labels)
+    pooler = untrained_pooler(model)
+    if method != "full" and pooler and not matches_any_prefix(f"{pooler}.dense", cfg.model.head):
+        log.warning("%s: the checkpoint's pooler (%s) looks untrained (bias all 0) and model.head=%s leaves it frozen; "
+                    "the classifier reads it: add it, e.g. model.head=[pooler,classifier]", name, pooler,
+                    list(cfg.model.head))  # fmt: skip
     init_adapter = None
     if lora:
         adapted = lorakit.inject_lora(model, lora_config(cfg))

@@ -107,6 +107,14 @@ def test_head_only_trains_the_head_on_a_frozen_encoder(tiny_overrides, tmp_path,
     assert not (run_dir / "adapter").exists() and not (run_dir / "delta_weights.safetensors").exists()
 
 
+def test_warns_when_an_untrained_pooler_stays_frozen(tiny_overrides, caplog):
+    overrides = tiny_overrides + ["train.epochs=1"]
+    train(make(overrides))  # the default head trains the pooler: nothing to say
+    assert "looks untrained" not in caplog.text
+    train(make(overrides + ["model.head=[classifier]"]))  # the tiny model's pooler is fresh: bias all 0
+    assert "the checkpoint's pooler (bert.pooler) looks untrained" in caplog.text
+
+
 def test_mnli_reports_matched_and_mismatched(tiny_overrides):
     metrics = train(make(tiny_overrides + ["task=mnli", "train.epochs=1"]))
     assert {"accuracy", "accuracy_mm", "eval_loss", "eval_loss_mm"} <= set(metrics["best"])
