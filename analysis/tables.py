@@ -224,5 +224,10 @@ def table5(runs: pd.DataFrame) -> Table:
         frame=pd.DataFrame(rows),
         title="Table 5 analogue: metric per weight type at a fixed parameter budget (median over seeds, ×100)",
         runs=[label for _, _, g in picks for label in g["label"]],
-        notes=["Budget (trainable parameters incl. head): " + ", ".join(f"{t} {human_count(b)}" for t, b, _ in picks)],
+        notes=["Budget (trainable parameters incl. head): " + ", ".join(_budget(t, b, g) for t, b, g in picks)],
     )
+
+
+def _budget(task: str, budget: int, group: pd.DataFrame) -> str:
+    factors = group["method_params"].dropna()
+    return f"{task} {human_count(budget)}" + (f" ({human_count(factors.iloc[0])} of them LoRA's)" if len(factors) else "")
