@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from experiments import data as data_module
 from experiments import store
-from experiments.config import CONF_DIR, register_resolvers
+from experiments.config import CONF_DIR, ConfigError, register_resolvers
 from experiments.data import DataError, PadCollator, load_tokenized, read_glue
 from experiments.job import run_job
 from experiments.models import load_tokenizer
@@ -105,6 +105,8 @@ def test_head_only_trains_the_head_on_a_frozen_encoder(tiny_overrides, tmp_path,
     changed = {k for k, v in kept["before"].items() if not torch.equal(v, after[k])}
     assert changed == {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}
     assert not (run_dir / "adapter").exists() and not (run_dir / "delta_weights.safetensors").exists()
+    with pytest.raises(ConfigError, match=r"model.head=\['head'\] matches no module of the model; .* of bert, "):
+        train(make(tiny_overrides + ["method=head", "model.head=[head]"]))
 
 
 def test_warns_when_an_untrained_pooler_stays_frozen(tiny_overrides, caplog):
