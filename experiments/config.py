@@ -44,10 +44,29 @@ def _run_name(override_dirname: str | None) -> str:
     A full fine-tune's (or head-only run's) name leaves out the LoRA keys, so ``method=lora,full rank=4,64`` trains
     the full fine-tune once: its second job finds the first one's folder complete and skips it (experiments/job.py).
     """
-    items = override_dirname.split(",") if override_dirname else []
+    items = _split_overrides(override_dirname) if override_dirname else []
     if "method=full" in items or "method=head" in items:
         items = [i for i in items if i.split("=", 1)[0].lstrip("+~").split(".")[0] not in LORA_KEYS]
     return ",".join(items).replace("/", "_") or "default"
+
+
+def _split_overrides(joined: str) -> list[str]:
+    """Hydra's ``override_dirname`` back into its overrides: split on the commas outside brackets and quotes, so
+    ``model.head=[pooler,classifier],seed=0`` gives two items, not three."""
+    items, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(joined):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(joined[start:i])
+            start = i + 1
+    return items + [joined[start:]]
 
 
 def _rank_at_budget(targets, rank_one_type: int) -> int:

@@ -59,6 +59,19 @@ def test_primary_config_is_a_multirun_with_unique_folders_named_by_overrides():
     assert "wandb.mode" in first.hydra.job.config.override_dirname.exclude_keys
 
 
+@pytest.mark.parametrize(
+    "override_dirname,name",
+    [
+        ("rank=8,seed=1", "rank=8,seed=1"),
+        ("method=full,rank=64,seed=0", "method=full,seed=0"),  # a full fine-tune's folder leaves LoRA keys out
+        ("method=full,model.head=[pooler,classifier],rank=4,targets=[query,value]", "method=full,model.head=[pooler,classifier]"),
+        ("method=head,alpha=8,data.dir=/a/b", "method=head,data.dir=_a_b"),
+    ],
+)
+def test_run_folder_names_split_overrides_outside_brackets(override_dirname, name):
+    assert OmegaConf.create({"n": f"${{lorakit.run_name:'{override_dirname}'}}"}).n == name
+
+
 def test_default_data_folder_is_the_shared_glue_beside_the_repo(monkeypatch):
     monkeypatch.delenv("GLUE_DIR", raising=False)
     expected = REPO_ROOT.parent / "shared" / "glue"
