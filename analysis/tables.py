@@ -230,4 +230,5 @@ def table5(runs: pd.DataFrame) -> Table:
 
 def _budget(task: str, budget: int, group: pd.DataFrame) -> str:
     factors = group["method_params"].dropna()
-    return f"{task} {human_count(budget)}" + (f" ({human_count(factors.iloc[0])} of them LoRA's)" if len(factors) else "")
+    lora = f" ({human_count(factors.iloc[0])} of them LoRA's)" if len(factors) else ""
+    return f"{task} {human_count(budget)}{lora}"

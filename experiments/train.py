@@ -90,8 +90,9 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
         for param_name, param in model.named_parameters():
             param.requires_grad_(matches_any_prefix(param_name, cfg.model.head))
         if not any(p.requires_grad for p in model.parameters()):
+            children = ", ".join(n for n, _ in model.named_children())
             raise ConfigError(f"model.head={list(cfg.model.head)} matches no module of the model; give module names "
-                              f"or suffixes of {', '.join(n for n, _ in model.named_children())} (e.g. classifier, pooler)")
+                              f"or suffixes of {children} (e.g. classifier, pooler)")
     else:
         # ΔW of the encoder's attention and MLP layers: the task head and the pooler are not part of the analyses.
         adapted = lorakit.linear_module_names(model, head=(*cfg.model.head, "classifier", "pooler"))

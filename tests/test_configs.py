@@ -64,7 +64,8 @@ def test_primary_config_is_a_multirun_with_unique_folders_named_by_overrides():
     [
         ("rank=8,seed=1", "rank=8,seed=1"),
         ("method=full,rank=64,seed=0", "method=full,seed=0"),  # a full fine-tune's folder leaves LoRA keys out
-        ("method=full,model.head=[pooler,classifier],rank=4,targets=[query,value]", "method=full,model.head=[pooler,classifier]"),
+        ("method=full,model.head=[pooler,classifier],rank=4,targets=[query,value]",
+         "method=full,model.head=[pooler,classifier]"),
         ("method=head,alpha=8,data.dir=/a/b", "method=head,data.dir=_a_b"),
     ],
 )
