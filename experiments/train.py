@@ -87,8 +87,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
             log.info("%s: LoRA factors initialised from %s", name, init_adapter)
     elif method == "head":  # the encoder frozen, only model.head trains: nothing adapted, no weights to keep
         adapted = []
-        for param_name, param in model.named_parameters():
-            param.requires_grad_(matches_any_prefix(param_name, cfg.model.head))
+        lorakit.freeze_except(model, cfg.model.head)
         if not any(p.requires_grad for p in model.parameters()):
             children = ", ".join(n for n, _ in model.named_children())
             raise ConfigError(f"model.head={list(cfg.model.head)} matches no module of the model; give module names "

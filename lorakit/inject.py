@@ -61,17 +61,26 @@ def inject_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
         shown = ", ".join(_collapse_layer_indices(available))
         raise LoRAError(f"no nn.Linear module matches targets {list(patterns)}; the model's Linear modules are: {shown}")
 
-    model.requires_grad_(False)
+    freeze_except(model, config.trainable)  # before wrapping: the new factors start trainable
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, child)
         setattr(parent, child, LoRALinear(base, config.r, config.alpha, config.dropout, config.init, config.rslora))
-    for name, module in model.named_modules():
-        if matches(name, config.trainable):
-            module.requires_grad_(True)
     model.lora_config = config  # what save_adapter needs to write PEFT's modules_to_save and init
     return names
+
+
+def freeze_except(model: nn.Module, modules: Iterable[str]) -> list[str]:
+    """Freeze every parameter but those of ``modules`` (matched like targets, e.g. the task head); returns the names
+    of the modules left trainable. ``inject_lora`` does this for ``config.trainable``; alone it trains a head on a
+    frozen encoder."""
+    modules = tuple(modules)
+    model.requires_grad_(False)
+    kept = [name for name, module in model.named_modules() if name and matches(name, modules)]
+    for name in kept:
+        model.get_submodule(name).requires_grad_(True)
+    return kept
 
 
 def matches_any_prefix(name: str, modules: Iterable[str]) -> bool:

@@ -12,6 +12,7 @@ from lorakit import (
     count_lora_parameters,
     count_parameters,
     delta_weights,
+    freeze_except,
     inject_lora,
     lora_modules,
     merge_lora,
@@ -151,6 +152,13 @@ def test_parameter_count_adds_2rd_per_matrix(tiny_model):
     head = sum(p.numel() for n, p in tiny_model.named_parameters() if n.startswith("classifier."))
     assert trainable == total - total_before + head
     assert count_lora_parameters(tiny_model) == total - total_before
+
+
+def test_freeze_except_leaves_only_the_named_modules_trainable(tiny_model):
+    assert freeze_except(tiny_model, ["classifier"]) == ["classifier"]  # BERT's Linear; RoBERTa's dense + out_proj
+    trainable = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in tiny_model.named_parameters() if n.startswith("classifier.")} != set()
+    assert freeze_except(tiny_model, ["head"]) == [] and not any(p.requires_grad for p in tiny_model.parameters())
 
 
 def test_minilm_qv_r8_adds_73728(minilm_path):
