@@ -41,11 +41,13 @@ LORA_KEYS = ("rank", "alpha", "targets", "init", "rslora", "dropout", "init_from
 def _run_name(override_dirname: str | None) -> str:
     """A run folder's name: its overrides (``rank=8,seed=1``), "/" in a value made "_" so it stays one folder.
 
-    A full fine-tune's (or head-only run's) name leaves out the LoRA keys, so ``method=lora,full rank=4,64`` trains
-    the full fine-tune once: its second job finds the first one's folder complete and skips it (experiments/job.py).
+    A run of any method but LoRA (the default) leaves the LoRA keys out of its name, as ``job._results_config``
+    leaves them out of what its results depend on: ``method=lora,full rank=4,64`` trains the full fine-tune once, its
+    second job finding the first one's folder complete and skipping it (experiments/job.py).
     """
     items = _split_overrides(override_dirname) if override_dirname else []
-    if "method=full" in items or "method=head" in items:
+    method = next((i.split("=", 1)[1] for i in items if i.split("=", 1)[0].lstrip("+~") == "method"), "lora")
+    if method != "lora":
         items = [i for i in items if i.split("=", 1)[0].lstrip("+~").split(".")[0] not in LORA_KEYS]
     return ",".join(items).replace("/", "_") or "default"
 
