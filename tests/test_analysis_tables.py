@@ -73,6 +73,7 @@ def test_table5_picks_the_budget_shared_by_most_target_sets():
     t = table5(table(rows))
     assert list(t.frame["weight type"]) == ["Wq", "Wq, Wv", "Wq, Wk, Wv, Wo"]
     assert list(t.frame["rank r"]) == ["8", "4", "2"] and t.frame["sst2"].tolist() == pytest.approx([90, 92, 93])
+    assert t.notes == ["Budget (trainable parameters incl. head): sst2 600 (500 of them LoRA's)"]
     with pytest.raises(MissingRuns, match="same number of trainable parameters"):
         table5(table([run(targets="q", trainable=1), run(targets="qv", trainable=2)]))
 
