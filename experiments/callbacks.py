@@ -28,6 +28,7 @@ class SweepCallback(Callback):
             raise SystemExit(1) from None  # Hydra turns a callback's Exception into a warning and carries on
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Write the runs table and a one-line summary; the entry point exits 1 when any run did not complete."""
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
@@ -35,4 +36,5 @@ class SweepCallback(Callback):
         counts = table["status"].value_counts().to_dict() if len(table) else {}
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no runs"
         print(f"[lorakit] {summary}; table: {sweep_dir / (TABLE + '.csv')}", flush=True)
-        SweepCallback.failed = table.loc[table["status"] != "complete", "name"].tolist() if len(table) else []
+        unfinished = table["status"].isin(["failed", "incomplete"]) if len(table) else []
+        SweepCallback.failed = table.loc[unfinished, "name"].tolist() if len(table) else []

@@ -1,8 +1,22 @@
-"""The boundary between the Hydra config and the code: resolvers, validation, and conversion to lorakit's dataclass."""
+"""The boundary between the Hydra config and the code: resolvers, run identity and validation.
+
+A run's config has four kinds of keys (conf/sweep.yaml):
+- what it is: ``task``, ``model``, ``method``, ``train``, ``data``, ``probes``, ``seed``, ``save``;
+- the method keys a user types at the top level (``rank=4,8,16,64``), each read by the methods whose
+  ``conf/method/<name>.yaml`` interpolates it into the ``method`` node;
+- ``execution``: how it runs and where it logs (threads, device, progress, W&B, data and cache paths);
+- Hydra's own node (launcher, sweeper), never part of a job's config.
+
+A run's identity (its folder name, and "skip a complete run with the same config") is its resolved config minus the
+``execution`` block and minus the top-level method keys, whose values its own method carries in ``method``: one rule,
+so ``method=lora,full rank=4,64`` trains the full fine-tune once.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -11,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
-METHODS = ("lora", "full", "head")
+EXECUTION = "execution"
 
 
 class ConfigError(CompactHydraException, ValueError):
@@ -22,9 +36,50 @@ def known_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def _default_glue_dir() -> str | None:
-    """``<repo>/../shared/glue`` when it exists: the layout of a fresh clone next to the shared data."""
-    candidate = REPO_ROOT.parent / "shared" / "glue"
+@functools.cache
+def method_keys(method: str | None = None) -> frozenset[str]:
+    """Top-level keys a method reads: those its ``conf/method/<name>.yaml`` interpolates (``rank: ${rank}``), following
+    its defaults list (DoRA extends LoRA). Without ``method``: every method's, the keys no run's identity holds."""
+    if method is None:
+        return frozenset().union(*(method_keys(m) for m in known_options("method")))
+    path = CONF_DIR / "method" / f"{method}.yaml"
+    if not path.is_file():
+        return frozenset()
+    text = path.read_text()
+    keys = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text))
+    for parent in OmegaConf.load(path).get("defaults", []):
+        if isinstance(parent, str) and parent != "_self_":
+            keys |= method_keys(parent)
+    return frozenset(keys)
+
+
+# Keys that moved into the execution block (issue 10), still accepted as typed before.
+MOVED = {"threads": "threads", "device": "device", "progress": "progress", "log_every": "log_every",
+         "wandb": "wandb", "data.dir": "data_dir", "data.cache_dir": "cache_dir"}
+
+
+def moved_keys(argv: list[str]) -> list[str]:
+    """``device=cpu`` → ``execution.device=cpu``, ``wandb.mode=disabled`` → ``execution.wandb.mode=disabled``."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        for old, new in MOVED.items():
+            if eq and (key == old or key.startswith(old + ".")):
+                arg = f"{EXECUTION}.{new}{key[len(old):]}={value}"
+                break
+        out.append(arg)
+    return out
+
+
+def identity(config: dict) -> dict:
+    """What a run's results depend on: its resolved config without ``execution`` and the top-level method keys."""
+    ignored = method_keys() | {EXECUTION}
+    return {k: v for k, v in config.items() if k not in ignored}
+
+
+def _default_data_dir(name: str) -> str | None:
+    """``<repo>/../shared/<name>`` when it exists: the layout of a fresh clone next to the shared data."""
+    candidate = REPO_ROOT.parent / "shared" / name
     return str(candidate) if candidate.is_dir() else None
 
 
@@ -34,25 +89,23 @@ def _sweep_id() -> str:
     return secrets.token_hex(3)
 
 
-# Keys that configure LoRA alone; a full fine-tune ignores them (and records them as null).
-LORA_KEYS = ("rank", "alpha", "targets", "init", "rslora", "dropout", "init_from")
+def run_name(override_dirname: str | None, method: str) -> str:
+    """A run folder's name: the overrides that are part of its identity (``rank=8,seed=1``), "/" made "_".
 
-
-def _run_name(override_dirname: str | None) -> str:
-    """A run folder's name: its overrides (``rank=8,seed=1``), "/" in a value made "_" so it stays one folder.
-
-    A run of any method but LoRA (the default) leaves the LoRA keys out of its name, as ``job._results_config``
-    leaves them out of what its results depend on: ``method=lora,full rank=4,64`` trains the full fine-tune once, its
-    second job finding the first one's folder complete and skipping it (experiments/job.py).
+    Left out: ``execution.*`` and the top-level method keys that ``method`` does not read, so a full fine-tune swept
+    over ranks gets one folder (its second job finds the first one's folder complete and skips it).
     """
-    items = _split_overrides(override_dirname) if override_dirname else []
-    method = next((i.split("=", 1)[1] for i in items if i.split("=", 1)[0].lstrip("+~") == "method"), "lora")
-    if method != "lora":
-        items = [i for i in items if i.split("=", 1)[0].lstrip("+~").split(".")[0] not in LORA_KEYS]
-    return ",".join(items).replace("/", "_") or "default"
+    items = split_overrides(override_dirname) if override_dirname else []
+    ignored = method_keys() - method_keys(method)
+
+    def kept(item: str) -> bool:
+        root = item.split("=", 1)[0].lstrip("+~").split(".")[0]
+        return root not in ignored and root != EXECUTION and root != "experiment"
+
+    return ",".join(filter(kept, items)).replace("/", "_") or "default"
 
 
-def _split_overrides(joined: str) -> list[str]:
+def split_overrides(joined: str) -> list[str]:
     """Hydra's ``override_dirname`` back into its overrides: split on the commas outside brackets and quotes, so
     ``model.head=[pooler,classifier],seed=0`` gives two items, not three."""
     items, depth, quote, start = [], 0, "", 0
@@ -87,83 +140,22 @@ def _rank_at_budget(targets, rank_one_type: int) -> int:
 
 def register_resolvers() -> None:
     """Register the ``lorakit.*`` resolvers the configs use; call before composing (idempotent)."""
-    OmegaConf.register_new_resolver("lorakit.default_glue_dir", _default_glue_dir, replace=True)
+    OmegaConf.register_new_resolver("lorakit.default_data_dir", _default_data_dir, replace=True)
     OmegaConf.register_new_resolver("lorakit.unique", _sweep_id, use_cache=True, replace=True)
-    OmegaConf.register_new_resolver("lorakit.run_name", _run_name, replace=True)
+    OmegaConf.register_new_resolver("lorakit.run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("lorakit.rank_at_budget", _rank_at_budget, replace=True)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError, one line, for any input a run could only fail on later."""
-    from lorakit import LoRAError, resolve_targets
-
-    task, method = cfg.task.name, cfg.method.name
-    if task not in known_options("task"):
-        raise ConfigError(f"unknown task {task!r}; known: {', '.join(known_options('task'))}")
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    if method == "lora":
-        if isinstance(cfg.rank, bool) or not isinstance(cfg.rank, int) or cfg.rank <= 0:
-            raise ConfigError(f"rank must be a positive integer, got {cfg.rank!r}")
-        if not cfg.alpha > 0:
-            raise ConfigError(f"alpha must be > 0, got {cfg.alpha!r}")
-        try:
-            resolve_targets(_targets(cfg.targets))
-        except LoRAError as err:
-            raise ConfigError(str(err)) from None
-    train = cfg.train
-    for key in ("batch_size", "epochs", "max_length"):
-        if not (isinstance(train[key], int) and train[key] > 0):
-            raise ConfigError(f"train.{key} must be a positive integer, got {train[key]!r}")
-    if not cfg.method.lr > 0:
-        raise ConfigError(f"learning rate must be > 0, got {cfg.method.lr!r}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
-    if cfg.wandb.mode not in ("offline", "online", "disabled"):
-        raise ConfigError(f"wandb.mode must be offline, online or disabled, got {cfg.wandb.mode!r}")
-    if cfg.data.dir is not None and not Path(cfg.data.dir).is_dir():
-        raise ConfigError(
-            f"data folder {cfg.data.dir} does not exist; expected <dir>/<task>/train.parquet and validation.parquet "
-            f"(the layout of ../shared/glue); set it with data.dir=... or the GLUE_DIR environment variable"
-        )
-
-
-def _targets(targets):
+def targets_value(targets):
+    """A ``targets`` node as lorakit takes it: a preset string, or a tuple of module names."""
     return targets if isinstance(targets, str) else tuple(OmegaConf.to_container(targets))
 
 
-def lora_config(cfg: DictConfig):
-    """The run's ``lorakit.LoRAConfig``: the one place Hydra keys become library arguments."""
-    from lorakit import LoRAConfig
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError, one line, for any value a run could only fail on later (experiments/schema.py)."""
+    from experiments.schema import check_config
 
-    return LoRAConfig(
-        r=int(cfg.rank),
-        alpha=float(cfg.alpha),
-        dropout=float(cfg.dropout),
-        targets=_targets(cfg.targets),
-        init=cfg.init,
-        rslora=bool(cfg.rslora),
-        trainable=tuple(cfg.model.head),
-    )
-
-
-def run_info(cfg: DictConfig, name: str, model_path: str) -> dict:
-    """The ``run`` block of metrics.json: what distinguishes this run. LoRA keys are null for full fine-tuning."""
-    lora = cfg.method.name == "lora"
-    targets = _targets(cfg.targets)
-    return {
-        "name": name,
-        "task": cfg.task.name,
-        "method": cfg.method.name,
-        "model": cfg.model.name,
-        "model_path": model_path,
-        "rank": int(cfg.rank) if lora else None,
-        "alpha": float(cfg.alpha) if lora else None,
-        "targets": (targets if isinstance(targets, str) else ",".join(targets)) if lora else None,
-        "seed": int(cfg.seed),
-        "init": cfg.init if lora else None,
-        "rslora": bool(cfg.rslora) if lora else None,
-    }
+    check_config(cfg)
 
 
 def launcher_threads(launcher: DictConfig | None, cpu_count: int | None = None) -> int | None:

@@ -29,13 +29,13 @@ class DataError(ConfigError):
     """The data a run asks for is not there; the message says where it looked and how to point elsewhere."""
 
 
-def read_glue(task: DictConfig, data: DictConfig) -> tuple[dict[str, pd.DataFrame], str]:
+def read_glue(task: DictConfig, data_dir: str | None, hub: str) -> tuple[dict[str, pd.DataFrame], str]:
     """The task's train and eval splits as DataFrames, and where they came from (a folder or ``hub:<id>``).
 
-    A local folder is used when ``data.dir`` holds ``<task>/``; otherwise the hub, which fails offline.
+    A local folder is used when ``data_dir`` holds ``<task>/``; otherwise the hub dataset ``hub``, which fails offline.
     """
     splits = [task.train_split, *task.eval_splits]
-    folder = Path(data.dir) / task.name if data.dir else None
+    folder = Path(data_dir) / task.name if data_dir else None
     if folder is not None and folder.is_dir():
         missing = [s for s in splits if not (folder / f"{s}.parquet").is_file()]
         if missing:
@@ -46,27 +46,42 @@ def read_glue(task: DictConfig, data: DictConfig) -> tuple[dict[str, pd.DataFram
         frames = {s: pd.read_parquet(folder / f"{s}.parquet") for s in splits}
         source = str(folder.resolve())
     else:
-        frames, source = _read_hub(task, data, splits), f"hub:{data.hub}"
+        frames, source = _read_hub(task, data_dir, hub, splits), f"hub:{hub}"
     columns = [*task.text_columns, "label"]
     for split, frame in frames.items():
         absent = [c for c in columns if c not in frame.columns]
         if absent:
             raise DataError(f"{task.name} {split} split from {source} has no column(s) {absent}; has {list(frame.columns)}")
+        _check_labels(task, split, source, frame["label"])
     return frames, source
 
 
-def _read_hub(task: DictConfig, data: DictConfig, splits: list[str]) -> dict[str, pd.DataFrame]:
+def _check_labels(task: DictConfig, split: str, source: str, labels: pd.Series) -> None:
+    """Classes 0 … num_labels − 1 (GLUE's test splits' −1, "no label", is not trained or evaluated on); finite scores."""
+    values = labels.to_numpy()
+    if task.num_labels == 1:
+        bad = ~np.isfinite(values.astype(float))
+        accepted = "finite similarity scores"
+    else:
+        bad = (values < 0) | (values >= task.num_labels) | (values != np.round(values))
+        accepted = f"classes 0..{task.num_labels - 1}"
+    if bad.any():
+        raise DataError(f"{task.name} {split} split from {source} has {int(bad.sum())} label(s) outside {accepted}, "
+                        f"e.g. {values[bad][0]!r}; fix the data or the task's num_labels")
+
+
+def _read_hub(task: DictConfig, data_dir: str | None, hub: str, splits: list[str]) -> dict[str, pd.DataFrame]:
     import datasets
 
-    where = f"no {task.name}/ folder in data.dir={data.dir}" if data.dir else "data.dir is unset"
+    where = f"no {task.name}/ folder in execution.data_dir={data_dir}" if data_dir else "execution.data_dir is unset"
     try:
-        loaded = datasets.load_dataset(data.hub, task.name)
+        loaded = datasets.load_dataset(hub, task.name)
         return {s: loaded[s].to_pandas() for s in splits}
     except Exception as err:  # offline, unknown config, no network: all the same to the user
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(
-            f"no data for task {task.name!r}: {where}, and the hub dataset {data.hub} could not be loaded ({reason}); "
-            f"point data.dir=... or GLUE_DIR at a folder with {task.name}/{{{','.join(splits)}}}.parquet"
+            f"no data for task {task.name!r}: {where}, and the hub dataset {hub} could not be loaded ({reason}); "
+            f"point execution.data_dir=... or GLUE_DIR at a folder with {task.name}/{{{','.join(splits)}}}.parquet"
         ) from None
 
 
@@ -144,10 +159,11 @@ def _source_fingerprint(frames_source: str, splits: list[str]) -> str:
 
 
 def load_tokenized(cfg: DictConfig, tokenizer) -> tuple[dict[str, TokenizedSplit], str]:
-    """The run's splits, tokenized: from ``data.cache_dir`` when this (task, tokenizer, max length, subset) was seen."""
+    """The run's splits, tokenized: from ``execution.cache_dir`` when this (task, tokenizer, max length, subset) was
+    seen. With ``data.shuffle_labels`` the training labels are permuted (a fixed permutation: ``data.subset_seed``)."""
     task, data, train = cfg.task, cfg.data, cfg.train
     splits = [task.train_split, *task.eval_splits]
-    frames, source = read_glue(task, data)
+    frames, source = read_glue(task, cfg.execution.data_dir, data.hub)
     key = json.dumps(
         {
             "format": CACHE_FORMAT,
@@ -162,10 +178,10 @@ def load_tokenized(cfg: DictConfig, tokenizer) -> tuple[dict[str, TokenizedSplit
         },
         sort_keys=True,
     )
-    path = Path(data.cache_dir) / f"{task.name}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.npz"
+    path = Path(cfg.execution.cache_dir) / f"{task.name}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.npz"
     if path.is_file():
         with np.load(path) as arrays:
-            return {s: TokenizedSplit.from_arrays(arrays, f"{s}/") for s in splits}, source
+            return _shuffled(cfg, {s: TokenizedSplit.from_arrays(arrays, f"{s}/") for s in splits}), source
 
     regression = task.num_labels == 1
     out = {}
@@ -178,7 +194,16 @@ def load_tokenized(cfg: DictConfig, tokenizer) -> tuple[dict[str, TokenizedSplit
         np.savez(f, **{k: v for s in splits for k, v in out[s].arrays(f"{s}/").items()})
     with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(key)  # what the hashed name stands for
-    return out, source
+    return _shuffled(cfg, out), source
+
+
+def _shuffled(cfg: DictConfig, splits: dict[str, TokenizedSplit]) -> dict[str, TokenizedSplit]:
+    """The training labels permuted when ``data.shuffle_labels``: the same sentences and label counts, no signal."""
+    if not cfg.data.shuffle_labels:
+        return splits
+    train = splits[cfg.task.train_split]
+    labels = train.labels[np.random.default_rng(cfg.data.subset_seed).permutation(len(train.labels))]
+    return {**splits, cfg.task.train_split: TokenizedSplit(train.ids, train.type_ids, train.offsets, labels)}
 
 
 class PadCollator:

@@ -1,43 +1,44 @@
 """One job of a sweep: skip it if its results exist, else train, record the outcome, and never raise.
 
 A job that raises (bad input, a NaN loss, anything) is written down as FAILED and returns; the launcher goes on with
-the others. Its W&B run is closed either way, so the next job in the same process logs into a run of its own.
+the others. Its W&B run is closed either way, so the next job in the same process logs into a run of its own. A
+complete run is never deleted before its replacement is: a rerun with another config sets it aside first.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import store
-from experiments.config import LORA_KEYS, launcher_threads
+from experiments.config import identity, launcher_threads
 from experiments.tracking import NullLogger, make_logger
 from experiments.train import train
 
 log = logging.getLogger(__name__)
 
-# Keys that change how a run is executed or logged, not its results: a stored run matches without them.
-EXECUTION_KEYS = ("threads", "progress", "wandb")
 
-
-def run_hydra_job(cfg: DictConfig) -> dict:
-    """The Hydra task: run folder, name and W&B group from Hydra's runtime; threads from the launcher."""
+def run_hydra_job(cfg: DictConfig) -> float:
+    """The Hydra task: run folder, name and W&B group from Hydra's runtime; threads from the launcher. Returns the
+    run's best dev metric, the value a sweeper that optimises (``hydra/sweeper=optuna``) maximises; NaN when it failed."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra = HydraConfig.get()
     sweep_dir, run_dir = Path(hydra.sweep.dir), Path(hydra.runtime.output_dir)
-    if cfg.threads is None:
+    if cfg.execution.threads is None:
         with open_dict(cfg):
-            cfg.threads = launcher_threads(hydra.launcher)
-    return run_job(
+            cfg.execution.threads = launcher_threads(hydra.launcher)
+    status = run_job(
         cfg,
         run_dir=run_dir,
         name=run_dir.name,  # the overrides, as conf/sweep.yaml's hydra.sweep.subdir names the folder
         group=f"{sweep_dir.parent.name}/{sweep_dir.name}",
     )
+    return float(status["best"][cfg.task.metric]) if status["status"] == "complete" else math.nan
 
 
 def run_job(cfg: DictConfig, run_dir: Path, name: str, group: str) -> dict:
@@ -50,19 +51,22 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str, group: str) -> dict:
 
 def _run_locked(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group: str) -> dict:
     if store.is_complete(run_dir):
-        if _results_config(store.stored_config(run_dir)) == _results_config(resolved):
+        if identity(store.stored_config(run_dir) or {}) == identity(resolved):
             log.info("%s: complete results exist, skipped", name)
             metrics = json.loads((run_dir / store.METRICS).read_text())
             return {"name": name, "status": "complete", "skipped": True, "best": metrics["best"]}
-        log.warning("%s: stored results were made with another config; training again", name)
+        aside = store.set_aside(run_dir, "a rerun with another config")
+        log.warning("%s: stored results were made with another config; set aside in %s while it trains again",
+                    name, aside.name)
     store.clear_run(run_dir)
     store.write_config(run_dir, cfg)
 
     logger, exit_code = NullLogger(), 1
     try:
-        logger = make_logger(cfg.wandb, group, name, resolved, run_dir)
-        metrics = train(cfg, out_dir=run_dir, logger=logger, name=name)
-        store.mark_complete(run_dir, metrics)
+        logger = make_logger(cfg.execution.wandb, group, name, resolved, run_dir)
+        metrics = train(cfg, out_dir=run_dir / store.STAGING, logger=logger, name=name)
+        store.publish(run_dir, metrics)
+        store.drop_superseded(run_dir)
         exit_code = 0
         return {"name": name, "status": "complete", "skipped": False, "best": metrics["best"]}
     except Exception as err:
@@ -71,13 +75,3 @@ def _run_locked(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group
         return {"name": name, "status": "failed", "error": record["error"]}
     finally:
         logger.finish(exit_code=exit_code)
-
-
-def _results_config(config: dict | None) -> dict | None:
-    """What a run's results depend on: the config without execution keys (and LoRA keys unless the method is LoRA)."""
-    if config is None:
-        return None
-    ignored = EXECUTION_KEYS + (LORA_KEYS if config.get("method", {}).get("name") != "lora" else ())
-    kept = {k: v for k, v in config.items() if k not in ignored}
-    kept["data"] = {k: v for k, v in config.get("data", {}).items() if k != "cache_dir"}
-    return kept

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,10 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from lorakit.state import CONFIG_NAME
 
-CONFIG, METRICS, ADAPTER, DELTAS = "config.yaml", "metrics.json", "adapter", "delta_weights.safetensors"
-COMPLETE, FAILED = "COMPLETE", "FAILED"
-RUN_FILES = (CONFIG, METRICS, ADAPTER, DELTAS, COMPLETE, FAILED, "wandb")
+CONFIG, METRICS, DELTAS = "config.yaml", "metrics.json", "delta_weights.safetensors"
+ADAPTER, ADAPTER_INIT, BOTTLENECK = "adapter", "adapter_init", "bottleneck_adapters.safetensors"
+COMPLETE, FAILED, SUPERSEDED = "COMPLETE", "FAILED", "SUPERSEDED"
+STAGING = ".partial"  # a run's files until it completes: nothing usable-looking sits in an unfinished run folder
+RUN_FILES = (CONFIG, METRICS, ADAPTER, ADAPTER_INIT, BOTTLENECK, DELTAS, COMPLETE, FAILED, "wandb", STAGING)
 TABLE = "runs"
+log = logging.getLogger(__name__)
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -59,8 +63,9 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            pass
+        except OSError as err:
+            log.warning("%s: cannot lock the run folder (%s); two identical jobs started at once could both train",
+                        run_dir, err.strerror)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -85,13 +90,50 @@ def stored_config(run_dir: Path) -> dict | None:
 
 
 def clear_run(run_dir: Path) -> None:
-    """Remove a previous attempt's results; Hydra's own files (.hydra/, the job log) stay."""
-    for name in RUN_FILES:
-        path = Path(run_dir) / name
+    """Remove a previous attempt's results and the temporary files a killed write left; Hydra's own files (.hydra/,
+    the job log) stay."""
+    run_dir = Path(run_dir)
+    leftovers = [p for p in run_dir.iterdir() if any(p.name.startswith(f".{name}.") for name in RUN_FILES)]
+    for path in [run_dir / name for name in RUN_FILES] + leftovers:
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def set_aside(run_dir: Path, reason: str) -> Path:
+    """Move a complete run's files to ``<run>@superseded`` (marked SUPERSEDED, listed in the runs table, never read as
+    a run by the analyses) so nothing is lost while its replacement trains; ``drop_superseded`` removes them once the
+    replacement is COMPLETE."""
+    run_dir = Path(run_dir)
+    aside = run_dir.with_name(run_dir.name + "@superseded")
+    if aside.exists():
+        shutil.rmtree(aside)
+    aside.mkdir()
+    for name in RUN_FILES:
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, aside / name)
+    write_json(aside / SUPERSEDED, {"by": str(run_dir), "reason": reason})
+    return aside
+
+
+def drop_superseded(run_dir: Path) -> None:
+    aside = Path(run_dir).with_name(Path(run_dir).name + "@superseded")
+    if (aside / SUPERSEDED).is_file():
+        shutil.rmtree(aside)
+
+
+def publish(run_dir: Path, metrics: dict) -> None:
+    """Move the staged files into the run folder, then write metrics.json and COMPLETE, last."""
+    staging = Path(run_dir) / STAGING
+    if staging.is_dir():
+        for path in staging.iterdir():
+            target = Path(run_dir) / path.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(path, target)
+        staging.rmdir()
+    mark_complete(run_dir, metrics)
 
 
 def write_config(run_dir: Path, cfg: DictConfig) -> None:
@@ -104,6 +146,10 @@ def mark_complete(run_dir: Path, metrics: dict) -> None:
 
 
 def mark_failed(run_dir: Path, err: BaseException) -> dict:
+    """Write FAILED (error and traceback) and drop what the run had staged: a failed run holds nothing usable-looking."""
+    staging = Path(run_dir) / STAGING
+    if staging.is_dir():
+        shutil.rmtree(staging)
     record = {
         "error": f"{type(err).__name__}: {err}",
         "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)),
@@ -113,6 +159,8 @@ def mark_failed(run_dir: Path, err: BaseException) -> dict:
 
 
 def run_status(run_dir: Path) -> str:
+    if (Path(run_dir) / SUPERSEDED).is_file():
+        return "superseded"
     if is_complete(run_dir):
         return "complete"
     return "failed" if (Path(run_dir) / FAILED).is_file() else "incomplete"
@@ -131,32 +179,54 @@ def _row(run_dir: Path) -> dict:
                 "peak_memory_mb", "device")
         for key in keys:
             row[key] = metrics.get(key)
+        row["flags"] = "; ".join(metrics.get("flags") or []) or None
+        forgetting = metrics.get("forgetting") or {}
+        row.update({"forgetting": forgetting.get("value"), "forgetting_before": forgetting.get("before"),
+                    "forgetting_after": forgetting.get("after")})
     else:
         config = stored_config(run_dir) or {}
-        row.update({k: config.get(k) for k in ("rank", "alpha", "targets", "seed") if k in config})
-        row.update({"task": config.get("task", {}).get("name"), "method": config.get("method", {}).get("name")})
+        method = config.get("method", {})
+        row.update({k: method[k] for k in ("rank", "alpha", "targets") if k in method})
+        row.update({"task": config.get("task", {}).get("name"), "method": method.get("name"), "seed": config.get("seed")})
         if row["status"] == "failed":
             row["error"] = json.loads((run_dir / FAILED).read_text())["error"]
     return row
 
 
-def run_folders(sweep_dir: Path) -> list[Path]:
-    """Folders of a sweep that a job wrote to (Hydra's .hydra/ or one of our files), in name order."""
+def run_folders(sweep_dir: Path, superseded: bool = False) -> list[Path]:
+    """Folders of a sweep that a job wrote to (Hydra's .hydra/ or one of our files), in name order; those set aside
+    (SUPERSEDED) only when asked."""
     return sorted(
         p for p in Path(sweep_dir).iterdir()
-        if p.is_dir() and not p.name.startswith(".") and ((p / ".hydra").is_dir() or (p / CONFIG).is_file())
+        if p.is_dir() and not p.name.startswith(".") and ((p / ".hydra").is_dir() or (p / CONFIG).is_file()
+                                                          or (superseded and (p / SUPERSEDED).is_file()))
+        and (superseded or not (p / SUPERSEDED).is_file())
     )
 
 
+SORT_KEYS = ("task", "method", "targets", "rank", "alpha", "seed", "name")
+
+
 def collect_runs(sweep_dir: Path) -> pd.DataFrame:
-    """One row per run folder: its overrides' values, status, best/last metrics, size and cost."""
-    return pd.DataFrame([_row(p) for p in run_folders(sweep_dir)])
+    """One row per run folder (set-aside ones included): its values, status, best/last metrics, size and cost; sorted
+    by task, method, targets, rank, alpha and seed, numbers as numbers (4, 8, 16, 64)."""
+    table = pd.DataFrame([_row(p) for p in run_folders(sweep_dir, superseded=True)])
+    by = [k for k in SORT_KEYS if k in table]
+    return table.sort_values(by, key=_sortable, na_position="last", ignore_index=True) if by else table
+
+
+def _sortable(column: pd.Series) -> pd.Series:
+    numbers = pd.to_numeric(column, errors="coerce")
+    return numbers if numbers.notna().sum() == column.notna().sum() else column.astype(str)
 
 
 def write_run_table(sweep_dir: Path) -> pd.DataFrame:
     table = collect_runs(sweep_dir)
-    if "targets" in table:  # a column of strings and lists, which parquet cannot store
-        table["targets"] = table["targets"].map(lambda t: ",".join(t) if isinstance(t, (list, tuple)) else t)
+    for name in table.columns:  # a column of mixed types (rank=abc,8; lists and strings) is stored as text
+        values = table[name].dropna()
+        if table[name].dtype == object and len({type(v) for v in values}) > 1 or any(isinstance(v, (list, tuple)) for v in values):
+            table[name] = table[name].map(lambda v: v if v is None or isinstance(v, float) and v != v else
+                                          ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))
     with atomic_path(Path(sweep_dir) / f"{TABLE}.csv") as tmp:
         table.to_csv(tmp, index=False)
     with atomic_path(Path(sweep_dir) / f"{TABLE}.parquet") as tmp:
@@ -188,7 +258,7 @@ def find_init_adapter(init_from: DictConfig, seed: int) -> Path | None:
     for run_dir in run_folders(root):
         if is_complete(run_dir) and (run_dir / ADAPTER).is_dir():
             run = json.loads((run_dir / METRICS).read_text())["run"]
-            if run["task"] == init_from.task and run["method"] == "lora" and run["seed"] == seed:
+            if run["task"] == init_from.task and run["method"] in ("lora", "dora") and run["seed"] == seed:
                 return run_dir / ADAPTER
     raise FileNotFoundError(
         f"init_from: no complete LoRA run of task={init_from.task} with seed={seed} in {root}; "

@@ -13,18 +13,19 @@ import hydra
 from omegaconf import DictConfig
 
 from experiments.callbacks import SweepCallback
-from experiments.config import register_resolvers
+from experiments.config import moved_keys, register_resolvers
 from experiments.job import run_hydra_job
 
 register_resolvers()  # before @hydra.main composes conf/sweep.yaml, which uses them
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
-def main(cfg: DictConfig) -> dict:
+def main(cfg: DictConfig) -> float:
     return run_hydra_job(cfg)
 
 
 def cli() -> None:
+    sys.argv[1:] = moved_keys(sys.argv[1:])
     main()
     if SweepCallback.failed:
         print(f"[lorakit] failed: {', '.join(SweepCallback.failed)} (see FAILED in each folder)", file=sys.stderr)

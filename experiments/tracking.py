@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ class WandbLogger(NullLogger):
     def __init__(self, mode: str, project: str, entity: str | None, group: str, name: str, config: dict, run_dir: Path):
         import wandb
 
+        # Quiet unless asked (WANDB_SILENT=false): W&B prints ~26 lines a run, which bury the training log.
+        os.environ.setdefault("WANDB_SILENT", "true")
         self.run = wandb.init(
             mode=mode,
             project=project,

@@ -1,8 +1,8 @@
-"""One run: fine-tune a pretrained encoder on a GLUE task (LoRA, full fine-tuning, or the head alone), evaluate
-every epoch.
+"""One run: fine-tune a pretrained encoder on a GLUE task with one method, evaluate every epoch, then probe the result.
 
-``train(cfg)`` reads top to bottom and knows nothing of Hydra's launcher or the run folder's markers: the sweep entry
-(experiments/job.py) calls it, and tests call it directly.
+``train(cfg)`` reads top to bottom and never asks which method it runs (experiments/methods/): the method prepares the
+model, names its optimizer groups, counts its parameters, gives ΔW and saves its files. It knows nothing of Hydra's
+launcher or the run folder's markers: the sweep entry (experiments/job.py) calls it, and tests call it directly.
 """
 
 from __future__ import annotations
@@ -25,42 +25,39 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 import lorakit
-from experiments.config import ConfigError, lora_config, run_info, validate
+from experiments import probes
+from experiments.config import ConfigError, validate
 from experiments.data import eval_loader, load_tokenized, train_loader
+from experiments.methods import get_method
 from experiments.metrics import glue_metrics
 from experiments.models import load_model, load_tokenizer, resolve_model_path, untrained_pooler
-from experiments.store import ADAPTER, DELTAS, atomic_path, find_init_adapter
+from experiments.store import DELTAS, atomic_path
 from experiments.tracking import NullLogger
-from lorakit.inject import matches_any_prefix
-
 
 log = logging.getLogger(__name__)
+PROGRESS_SECONDS = 30  # without a progress bar (a log file, a batch job): one progress line this often
 
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite: the run diverged."""
 
 
-def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | None = None, name: str = "default") -> dict:
-    """Fine-tune, evaluate after every epoch, and return the run's metrics (the metrics.json of docs/CONTRACTS.md).
+class Diverged(RuntimeError):
+    """The training loss grew past ``train.divergence_factor`` times its first logged value."""
 
-    With ``out_dir`` (and ``save: true``) the adapter (LoRA) or ΔW of every encoder linear layer (full) is written
-    there. ``logger`` receives per-step loss and learning rate, per-epoch metrics and a summary.
+
+def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | None = None, name: str = "default") -> dict:
+    """Fine-tune, evaluate after every epoch, probe, and return the run's metrics (metrics.json, docs/CONTRACTS.md).
+
+    With ``out_dir`` (and ``save: true``) the method's files and ΔW are written there. ``logger`` receives per-step
+    loss and learning rate, per-epoch metrics and a summary.
     """
     validate(cfg)
+    method = get_method(cfg.method.name)
     logger = logger or NullLogger()
     started = time.perf_counter()
-    task, hp, method = cfg.task, cfg.train, cfg.method.name
-    lora = method == "lora"
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but torch sees no CUDA device; use device=auto or device=cpu")
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
-    # bf16 autocast on a GPU (weights and optimizer stay fp32); fp32 throughout on a CPU.
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    task, hp, execution = cfg.task, cfg.train, cfg.execution
+    device, autocast = _device(execution)
 
     # Data: tokenized once per (task, tokenizer, max length, subset) and cached; batches padded to their longest.
     model_path = resolve_model_path(cfg.model)
@@ -70,47 +67,28 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     train_batches = train_loader(splits[task.train_split], hp.batch_size, pad_id, cfg.seed, hp.group_by_length)
     eval_batches = {split: eval_loader(splits[split], 2 * hp.batch_size, pad_id) for split in task.eval_splits}
 
-    # Model: the seed fixes the new head's and the adapters' initial values.
+    # Model: the seed fixes the new head's and the method's initial values. The forgetting probe's "before" is read
+    # from the pretrained encoder, ahead of any change the method makes.
     seed_everything(cfg.seed)
     model = load_model(model_path, task.num_labels)
-    pooler = untrained_pooler(model)
-    if method != "full" and pooler and not matches_any_prefix(f"{pooler}.dense", cfg.model.head):
-        log.warning("%s: the checkpoint's pooler (%s) looks untrained (bias all 0) and model.head=%s leaves it frozen; "
-                    "the classifier reads it: add it, e.g. model.head=[pooler,classifier]", name, pooler,
-                    list(cfg.model.head))  # fmt: skip
-    init_adapter = None
-    if lora:
-        adapted = lorakit.inject_lora(model, lora_config(cfg))
-        init_adapter = find_init_adapter(cfg.init_from, cfg.seed)
-        if init_adapter is not None:  # the factors only: the head is new (another task, maybe another label count)
-            lorakit.load_adapter(model, init_adapter, head=False)
-            log.info("%s: LoRA factors initialised from %s", name, init_adapter)
-    elif method == "head":  # the encoder frozen, only model.head trains: nothing adapted, no weights to keep
-        adapted = []
-        lorakit.freeze_except(model, cfg.model.head)
-        if not any(p.requires_grad for p in model.parameters()):
-            children = ", ".join(n for n, _ in model.named_children())
-            raise ConfigError(f"model.head={list(cfg.model.head)} matches no module of the model; give module names "
-                              f"or suffixes of {children} (e.g. classifier, pooler)")
-    else:
-        # ΔW of the encoder's attention and MLP layers: the task head and the pooler are not part of the analyses.
-        adapted = lorakit.linear_module_names(model, head=(*cfg.model.head, "classifier", "pooler"))
-        weights = {f"{n}.weight" for n in adapted}
-        initial = {k: w.detach().clone() for k, w in model.state_dict().items() if k in weights}
+    skill = probes.SentenceSkill.for_run(cfg, tokenizer, model_path)
+    before = skill.measure(model, device) if skill else None
+    adapted = method.prepare(model, cfg)
+    _warn_if_untrained_pooler_is_frozen(model, cfg, name)
     model.to(device)
     trainable_params, total_params = lorakit.count_parameters(model)
-    # What the method itself trains, the task head left out: the paper's "# Trainable Parameters" (FT: all of them).
-    method_params = {"lora": lorakit.count_lora_parameters(model), "head": 0}.get(method, trainable_params)
+    method_params = method.method_params(model, trainable_params)
 
-    # AdamW with linear warm-up then linear decay to 0 (Appendix D).
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.method.lr, weight_decay=hp.weight_decay)
+    # AdamW with linear warm-up then linear decay to 0 (Appendix D); the method's groups (LoRA+: B at λ·lr).
+    groups = method.parameter_groups(model, cfg)
+    params = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
     total_steps = hp.epochs * len(train_batches)
     scheduler = linear_schedule(optimizer, math.ceil(hp.warmup_ratio * total_steps), total_steps)
 
-    show_progress = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
+    show_progress = sys.stderr.isatty() if execution.progress == "auto" else bool(execution.progress)
     epochs, loss_curve, window = [], [], []
-    step, train_seconds, train_examples = 0, 0.0, 0
+    step, train_seconds, train_examples, last_line = 0, 0.0, 0, time.perf_counter()
     for epoch in range(1, hp.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
@@ -124,49 +102,65 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
             loss.backward()
             if hp.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
-            lr = scheduler.get_last_lr()[0]  # this step's
+            lr = scheduler.get_last_lr()[0]  # this step's, of the first group
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             train_examples += len(batch["labels"])
             window.append(loss.item())
-            if step % cfg.log_every == 0 or step == total_steps:
+            if step % execution.log_every == 0 or step == total_steps:
                 point = {"step": step, "loss": float(np.mean(window)), "lr": lr}
                 loss_curve.append(point)
                 logger.log({"train/loss": point["loss"], "train/lr": point["lr"], "epoch": epoch}, step=step)
                 bar.set_postfix(loss=f"{point['loss']:.4f}")
                 window = []
+                _check_divergence(loss_curve, hp.divergence_factor)
+            if not show_progress and time.perf_counter() - last_line > PROGRESS_SECONDS:
+                seconds = train_seconds + time.perf_counter() - epoch_start
+                log.info("%s step %d/%d (epoch %d), loss %.4f, %.0f examples/s", name, step, total_steps, epoch,
+                         loss.item(), train_examples / seconds)
+                last_line = time.perf_counter()
         bar.close()
         train_seconds += time.perf_counter() - epoch_start
 
-        results = {"epoch": epoch, **evaluate(model, eval_batches, task, device, autocast)}
+        predictions = predict(model, eval_batches, device, autocast)
+        results = {"epoch": epoch, **score(predictions, task)}
         epochs.append(results)
         logger.log({**{f"eval/{k}": v for k, v in results.items() if k != "epoch"}, "epoch": epoch}, step=step)
         log.info("%s epoch %d: %s", name, epoch, ", ".join(f"{k}={v:.4f}" for k, v in results.items() if k != "epoch"))
 
-    if out_dir is not None and cfg.save and method != "head":
-        if lora:
-            with atomic_path(Path(out_dir) / ADAPTER, is_dir=True) as tmp:
-                lorakit.save_adapter(model, tmp, base_model_name_or_path=model_path)
-        else:
-            deltas = lorakit.weight_deltas(initial, model.state_dict(), adapted)
+    # What the analyses read: ΔW against the pretrained W, its rank truncations, and what the model forgot.
+    deltas = method.delta_weights(model)
+    truncation = None
+    if deltas and cfg.probes.truncation:
+        truncation = probes.truncation(model, deltas, lambda: evaluate(model, eval_batches, task, device, autocast))
+    forgetting = skill.forgetting(before, model, device) if skill else None
+    if out_dir is not None and cfg.save:
+        method.save(model, Path(out_dir), model_path)
+        if deltas:
             with atomic_path(Path(out_dir) / DELTAS) as tmp:
-                save_file({k: v.detach().float().cpu().contiguous() for k, v in deltas.items()}, str(tmp))
+                save_file({k: v.float().contiguous() for k, v in deltas.items()}, str(tmp))
 
     best = max(epochs, key=lambda e: e[task.metric])  # the first epoch among equals
+    flags = collapse_flags(predictions, task)
+    for flag in flags:
+        log.warning("%s: %s", name, flag)
     metrics = {
-        "run": run_info(cfg, name, model_path),
+        "run": run_info(cfg, method, name, model_path),
         "metric": task.metric,
         "epochs": epochs,
         "best": best,
         "last": epochs[-1],
         "loss_curve": loss_curve,
+        "flags": flags,
+        "truncation": truncation,
+        "forgetting": forgetting,
         "trainable_params": trainable_params,
         "method_params": method_params,
         "total_params": total_params,
         "adapted_modules": list(adapted),
-        "init_from": str(init_adapter) if init_adapter else None,
+        "init_from": str(getattr(method, "init_adapter", None) or "") or None,
         "wall_time_s": time.perf_counter() - started,
         "train_examples_per_s": train_examples / train_seconds,
         "peak_memory_mb": _peak_memory_mb(device),
@@ -176,29 +170,95 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
         "data": {"source": data_source, **{f"{s}_examples": len(splits[s]) for s in splits}},
         "versions": _versions(),
     }
-    logger.summary({f"best/{k}": v for k, v in best.items()} | {"trainable_params": trainable_params})
+    logger.summary({f"best/{k}": v for k, v in best.items()} | {"trainable_params": trainable_params, "flags": flags})
     return metrics
 
 
-@torch.no_grad()
+def run_info(cfg: DictConfig, method, name: str, model_path: str) -> dict:
+    """The ``run`` block of metrics.json: what distinguishes this run, the method's own keys included."""
+    return {
+        "name": name,
+        "task": cfg.task.name,
+        "method": method.name,
+        "model": cfg.model.name,
+        "model_path": model_path,
+        "seed": int(cfg.seed),
+        "shuffle_labels": bool(cfg.data.shuffle_labels),
+        **method.run_info(cfg),
+    }
+
+
 def evaluate(model, loaders: dict, task: DictConfig, device: torch.device, autocast) -> dict[str, float]:
     """Loss and the task's GLUE metrics on every eval split (MNLI's mismatched one with suffix ``_mm``)."""
-    model.eval()
+    return score(predict(model, loaders, device, autocast), task)
+
+
+def score(predictions: dict, task: DictConfig) -> dict[str, float]:
     results = {}
-    for split, loader in loaders.items():
+    for split, (outputs, labels, loss) in predictions.items():
         suffix = task.eval_splits[split]
+        results[f"eval_loss{suffix}"] = loss
+        results.update(glue_metrics(task.metrics, outputs, labels, suffix=suffix))
+    return results
+
+
+@torch.no_grad()
+def predict(model, loaders: dict, device: torch.device, autocast) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Per eval split: the model's outputs, the labels and the mean loss."""
+    model.eval()
+    out = {}
+    for split, loader in loaders.items():
         outputs, labels, loss_sum = [], [], 0.0
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast:
-                out = model(**batch)
-            loss_sum += out.loss.item() * len(batch["labels"])
-            outputs.append(out.logits.float().cpu().numpy())
+                result = model(**batch)
+            loss_sum += result.loss.item() * len(batch["labels"])
+            outputs.append(result.logits.float().cpu().numpy())
             labels.append(batch["labels"].cpu().numpy())
         outputs, labels = np.concatenate(outputs), np.concatenate(labels)
-        results[f"eval_loss{suffix}"] = loss_sum / len(labels)
-        results.update(glue_metrics(task.metrics, outputs, labels, suffix=suffix))
-    return results
+        out[split] = (outputs, labels, loss_sum / len(labels))
+    return out
+
+
+def collapse_flags(predictions: dict, task: DictConfig) -> list[str]:
+    """A run that learned nothing looks complete unless said: one line per eval split whose predictions are constant
+    (one class for every example, or a regression with no spread)."""
+    flags = []
+    for split, (outputs, _, _) in predictions.items():
+        constant = outputs.reshape(-1).std() < 1e-6 if task.num_labels == 1 else len(np.unique(outputs.argmax(-1))) == 1
+        if constant:
+            flags.append(f"constant predictions on {split}: the model predicts the same output for every example")
+    return flags
+
+
+def _check_divergence(loss_curve: list[dict], factor: float) -> None:
+    first, now = loss_curve[0]["loss"], loss_curve[-1]["loss"]
+    if len(loss_curve) > 1 and now > factor * first:
+        raise Diverged(f"loss {now:.4g} at step {loss_curve[-1]['step']} is over {factor:g}x its first value "
+                       f"{first:.4g}; lower the learning rate (train.divergence_factor sets the bound)")
+
+
+def _device(execution: DictConfig) -> tuple[torch.device, object]:
+    """The device and the autocast context: bf16 autocast on a GPU (weights and optimizer stay fp32), fp32 on a CPU."""
+    if execution.threads:
+        torch.set_num_threads(int(execution.threads))
+    if execution.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("execution.device=cuda but torch sees no CUDA device; use execution.device=auto or cpu")
+    cuda = execution.device == "cuda" or (execution.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        return device, torch.autocast("cuda", dtype=torch.bfloat16)
+    return device, nullcontext()
+
+
+def _warn_if_untrained_pooler_is_frozen(model, cfg: DictConfig, name: str) -> None:
+    pooler = untrained_pooler(model)
+    if pooler and not model.get_submodule(f"{pooler}.dense").weight.requires_grad:
+        log.warning("%s: the checkpoint's pooler (%s) looks untrained (bias all 0) and model.head=%s leaves it frozen; "
+                    "the classifier reads it: add it, e.g. model.head=[pooler,classifier]", name, pooler,
+                    list(cfg.model.head))  # fmt: skip
 
 
 def linear_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -110,9 +110,9 @@ def tiny_glue_dir(tmp_path_factory) -> _Path:
 def tiny_overrides(tiny_model_dir, tiny_glue_dir, tmp_path) -> list[str]:
     """Hydra overrides for a run of about a second: the tiny model and data, two epochs, no W&B."""
     return [
-        f"model.path={tiny_model_dir}", f"data.dir={tiny_glue_dir}", f"data.cache_dir={tmp_path / 'cache'}",
+        f"model.path={tiny_model_dir}", f"execution.data_dir={tiny_glue_dir}", f"execution.cache_dir={tmp_path / 'cache'}",
         "train.epochs=2", "train.batch_size=16", "train.max_length=32", "train.max_train_samples=null", "train.lr=5e-3",
-        "rank=2", "alpha=4", "log_every=2", "wandb.mode=disabled", "threads=1",
+        "rank=2", "alpha=4", "execution.log_every=2", "execution.wandb.mode=disabled", "execution.threads=1",
     ]
 
 

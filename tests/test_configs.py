@@ -35,7 +35,15 @@ def test_every_option_composes_and_resolves(group, option):
 def test_groups_hold_what_the_issue_lists():
     assert known_options("task") == sorted(["sst2", "mrpc", "cola", "rte", "stsb", "qnli", "qqp", "mnli"])
     assert set(known_options("model")) == {"minilm", "roberta_base", "roberta_large", "deberta_v2_xxlarge"}
-    assert known_options("method") == ["full", "head", "lora"]
+    assert {"full", "head", "lora"} <= set(known_options("method"))
+
+
+def test_every_method_is_one_config_file_and_one_module():
+    from experiments.methods import known_methods
+
+    assert known_options("method") == known_methods()
+    for name in known_methods():
+        assert make([f"method={name}"]).method.name == name
 
 
 @pytest.mark.parametrize("task", known_options("task"))
@@ -56,29 +64,39 @@ def test_primary_config_is_a_multirun_with_unique_folders_named_by_overrides():
     assert first.hydra.mode.name == "MULTIRUN"
     assert str(first.hydra.sweep.dir) != str(second.hydra.sweep.dir)  # same second, different folders
     assert str(first.hydra.sweep.subdir) == "default"  # no overrides
-    assert "wandb.mode" in first.hydra.job.config.override_dirname.exclude_keys
 
 
 @pytest.mark.parametrize(
-    "override_dirname,name",
+    "override_dirname,method,name",
     [
-        ("rank=8,seed=1", "rank=8,seed=1"),
-        ("method=full,rank=64,seed=0", "method=full,seed=0"),  # a full fine-tune's folder leaves LoRA keys out
-        ("method=full,model.head=[pooler,classifier],rank=4,targets=[query,value]",
+        ("rank=8,seed=1", "lora", "rank=8,seed=1"),
+        ("method=full,rank=64,seed=0", "full", "method=full,seed=0"),  # a full fine-tune reads no LoRA key
+        ("method=full,model.head=[pooler,classifier],rank=4,targets=[query,value]", "full",
          "method=full,model.head=[pooler,classifier]"),
-        ("method=head,alpha=8,data.dir=/a/b", "method=head,data.dir=_a_b"),
+        ("method=head,alpha=8,model.path=/a/b", "head", "method=head,model.path=_a_b"),
+        ("execution.device=cpu,rank=4,execution.wandb.mode=disabled", "lora", "rank=4"),  # execution is never named
     ],
 )
-def test_run_folder_names_split_overrides_outside_brackets(override_dirname, name):
-    assert OmegaConf.create({"n": f"${{lorakit.run_name:'{override_dirname}'}}"}).n == name
+def test_run_folder_names_hold_the_overrides_of_the_identity(override_dirname, method, name):
+    assert OmegaConf.create({"n": f"${{lorakit.run_name:'{override_dirname}',{method}}}"}).n == name
+
+
+def test_identity_is_the_config_without_execution_and_unread_method_keys():
+    from experiments.config import identity
+
+    resolve = lambda overrides: identity(OmegaConf.to_container(make(overrides), resolve=True))
+    assert resolve(["method=full", "rank=4"]) == resolve(["method=full", "rank=64", "execution.threads=1"])
+    assert resolve(["rank=4"]) != resolve(["rank=64"])
+    assert resolve(["execution.device=cpu", "execution.data_dir=null"]) == resolve([])
+    assert "execution" not in resolve([]) and "rank" not in resolve([]) and resolve([])["method"]["rank"] == 8
 
 
 def test_default_data_folder_is_the_shared_glue_beside_the_repo(monkeypatch):
     monkeypatch.delenv("GLUE_DIR", raising=False)
     expected = REPO_ROOT.parent / "shared" / "glue"
-    assert make().data.dir == (str(expected) if expected.is_dir() else None)
+    assert make().execution.data_dir == (str(expected) if expected.is_dir() else None)
     monkeypatch.setenv("GLUE_DIR", "/somewhere/glue")
-    assert make().data.dir == "/somewhere/glue"
+    assert make().execution.data_dir == "/somewhere/glue"
 
 
 @pytest.mark.parametrize(
@@ -111,12 +129,23 @@ def test_unknown_model_lists_the_options():
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["rank=0"], "rank must be a positive integer, got 0"),
-        (["rank=-4"], "rank must be a positive integer"),
+        (["rank=0"], "rank=0 is not accepted: rank must be an integer ≥ 1"),
+        (["rank=-4"], "rank=-4 is not accepted"),
+        (["alpha=abc"], "alpha='abc' is not accepted: alpha must be a number > 0"),
         (["targets=qz"], "unknown target preset 'qz'"),
         (["task.name=sst5"], "unknown task 'sst5'; known: cola, mnli"),
-        (["data.dir=/no/such/glue"], "data folder /no/such/glue does not exist"),
-        (["train.batch_size=0"], "train.batch_size must be a positive integer"),
+        (["method.name=prefix"], "unknown method 'prefix'; known: "),
+        (["execution.data_dir=/no/such/glue"], "data folder /no/such/glue does not exist"),
+        (["train.batch_size=0"], "train.batch_size=0 is not accepted: train.batch_size must be an integer ≥ 1"),
+        (["train.lr=fast"], "train.lr='fast' is not accepted: train.lr must be a number > 0"),
+        (["seed=abc"], "seed='abc' is not accepted: seed must be an integer ≥ 0"),
+        (["train.max_train_samples=0"], "train.max_train_samples=0 is not accepted: train.max_train_samples must be "
+                                        "an integer ≥ 1 or null"),
+        (["train.max_train_samples=-5"], "train.max_train_samples=-5 is not accepted"),
+        (["train.warmup_ratio=1.5"], "train.warmup_ratio=1.5 is not accepted: train.warmup_ratio must be a number ≥ 0 "
+                                     "and ≤ 1"),
+        (["execution.device=tpu"], "execution.device='tpu' is not accepted: execution.device must be auto | cpu | cuda"),
+        (["loraplus_ratio=0"], "loraplus_ratio=0 is not accepted: loraplus_ratio must be a number > 0"),
     ],
 )
 def test_bad_input_is_one_line(overrides, message):

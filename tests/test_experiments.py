@@ -29,7 +29,8 @@ def test_train_returns_the_metrics_of_the_contract(tiny_overrides):
     metrics = train(make(tiny_overrides), name="rank=2")
     assert metrics["run"] == {
         "name": "rank=2", "task": "sst2", "method": "lora", "model": "minilm", "model_path": metrics["run"]["model_path"],
-        "rank": 2, "alpha": 4.0, "targets": "qv", "seed": 0, "init": "gaussian", "rslora": False,
+        "seed": 0, "shuffle_labels": False, "rank": 2, "alpha": 4.0, "targets": "qv", "init": "gaussian",
+        "rslora": False, "dropout": 0.0, "loraplus_ratio": 1.0, "freeze_a": False, "use_dora": False,
     }
     assert metrics["metric"] == "accuracy" and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     assert metrics["best"] == max(metrics["epochs"], key=lambda e: e["accuracy"]) and metrics["last"] == metrics["epochs"][-1]
@@ -45,6 +46,10 @@ def test_train_returns_the_metrics_of_the_contract(tiny_overrides):
         assert metrics[key] > 0
     assert metrics["device"] == "cpu" and {"torch", "transformers", "lorakit"} <= set(metrics["versions"])
     assert metrics["data"]["train_examples"] == 64 and metrics["data"]["validation_examples"] == 32
+    # The probes: ΔW cut to rank 0 and 1 (below r=2), and the encoder's zero-shot STS-B before and after.
+    assert [t["k"] for t in metrics["truncation"]] == [0, 1] and {"accuracy", "eval_loss"} <= set(metrics["truncation"][0])
+    forgetting = metrics["forgetting"]
+    assert forgetting["probe"] == "stsb_spearman" and forgetting["value"] == forgetting["before"] - forgetting["after"]
 
 
 def test_same_seed_same_numbers(tiny_overrides):
@@ -60,10 +65,11 @@ def test_run_folder_describes_itself(tiny_overrides, tmp_path):
     assert status["status"] == "complete" and not status["skipped"]
     assert store.is_complete(run_dir) and not (run_dir / store.FAILED).exists()
     config = store.stored_config(run_dir)
-    assert "hydra" not in config and config["rank"] == 2 and config["data"]["dir"]  # resolved, no interpolations
+    assert "hydra" not in config and config["method"]["rank"] == 2 and config["execution"]["data_dir"]  # resolved
     assert json.loads((run_dir / "metrics.json").read_text())["run"]["name"] == "rank=2"
     adapter = run_dir / "adapter"
     assert {p.name for p in adapter.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    assert (run_dir / "adapter_init").is_dir() and (run_dir / "delta_weights.safetensors").is_file()
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporary files left behind
 
 
@@ -73,7 +79,7 @@ def test_full_fine_tuning_keeps_the_delta_of_every_encoder_linear(tiny_overrides
     assert run_job(make(overrides), run_dir, name="full", group="test")["status"] == "complete"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["metric"] == "pearson" and {"pearson", "spearman"} <= set(metrics["best"])
-    assert metrics["run"]["rank"] is None and metrics["run"]["targets"] is None
+    assert "rank" not in metrics["run"] and "targets" not in metrics["run"]
     assert metrics["trainable_params"] == metrics["method_params"] == metrics["total_params"]
     deltas = load_file(run_dir / "delta_weights.safetensors")
     per_layer = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
@@ -100,7 +106,7 @@ def test_head_only_trains_the_head_on_a_frozen_encoder(tiny_overrides, tmp_path,
     assert run_job(make(tiny_overrides + ["method=head"]), run_dir, name="head", group="test")["status"] == "complete"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["method_params"] == 0 and metrics["trainable_params"] == (32 * 32 + 32) + (32 * 2 + 2)
-    assert metrics["run"]["method"] == "head" and metrics["run"]["rank"] is None and metrics["adapted_modules"] == []
+    assert metrics["run"]["method"] == "head" and "rank" not in metrics["run"] and metrics["adapted_modules"] == []
     after = kept["model"].state_dict()
     changed = {k for k, v in kept["before"].items() if not torch.equal(v, after[k])}
     assert changed == {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}
@@ -127,7 +133,7 @@ def test_rerun_skips_complete_and_retrains_half_written_or_changed(tiny_override
     run_dir, cfg = tmp_path / "run", make(tiny_overrides)
     run_job(cfg, run_dir, name="run", group="test")
     written = (run_dir / "metrics.json").stat().st_mtime_ns
-    assert run_job(make(tiny_overrides + ["threads=2"]), run_dir, name="run", group="test")["skipped"]
+    assert run_job(make(tiny_overrides + ["execution.threads=2"]), run_dir, name="run", group="test")["skipped"]
     assert (run_dir / "metrics.json").stat().st_mtime_ns == written
     (run_dir / "COMPLETE").unlink()  # killed before the marker: half written
     assert not run_job(cfg, run_dir, name="run", group="test")["skipped"]
@@ -160,7 +166,7 @@ def test_a_nan_loss_fails_the_run(tiny_overrides, tmp_path, monkeypatch):
 
 def test_wandb_run_is_closed_after_each_job_even_a_failed_one(tiny_overrides, tmp_path):
     wandb = pytest.importorskip("wandb")
-    overrides = tiny_overrides + ["wandb.mode=offline", "train.epochs=1"]
+    overrides = tiny_overrides + ["execution.wandb.mode=offline", "train.epochs=1"]
     failed = run_job(make(overrides + ["rank=64"]), tmp_path / "a", name="a", group="test")
     assert failed["status"] == "failed" and wandb.run is None
     assert run_job(make(overrides), tmp_path / "b", name="b", group="test")["status"] == "complete"
@@ -198,10 +204,9 @@ def test_train_subset_is_fixed_by_the_subset_seed(tiny_overrides, tiny_model_dir
 def test_missing_data_says_where_it_looked(tiny_overrides, tmp_path):
     (tmp_path / "sst2").mkdir()
     with pytest.raises(DataError, match=r"lacks train.parquet, validation.parquet"):
-        read_glue(make(tiny_overrides + [f"data.dir={tmp_path}"]).task, make([f"data.dir={tmp_path}"]).data)
-    cfg = make(tiny_overrides + ["data.dir=null", "data.hub=no-such-org/no-such-glue"])
-    with pytest.raises(DataError, match=r"data.dir is unset.*could not be loaded.*GLUE_DIR") as err:
-        read_glue(cfg.task, cfg.data)
+        read_glue(make(tiny_overrides).task, str(tmp_path), "nyu-mll/glue")
+    with pytest.raises(DataError, match=r"execution.data_dir is unset.*could not be loaded.*GLUE_DIR") as err:
+        read_glue(make(tiny_overrides).task, None, "no-such-org/no-such-glue")
     assert "\n" not in str(err.value)
 
 

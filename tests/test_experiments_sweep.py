@@ -19,9 +19,9 @@ def sweep(tiny_model_dir, tiny_glue_dir, tmp_path, offline_env):
     (tmp_path / "tiny.yaml").write_text(
         "defaults:\n  - sweep\n  - _self_\n"
         f"model: {{path: {tiny_model_dir}}}\n"
-        f"data: {{dir: {tiny_glue_dir}, cache_dir: {tmp_path / 'cache'}}}\n"
+        f"execution: {{data_dir: {tiny_glue_dir}, cache_dir: {tmp_path / 'cache'}, log_every: 2, wandb: {{mode: disabled}}}}\n"
         "train: {epochs: 2, batch_size: 16, max_length: 32, max_train_samples: null, lr: 5.0e-3}\n"
-        "alpha: 4\nlog_every: 2\nwandb: {mode: disabled}\n"
+        "alpha: 4\n"
     )
     env = {**offline_env, "PYTHONPATH": os.pathsep.join(filter(None, [offline_env.get("PYTHONPATH"), str(REPO_ROOT)]))}
 
@@ -79,7 +79,7 @@ def test_one_failed_job_does_not_stop_the_others(sweep):
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("rank=0", "rank must be a positive integer, got 0"),
+        ("rank=0", "rank=0 is not accepted: rank must be an integer ≥ 1"),
         ("targets=qz", "unknown target preset 'qz'"),
         ("data.dir=/no/such/glue", "data folder /no/such/glue does not exist"),
     ],

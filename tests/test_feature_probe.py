@@ -1,15 +1,15 @@
-"""The frozen-feature probe (analysis.feature_probe) on the tiny BERT and tiny GLUE-layout data."""
+"""The frozen-feature probe (experiments.feature_probe) on the tiny BERT and tiny GLUE-layout data."""
 
 import math
 
 import pytest
 
-from analysis.feature_probe import FEATURES, main
+from experiments.feature_probe import FEATURES, main
 
 
 @pytest.mark.parametrize("task,metric", [("stsb", "pearson"), ("sst2", "accuracy")])
 def test_probe_scores_each_feature_with_the_tasks_metric(tiny_model_dir, tiny_glue_dir, capsys, task, metric):
-    table = main([f"task={task}", f"model.path={tiny_model_dir}", f"data.dir={tiny_glue_dir}", "probe.train_examples=48"])
+    table = main([f"task={task}", f"model.path={tiny_model_dir}", f"execution.data_dir={tiny_glue_dir}", "probe.train_examples=48"])
     assert list(table["feature"]) == list(FEATURES) and metric in table
     assert all(math.isfinite(v) and -1 <= v <= 1 for v in table[metric])
     printed = capsys.readouterr().out

@@ -3,8 +3,8 @@ the mean over tokens. A linear probe (logistic regression, or ridge for a regres
 training split and is scored on the dev split with the task's metric; the pooler's weight and bias statistics say
 whether it was ever trained.
 
-    python -m analysis.feature_probe task=stsb                 # the embedded MiniLM, data from ../shared/glue
-    python -m analysis.feature_probe task=cola model.path=/path/to/checkpoint probe.train_examples=4000
+    python -m experiments.feature_probe task=stsb                 # the embedded MiniLM, data from ../shared/glue
+    python -m experiments.feature_probe task=cola model.path=/path/to/checkpoint probe.train_examples=4000
 
 Overrides are the sweep's (conf/sweep.yaml) plus ``probe.train_examples`` (default 2000) and ``probe.seed`` (0).
 This is how results/REPRODUCTION.md tells "the pooler loses the information" from "the pooler's scale and gradient
@@ -62,14 +62,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     from experiments.metrics import glue_metrics
     from experiments.models import load_tokenizer, resolve_model_path, untrained_pooler
 
-    argv = sys.argv[1:] if argv is None else argv
+    from experiments.config import moved_keys
+
+    argv = moved_keys(sys.argv[1:] if argv is None else argv)
     ours = {k: v for k, v in (a.split("=", 1) for a in argv if a.startswith("probe."))}
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("sweep", overrides=[a for a in argv if not a.startswith("probe.")])
     n_train, seed = int(ours.get("probe.train_examples", 2000)), int(ours.get("probe.seed", 0))
     task = cfg.task
-    frames, _ = read_glue(task, cfg.data)
+    frames, _ = read_glue(task, cfg.execution.data_dir, cfg.data.hub)
     train = frames[task.train_split]
     train = train.sample(min(n_train, len(train)), random_state=seed)
     dev = frames[next(iter(task.eval_splits))]

@@ -1,0 +1,85 @@
+"""Fine-tuning methods: one module and one config file (``conf/method/<name>.yaml``) each.
+
+``train(cfg)`` never asks which method it runs: it asks the method object to prepare the model, for its optimizer
+groups, for the parameters the paper counts, for ΔW, and to save what the analyses read. Adding a method is a module
+here with a ``@register``-ed ``Method`` subclass and its config file (docs/ADDING_A_METHOD.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+import lorakit
+from experiments.config import ConfigError
+from experiments.schema import Accepts
+
+_REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register(cls: type["Method"]) -> type["Method"]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def known_methods() -> list[str]:
+    _import_all()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> "Method":
+    _import_all()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]()
+
+
+def _import_all() -> None:
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+class Method:
+    """A fine-tuning method. Subclasses set ``name`` (the config file's stem) and ``accepts`` (their own keys of the
+    ``method`` node and the values each accepts), and override what differs from "train the head alone"."""
+
+    name: ClassVar[str]
+    accepts: ClassVar[dict[str, Accepts]] = {}
+    has_delta: ClassVar[bool] = False  # whether the run writes ΔW (delta_weights.safetensors) for the analyses
+
+    def check(self, cfg: DictConfig) -> None:
+        """Checks across keys that ``accepts`` cannot express; raise ConfigError."""
+
+    def prepare(self, model: nn.Module, cfg: DictConfig) -> list[str]:
+        """Make the model trainable as the method does, in place; return the modules it adapts (in model order)."""
+        kept = lorakit.freeze_except(model, cfg.model.head)
+        if not kept:
+            children = ", ".join(n for n, _ in model.named_children())
+            raise ConfigError(f"model.head={list(cfg.model.head)} matches no module of the model; give module names "
+                              f"or suffixes of {children} (e.g. classifier, pooler)")
+        return []
+
+    def parameter_groups(self, model: nn.Module, cfg: DictConfig) -> list[dict]:
+        """AdamW parameter groups; one group at the method's learning rate unless the method says otherwise."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.method.lr}]
+
+    def method_params(self, model: nn.Module, trainable: int) -> int:
+        """What the method itself trains, the task head left out: the paper's "# Trainable Parameters"."""
+        return 0
+
+    def delta_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Module name → ΔW against the pretrained W (fp32), for the analyses; empty when the method has none."""
+        return {}
+
+    def save(self, model: nn.Module, out_dir: Path, model_path: str) -> None:
+        """Write the method's own files into the run folder (beyond ΔW, which train() writes)."""
+
+    def run_info(self, cfg: DictConfig) -> dict:
+        """The method's keys for the ``run`` block of metrics.json and the runs table."""
+        return {key: cfg.method[key] for key in self.accepts}

@@ -1,0 +1,32 @@
+"""Full fine-tuning: every weight trains; ΔW = W_ft − W₀ of every attention and MLP linear layer of the encoder."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+import lorakit
+from experiments.methods import Method, register
+
+
+@register
+class Full(Method):
+    name = "full"
+    has_delta = True
+
+    def prepare(self, model: nn.Module, cfg: DictConfig) -> list[str]:
+        # The encoder's attention and MLP layers: the task head and the pooler are not part of the analyses.
+        adapted = lorakit.linear_module_names(model, head=(*cfg.model.head, "classifier", "pooler"))
+        weights = {f"{n}.weight" for n in adapted}
+        self.adapted = adapted
+        self.initial = {k: w.detach().clone() for k, w in model.state_dict().items() if k in weights}
+        model.requires_grad_(True)
+        return adapted
+
+    def method_params(self, model: nn.Module, trainable: int) -> int:
+        return trainable
+
+    def delta_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        tuned = {k: v.detach().cpu() for k, v in model.state_dict().items() if k in self.initial}
+        return lorakit.weight_deltas(self.initial, tuned, self.adapted)

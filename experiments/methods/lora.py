@@ -1,0 +1,107 @@
+"""LoRA (Hu et al. 2021) through lorakit, with the variants that change only how the factors start or learn:
+``init=pissa`` (Meng et al. 2024), ``freeze_a=true`` (LoRA-FA, Zhu et al. 2024: only B trains) and
+``loraplus_ratio=λ`` (LoRA+, Hayou et al. 2024: B learns at λ × A's rate). DoRA extends it (experiments/methods/dora.py).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+import lorakit
+from experiments.config import ConfigError, targets_value
+from experiments.methods import Method, register
+from experiments.schema import FLAG, POSITIVE, POSITIVE_INT, Accepts
+from experiments.store import ADAPTER, ADAPTER_INIT, atomic_path, find_init_adapter
+
+
+@register
+class LoRA(Method):
+    name = "lora"
+    accepts = {
+        "rank": POSITIVE_INT,
+        "alpha": POSITIVE,
+        "targets": Accepts(str, nullable=False),  # or a list of module names: checked by lorakit in check()
+        "init": Accepts(str, choices=("gaussian", "kaiming", "pissa")),
+        "rslora": FLAG,
+        "dropout": Accepts(float, low=0, high=1, high_open=True),
+        "loraplus_ratio": POSITIVE,
+        "freeze_a": FLAG,
+    }
+    has_delta = True
+    use_dora = False
+
+    def check(self, cfg: DictConfig) -> None:
+        try:
+            self.config(cfg)
+        except lorakit.LoRAError as err:
+            raise ConfigError(str(err)) from None
+
+    def config(self, cfg: DictConfig) -> lorakit.LoRAConfig:
+        """The run's ``lorakit.LoRAConfig``: the one place the method's keys become library arguments."""
+        m = cfg.method
+        extra = {"use_dora": True} if self.use_dora else {}
+        if m.freeze_a:
+            extra["freeze_a"] = True
+        return lorakit.LoRAConfig(r=m.rank, alpha=float(m.alpha), dropout=float(m.dropout), targets=targets_value(m.targets),
+                                  init=m.init, rslora=m.rslora, trainable=tuple(cfg.model.head), **extra)
+
+    def prepare(self, model: nn.Module, cfg: DictConfig) -> list[str]:
+        adapted = lorakit.inject_lora(model, self.config(cfg))
+        self.init_adapter = find_init_adapter(cfg.method.init_from, cfg.seed)
+        if self.init_adapter is not None:  # the factors only: the head is new (another task, maybe another label count)
+            lorakit.load_adapter(model, self.init_adapter, head=False)
+        self.initial = {name: (m.lora_A.detach().clone(), m.lora_B.detach().clone())
+                        for name, m in lorakit.lora_modules(model).items()}
+        return adapted
+
+    def parameter_groups(self, model: nn.Module, cfg: DictConfig) -> list[dict]:
+        """B at ``loraplus_ratio`` × the learning rate (LoRA+), everything else at the learning rate."""
+        lr, ratio = cfg.method.lr, float(cfg.method.loraplus_ratio)
+        b = [m.lora_B for m in lorakit.lora_modules(model).values() if m.lora_B.requires_grad]
+        ids = {id(p) for p in b}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": rest, "lr": lr}, {"params": b, "lr": lr * ratio}]
+
+    def method_params(self, model: nn.Module, trainable: int) -> int:
+        return lorakit.count_lora_parameters(model)
+
+    def delta_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {name: delta.float().cpu() for name, delta in lorakit.delta_weights(model).items()}
+
+    def save(self, model: nn.Module, out_dir: Path, model_path: str) -> None:
+        """``adapter/`` (PEFT's format) and ``adapter_init/``, the same adapter at step 0: how far A and B moved."""
+        with atomic_path(out_dir / ADAPTER, is_dir=True) as tmp:
+            lorakit.save_adapter(model, tmp, base_model_name_or_path=model_path)
+        with factors_replaced(model, self.initial), atomic_path(out_dir / ADAPTER_INIT, is_dir=True) as tmp:
+            lorakit.save_adapter(model, tmp, base_model_name_or_path=model_path)
+
+    def run_info(self, cfg: DictConfig) -> dict:
+        info = super().run_info(cfg)
+        targets = targets_value(cfg.method.targets)
+        info["targets"] = targets if isinstance(targets, str) else ",".join(targets)
+        info["alpha"] = float(info["alpha"])
+        info["use_dora"] = self.use_dora
+        return info
+
+
+@contextmanager
+def factors_replaced(model: nn.Module, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+    """Temporarily give the model's LoRA layers other (A, B) values; the trained ones are back afterwards."""
+    modules = lorakit.lora_modules(model)
+    trained = {name: (m.lora_A.detach().clone(), m.lora_B.detach().clone()) for name, m in modules.items()}
+    try:
+        with torch.no_grad():
+            for name, (a, b) in factors.items():
+                modules[name].lora_A.copy_(a)
+                modules[name].lora_B.copy_(b)
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, (a, b) in trained.items():
+                modules[name].lora_A.copy_(a)
+                modules[name].lora_B.copy_(b)

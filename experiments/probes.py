@@ -1,0 +1,114 @@
+"""What a trained run is probed for after training: the direct tests of the intrinsic-rank hypothesis (issue 11).
+
+- ``truncation``: replace ΔW of every adapted matrix by its best rank-k approximation (Eckart–Young: the top k singular
+  triplets) and evaluate on the dev set, k = 0 (ΔW removed: the trained head on the pretrained encoder), 1, 2, 4, …
+  below ΔW's rank. If the update is low-rank in the sense that matters, small k keeps the task.
+- ``SentenceSkill``: forgetting (Biderman et al. 2024, "LoRA Learns Less and Forgets Less"): the base model's own
+  skill before and after fine-tuning. For a sentence-embedding checkpoint (all-MiniLM-L6-v2) that is zero-shot STS-B:
+  the Spearman correlation between the cosine of two sentences' mean-pooled embeddings and the gold similarity.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from scipy.stats import spearmanr
+from torch import nn
+
+import lorakit
+from experiments.config import CONF_DIR, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def truncation(model: nn.Module, deltas: dict[str, torch.Tensor], evaluate: Callable[[], dict]) -> list[dict]:
+    """``[{"k": k, **evaluate()}, ...]`` with every ΔW cut to rank k, for k = 0 and the powers of two below the largest
+    numerical rank among the ΔW. The model is left as it was (unmerged, its trained weights)."""
+    modules = dict(model.named_modules())
+    lorakit.merge_lora(model)  # W = W₀ + ΔW for the LoRA family; a full fine-tune's W already is
+    weights = {name: modules[name].weight for name in deltas}
+    merged = {name: w.detach().clone() for name, w in weights.items()}
+    factors = {name: torch.linalg.svd(delta.double(), full_matrices=False) for name, delta in deltas.items()}
+    top = max(_numerical_rank(s) for _, s, _ in factors.values())
+    ranks = [0] + [2**i for i in range(top.bit_length()) if 2**i < top]
+    results = []
+    try:
+        for k in ranks:
+            for name, w in weights.items():
+                u, s, vh = factors[name]
+                tail = (u[:, k:] * s[k:]) @ vh[k:]  # ΔW minus its best rank-k approximation
+                w.copy_(merged[name] - tail.to(w))
+            results.append({"k": k, **evaluate()})
+    finally:
+        for name, w in weights.items():
+            w.copy_(merged[name])
+        lorakit.unmerge_lora(model)
+    return results
+
+
+def _numerical_rank(s: torch.Tensor) -> int:
+    """Singular values above max(σ) · n · eps of float32 (the precision ΔW was trained in) count."""
+    return int((s > s.max() * max(s.shape[0], 1) * torch.finfo(torch.float32).eps).sum()) if len(s) else 0
+
+
+class SentenceSkill:
+    """Zero-shot STS-B of the encoder: Spearman(cos(mean-pool(s₁), mean-pool(s₂)), gold). Mean pooling over the
+    attention mask is how all-MiniLM-L6-v2 was trained (sentence-transformers); the task head is not used."""
+
+    name = "stsb_spearman"
+
+    def __init__(self, pairs: pd.DataFrame, tokenizer, max_length: int = 128, batch_size: int = 64) -> None:
+        self.pairs, self.tokenizer = pairs.reset_index(drop=True), tokenizer
+        self.max_length, self.batch_size = max_length, batch_size
+
+    @classmethod
+    def for_run(cls, cfg: DictConfig, tokenizer, model_path: str) -> "SentenceSkill | None":
+        """The probe a run asks for (``probes.forgetting``): None when off, or ``auto`` on a model without the skill."""
+        from experiments.data import DataError, read_glue
+
+        wanted, pooling = cfg.probes.forgetting, cfg.model.get("sentence_embedding")
+        if wanted is False or (wanted == "auto" and not pooling):
+            return None
+        if not pooling:
+            raise ConfigError(f"probes.forgetting=true needs a model with a sentence-embedding skill to lose; model="
+                              f"{cfg.model.name} has none (model.sentence_embedding is null); use probes.forgetting=auto")
+        stsb = OmegaConf.load(CONF_DIR / "task" / "stsb.yaml")
+        try:
+            frames, _ = read_glue(stsb, cfg.execution.data_dir, cfg.data.hub)
+        except DataError as err:
+            if wanted is True:
+                raise
+            log.warning("forgetting probe skipped: %s", err)
+            return None
+        return cls(frames["validation"], tokenizer)
+
+    @torch.no_grad()
+    def embed(self, encoder: nn.Module, sentences: list[str], device: torch.device) -> torch.Tensor:
+        out = []
+        for i in range(0, len(sentences), self.batch_size):
+            batch = self.tokenizer(sentences[i : i + self.batch_size], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt").to(device)
+            hidden = encoder(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            out.append(((hidden * mask).sum(1) / mask.sum(1)).cpu())
+        return torch.cat(out)
+
+    def measure(self, model: nn.Module, device: torch.device) -> float:
+        """The skill of ``model``'s encoder (``base_model``: BERT's ``bert``, RoBERTa's ``roberta``)."""
+        encoder, training = model.base_model, model.training
+        model.to(device).eval()
+        first = self.embed(encoder, self.pairs["sentence1"].astype(str).tolist(), device)
+        second = self.embed(encoder, self.pairs["sentence2"].astype(str).tolist(), device)
+        model.train(training)
+        cosine = torch.nn.functional.cosine_similarity(first, second, dim=-1).numpy()
+        return float(spearmanr(cosine, self.pairs["label"].to_numpy(np.float64))[0])
+
+    def forgetting(self, before: float, model: nn.Module, device: torch.device) -> dict:
+        after = self.measure(model, device)
+        return {"probe": self.name, "before": before, "after": after, "value": before - after}
