@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from .config import LoRAConfig, LoRAError
+from .dora import DoRALinear
 from .layers import LoRALinear
+from .pissa import PiSSALinear
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
@@ -65,10 +67,23 @@ def inject_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        base = getattr(parent, child)
-        setattr(parent, child, LoRALinear(base, config.r, config.alpha, config.dropout, config.init, config.rslora))
+        setattr(parent, child, lora_layer(getattr(parent, child), config))
     model.lora_config = config  # what save_adapter needs to write PEFT's modules_to_save and init
     return names
+
+
+def lora_layer(base: nn.Linear, config: LoRAConfig) -> LoRALinear:
+    """The layer ``config`` asks for around ``base``: LoRALinear, DoRALinear (use_dora) or PiSSALinear (init="pissa");
+    with ``freeze_a`` (LoRA-FA) A keeps its random init and only B trains."""
+    if config.use_dora:
+        layer = DoRALinear(base, config.r, config.alpha, config.dropout, config.init, config.rslora)
+    elif config.init == "pissa":
+        layer = PiSSALinear(base, config.r, config.alpha, config.dropout, config.rslora)
+    else:
+        layer = LoRALinear(base, config.r, config.alpha, config.dropout, config.init, config.rslora)
+    if config.freeze_a:
+        layer.lora_A.requires_grad_(False)
+    return layer
 
 
 def freeze_except(model: nn.Module, modules: Iterable[str]) -> list[str]:
@@ -146,5 +161,43 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def count_lora_parameters(model: nn.Module) -> int:
-    """Parameters in the LoRA factors alone (the paper's "# Trainable Parameters": the task head not counted)."""
-    return sum(m.lora_A.numel() + m.lora_B.numel() for m in lora_modules(model).values())
+    """Parameters in the LoRA factors and DoRA's magnitudes (the paper's "# Trainable Parameters": the task head not
+    counted). With ``freeze_a`` A is counted too, as the adapter stores it; ``count_method_parameters`` counts what
+    trains."""
+    return sum(
+        m.lora_A.numel() + m.lora_B.numel() + (m.magnitude.numel() if isinstance(m, DoRALinear) else 0)
+        for m in lora_modules(model).values()
+    )
+
+
+def count_method_parameters(model: nn.Module, head: Iterable[str] = ("classifier",)) -> int:
+    """Parameters that train outside the ``head`` modules: what a method trains, counted as the paper's
+    "# Trainable Parameters" (Hu et al. 2021, Table 2), whichever method froze the model: LoRA's factors (B alone
+    under LoRA-FA), DoRA's factors and magnitudes, adapters, BitFit's biases."""
+    head = tuple(head)
+    return sum(
+        p.numel()
+        for name, module in model.named_modules()
+        if not matches_any_prefix(name, head)
+        for p in module.parameters(recurse=False)
+        if p.requires_grad
+    )
+
+
+def lora_parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The trainable parameters, by role: ``{"A": [...], "B": [...], "magnitude": [...], "other": [...]}``.
+
+    Roles are read from the LoRA layers' types, not from names, so LoRA+ (Hayou et al. 2024: B's learning rate λ
+    times A's) is one optimizer group per key. Frozen parameters (A under LoRA-FA) are left out; "other" is the
+    rest that trains, e.g. the task head.
+    """
+    groups: dict[str, list[nn.Parameter]] = {"A": [], "B": [], "magnitude": [], "other": []}
+    role = {}
+    for module in lora_modules(model).values():
+        role[id(module.lora_A)], role[id(module.lora_B)] = "A", "B"
+        if isinstance(module, DoRALinear):
+            role[id(module.magnitude)] = "magnitude"
+    for param in model.parameters():
+        if param.requires_grad:
+            groups[role.get(id(param), "other")].append(param)
+    return groups
