@@ -59,9 +59,7 @@ def inject_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
         if isinstance(module, nn.Linear) and matches(name, patterns) and not matches_any_prefix(name, config.trainable)
     ]
     if not names:
-        available = linear_module_names(model, include_head=True)
-        shown = ", ".join(_collapse_layer_indices(available))
-        raise LoRAError(f"no nn.Linear module matches targets {list(patterns)}; the model's Linear modules are: {shown}")
+        raise no_match_error(model, patterns)
 
     freeze_except(model, config.trainable)  # before wrapping: the new factors start trainable
     for name in names:
@@ -84,6 +82,12 @@ def lora_layer(base: nn.Linear, config: LoRAConfig) -> LoRALinear:
     if config.freeze_a:
         layer.lora_A.requires_grad_(False)
     return layer
+
+
+def no_match_error(model: nn.Module, patterns: Iterable[str]) -> LoRAError:
+    """The one-line error for targets that match nothing: it lists the Linear modules the model does have."""
+    shown = ", ".join(_collapse_layer_indices(linear_module_names(model, include_head=True)))
+    return LoRAError(f"no nn.Linear module matches targets {list(patterns)}; the model's Linear modules are: {shown}")
 
 
 def freeze_except(model: nn.Module, modules: Iterable[str]) -> list[str]:

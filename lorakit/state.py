@@ -139,8 +139,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_p
         metadata["lorakit_pissa_rank"] = str(first.r)  # r' = 2r on disk: [A; A0], [B, -B0]
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(peft_config, indent=2) + "\n"))
+    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(peft_config, indent=2) + "\n"))
     return path
 
 
@@ -292,7 +292,7 @@ def _check_fits(model: nn.Module, adapter: Adapter, path) -> None:
             )
 
 
-def _atomic_write(target: Path, write) -> None:
+def atomic_write(target: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
