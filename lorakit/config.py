@@ -100,13 +100,13 @@ class LoRAConfig:
                 raise LoRAError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.freeze_a and self.init == "pissa":
             raise LoRAError(
-                "freeze_a=True does not combine with init='pissa' (PiSSA's A holds W's top singular directions and must "
-                "train); accepted: freeze_a with init gaussian or kaiming"
+                "freeze_a=True does not combine with init='pissa' (PiSSA's A holds W's top singular directions "
+                "and must train); accepted: freeze_a with init gaussian or kaiming"
             )
         if self.use_dora and self.init == "pissa":
             raise LoRAError(
-                "use_dora=True does not combine with init='pissa' (a PiSSA adapter is saved as a plain LoRA of rank 2r, "
-                "which DoRA's normalisation rules out); accepted: use_dora with init gaussian or kaiming"
+                "use_dora=True does not combine with init='pissa' (a PiSSA adapter is saved as a plain LoRA of "
+                "rank 2r, which DoRA's normalisation rules out); accepted: use_dora with init gaussian or kaiming"
             )
         if not isinstance(self.targets, str):
             object.__setattr__(self, "targets", tuple(self.targets))

@@ -66,7 +66,7 @@ class DoRALinear(LoRALinear):
             base = F.linear(h, self.weight)
         else:
             base = out - self.bias if self.bias is not None else out
-        # out + (g − 1)·W₀x + g·scale·BAx: at init g = 1 exactly and B = 0, so the output is the base output bit for bit.
+        # out + (g − 1)·W₀x + g·scale·BAx: at init g = 1 exactly and B = 0, so this is the base output bit for bit.
         return out + (g - 1) * base + g * lora
 
     def merged_weight(self) -> torch.Tensor:

@@ -221,8 +221,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, head: bool = True) -
         kinds = {layer_kind(m) for m in existing.values()}
         if kinds != {adapter.kind}:
             raise LoRAError(
-                f"adapter at {path} is a {adapter.kind} adapter, the model's LoRA layers are {'/'.join(sorted(kinds))}; "
-                f"load it into a model without LoRA, or one injected for {adapter.kind}"
+                f"adapter at {path} is a {adapter.kind} adapter, the model's LoRA layers are {'/'.join(sorted(kinds))}"
+                f"; load it into a model without LoRA, or one injected for {adapter.kind}"
             )
         if set(existing) != set(adapter.factors):
             raise LoRAError(
@@ -280,7 +280,9 @@ def _check_fits(model: nn.Module, adapter: Adapter, path) -> None:
             )
         magnitude = adapter.magnitudes.get(name)
         if magnitude is not None and tuple(magnitude.shape) != (module.out_features,):
-            raise LoRAError(f"adapter at {path}: {name}{_M} has shape {tuple(magnitude.shape)}, expected ({B.shape[0]},)")
+            raise LoRAError(
+                f"adapter at {path}: {name}{_M} has shape {tuple(magnitude.shape)}, expected ({B.shape[0]},)"
+            )
     parameters = dict(model.named_parameters())
     for key, tensor in adapter.extra.items():
         if key not in parameters:

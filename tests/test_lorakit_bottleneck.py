@@ -61,7 +61,8 @@ def test_forward_is_h_plus_bottleneck():
             p.normal_()
     x = torch.randn(4, 10)
     h = base(x)
-    expected = h + F.gelu(h @ layer.adapter_down.T + layer.adapter_down_bias) @ layer.adapter_up.T + layer.adapter_up_bias
+    bottleneck = F.gelu(h @ layer.adapter_down.T + layer.adapter_down_bias)
+    expected = h + bottleneck @ layer.adapter_up.T + layer.adapter_up_bias
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
 
 

@@ -137,7 +137,8 @@ def test_conversion_equals_peft_path_initial_model_for_weight_conversion(tmp_pat
     our_config = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
     for key in ("r", "lora_alpha", "init_lora_weights", "use_rslora"):
         assert our_config[key] == theirs_config[key], key
-    theirs, mine = load_file(tmp_path / "peft" / "adapter_model.safetensors"), load_file(tmp_path / "ours" / "adapter_model.safetensors")
+    theirs = load_file(tmp_path / "peft" / "adapter_model.safetensors")
+    mine = load_file(tmp_path / "ours" / "adapter_model.safetensors")
     factors = {k for k in theirs if ".lora_" in k}
     assert len(factors) == 8
     for key in factors:
@@ -146,7 +147,7 @@ def test_conversion_equals_peft_path_initial_model_for_weight_conversion(tmp_pat
 
 @pytest.mark.parametrize("make", [tiny_bert, tiny_roberta])
 def test_peft_unconverted_pissa_adapter_rebuilds_the_residual(tmp_path, batch, make):
-    """A PEFT adapter saved with init_lora_weights="pissa" needs the residual base; lorakit rebuilds it, as PEFT does."""
+    """A PEFT adapter saved with init_lora_weights="pissa" needs the residual base; lorakit rebuilds it as PEFT does."""
     peft_model = peft.get_peft_model(make(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
                                                              init_lora_weights="pissa", task_type="SEQ_CLS"))
     perturb_factors(peft_model).eval()
