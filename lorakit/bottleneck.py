@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import LoRAError
-from .inject import freeze_except, matches, matches_any_prefix, no_match_error
+from .inject import matches, wrap_linears
 from .state import atomic_write
 
 CONFIG_NAME = "bottleneck_config.json"
@@ -105,19 +105,8 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> list[str]:
     and freeze all but the adapters and ``config.trainable``. Returns the wrapped module names, in model order."""
     if adapter_modules(model):
         raise LoRAError("model already has adapters; inject into a fresh model, or load_bottleneck_adapters into it")
-    names = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and matches(name, config.targets)
-        and not matches_any_prefix(name, config.trainable)
-    ]
-    if not names:
-        raise no_match_error(model, config.targets)
-    freeze_except(model, config.trainable)  # before wrapping: the adapters start trainable
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, AdapterLinear(getattr(parent, child), config.size, config.activation))
+    names = wrap_linears(model, config.targets, config.trainable,
+                         lambda base: AdapterLinear(base, config.size, config.activation))
     model.adapter_config = config
     return names
 

@@ -45,28 +45,36 @@ def _inside_lora(model: nn.Module, name: str) -> bool:
 
 
 def inject_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
-    """Replace every ``nn.Linear`` whose name matches ``config.targets`` with a ``LoRALinear``, in place.
+    """Replace every ``nn.Linear`` whose name matches ``config.targets`` with a ``LoRALinear`` (``DoRALinear``,
+    ``PiSSALinear``: see ``lora_layer``), in place.
 
     Every parameter is frozen except the LoRA factors and those of the modules in ``config.trainable`` (the task head).
     Returns the replaced module names, in model order.
     """
     if lora_modules(model):
         raise LoRAError("model already has LoRA layers; inject into a fresh model, or load_adapter to replace them")
-    patterns = config.target_names
+    names = wrap_linears(model, config.target_names, config.trainable, lambda base: lora_layer(base, config))
+    model.lora_config = config  # what save_adapter needs to write PEFT's modules_to_save and init
+    return names
+
+
+def wrap_linears(model: nn.Module, patterns: tuple[str, ...], trainable: tuple[str, ...], wrap) -> list[str]:
+    """Replace each ``nn.Linear`` matching ``patterns`` outside the ``trainable`` modules by ``wrap(linear)``, after
+    freezing every parameter but those of ``trainable`` (so the wrappers' new parameters start trainable). Returns
+    the names, in model order; no match is a one-line error listing the model's Linear modules."""
     names = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and matches(name, patterns) and not matches_any_prefix(name, config.trainable)
+        if isinstance(module, nn.Linear) and matches(name, patterns) and not matches_any_prefix(name, trainable)
     ]
     if not names:
-        raise no_match_error(model, patterns)
-
-    freeze_except(model, config.trainable)  # before wrapping: the new factors start trainable
+        shown = ", ".join(_collapse_layer_indices(linear_module_names(model, include_head=True)))
+        raise LoRAError(f"no nn.Linear module matches targets {list(patterns)}; the model's Linear modules are: {shown}")
+    freeze_except(model, trainable)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, lora_layer(getattr(parent, child), config))
-    model.lora_config = config  # what save_adapter needs to write PEFT's modules_to_save and init
+        setattr(parent, child, wrap(getattr(parent, child)))
     return names
 
 
@@ -82,12 +90,6 @@ def lora_layer(base: nn.Linear, config: LoRAConfig) -> LoRALinear:
     if config.freeze_a:
         layer.lora_A.requires_grad_(False)
     return layer
-
-
-def no_match_error(model: nn.Module, patterns: Iterable[str]) -> LoRAError:
-    """The one-line error for targets that match nothing: it lists the Linear modules the model does have."""
-    shown = ", ".join(_collapse_layer_indices(linear_module_names(model, include_head=True)))
-    return LoRAError(f"no nn.Linear module matches targets {list(patterns)}; the model's Linear modules are: {shown}")
 
 
 def freeze_except(model: nn.Module, modules: Iterable[str]) -> list[str]:
