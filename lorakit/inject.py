@@ -69,7 +69,8 @@ def wrap_linears(model: nn.Module, patterns: tuple[str, ...], trainable: tuple[s
     ]
     if not names:
         shown = ", ".join(_collapse_layer_indices(linear_module_names(model, include_head=True)))
-        raise LoRAError(f"no nn.Linear module matches targets {list(patterns)}; the model's Linear modules are: {shown}")
+        raise LoRAError(f"no nn.Linear module matches targets {list(patterns)}; the model's Linear modules are: "
+                        f"{shown}")
     freeze_except(model, trainable)
     for name in names:
         parent_name, _, child = name.rpartition(".")
