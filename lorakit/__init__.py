@@ -1,46 +1,76 @@
 """lorakit: LoRA (Hu et al. 2021, arXiv:2106.09685) in plain PyTorch.
 
 Wrap frozen ``nn.Linear`` layers with trainable low-rank factors, merge and unmerge exactly, read ΔW, and save
-adapters in HF PEFT's format.
+adapters in HF PEFT's format. The variants a LoRA study compares against live beside it: DoRA (``dora``), PiSSA
+(``pissa``), LoRA-FA (``LoRAConfig.freeze_a``), Houlsby adapters (``bottleneck``) and BitFit (``bitfit``).
 """
 
+from .bitfit import apply_bitfit, count_bitfit_parameters
+from .bottleneck import (
+    ADAPTER_TARGETS,
+    AdapterConfig,
+    AdapterLinear,
+    adapter_modules,
+    count_adapter_parameters,
+    inject_adapters,
+    load_bottleneck_adapters,
+    save_bottleneck_adapters,
+)
 from .config import TARGET_PRESETS, LoRAConfig, LoRAError, lora_scale, resolve_targets
+from .dora import DoRALinear
 from .inject import (
     count_lora_parameters,
+    count_method_parameters,
     count_parameters,
     delta_weights,
     freeze_except,
     inject_lora,
     linear_module_names,
     lora_modules,
+    lora_parameter_groups,
     merge_lora,
     unmerge_lora,
     weight_deltas,
 )
 from .layers import LoRALinear
+from .pissa import PiSSALinear
 from .state import Adapter, load_adapter, read_adapter, save_adapter
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ADAPTER_TARGETS",
     "Adapter",
+    "AdapterConfig",
+    "AdapterLinear",
+    "DoRALinear",
     "LoRAConfig",
     "LoRAError",
     "LoRALinear",
+    "PiSSALinear",
     "TARGET_PRESETS",
+    "adapter_modules",
+    "apply_bitfit",
+    "count_adapter_parameters",
+    "count_bitfit_parameters",
     "count_lora_parameters",
+    "count_method_parameters",
     "count_parameters",
     "delta_weights",
     "freeze_except",
+    "inject_adapters",
     "inject_lora",
     "linear_module_names",
     "load_adapter",
+    "load_bottleneck_adapters",
     "lora_modules",
+    "lora_parameter_groups",
     "lora_scale",
     "merge_lora",
     "read_adapter",
     "resolve_targets",
     "save_adapter",
+    "save_bottleneck_adapters",
     "unmerge_lora",
     "weight_deltas",
 ]

@@ -32,7 +32,7 @@ TARGET_PRESETS: dict[str, tuple[str, ...]] = {
     "all": tuple(name for letter in "qkvo" for name in _PROJECTIONS[letter]) + _MLP,
 }
 
-INITS = ("gaussian", "kaiming")
+INITS = ("gaussian", "kaiming", "pissa")
 
 
 def resolve_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
@@ -66,10 +66,14 @@ class LoRAConfig:
         alpha: the constant α; the paper sets α to the first r it tries and does not tune it.
         dropout: dropout on the LoRA path's input.
         targets: module names, or a preset (see ``resolve_targets``).
-        init: ``"gaussian"`` — A ~ N(0, 1/r²), B = 0 (the paper's random Gaussian A; PEFT's ``"gaussian"``), or
-            ``"kaiming"`` — Kaiming-uniform A, B = 0 (loralib and PEFT's default).
+        init: ``"gaussian"`` — A ~ N(0, 1/r²), B = 0 (the paper's random Gaussian A; PEFT's ``"gaussian"``),
+            ``"kaiming"`` — Kaiming-uniform A, B = 0 (loralib and PEFT's default), or ``"pissa"`` — A, B from the top-r
+            singular triplets of W and W replaced by the residual (Meng et al. 2024; ``PiSSALinear``).
         rslora: scale by α / √r instead of α / r (Kalajdzievski 2023), keeping the update's size stable across ranks.
         trainable: modules left trainable besides LoRA (the task head), matched like targets.
+        use_dora: DoRA (Liu et al. 2024): W' = m ⊙ (W₀ + scale·B A) / ‖W₀ + scale·B A‖, with a trainable magnitude
+            m per output row (``DoRALinear``).
+        freeze_a: LoRA-FA (Zhu et al. 2024): A stays at its random init and only B trains.
     """
 
     r: int = 8
@@ -79,6 +83,8 @@ class LoRAConfig:
     init: str = "gaussian"
     rslora: bool = False
     trainable: tuple[str, ...] = field(default=("classifier",))
+    use_dora: bool = False
+    freeze_a: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
@@ -89,6 +95,19 @@ class LoRAConfig:
             raise LoRAError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.init not in INITS:
             raise LoRAError(f"unknown init {self.init!r}; accepted: {', '.join(INITS)}")
+        for flag in ("use_dora", "freeze_a", "rslora"):
+            if not isinstance(getattr(self, flag), bool):
+                raise LoRAError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        if self.freeze_a and self.init == "pissa":
+            raise LoRAError(
+                "freeze_a=True does not combine with init='pissa' (PiSSA's A holds W's top singular directions "
+                "and must train); accepted: freeze_a with init gaussian or kaiming"
+            )
+        if self.use_dora and self.init == "pissa":
+            raise LoRAError(
+                "use_dora=True does not combine with init='pissa' (a PiSSA adapter is saved as a plain LoRA of "
+                "rank 2r, which DoRA's normalisation rules out); accepted: use_dora with init gaussian or kaiming"
+            )
         if not isinstance(self.targets, str):
             object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "trainable", tuple(self.trainable))

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from .config import LoRAConfig, LoRAError
+from .dora import DoRALinear
 from .layers import LoRALinear
+from .pissa import PiSSALinear
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
@@ -43,32 +45,52 @@ def _inside_lora(model: nn.Module, name: str) -> bool:
 
 
 def inject_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
-    """Replace every ``nn.Linear`` whose name matches ``config.targets`` with a ``LoRALinear``, in place.
+    """Replace every ``nn.Linear`` whose name matches ``config.targets`` with a ``LoRALinear`` (``DoRALinear``,
+    ``PiSSALinear``: see ``lora_layer``), in place.
 
     Every parameter is frozen except the LoRA factors and those of the modules in ``config.trainable`` (the task head).
     Returns the replaced module names, in model order.
     """
     if lora_modules(model):
         raise LoRAError("model already has LoRA layers; inject into a fresh model, or load_adapter to replace them")
-    patterns = config.target_names
+    names = wrap_linears(model, config.target_names, config.trainable, lambda base: lora_layer(base, config))
+    model.lora_config = config  # what save_adapter needs to write PEFT's modules_to_save and init
+    return names
+
+
+def wrap_linears(model: nn.Module, patterns: tuple[str, ...], trainable: tuple[str, ...], wrap) -> list[str]:
+    """Replace each ``nn.Linear`` matching ``patterns`` outside the ``trainable`` modules by ``wrap(linear)``, after
+    freezing every parameter but those of ``trainable`` (so the wrappers' new parameters start trainable). Returns
+    the names, in model order; no match is a one-line error listing the model's Linear modules."""
     names = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and matches(name, patterns) and not matches_any_prefix(name, config.trainable)
+        if isinstance(module, nn.Linear) and matches(name, patterns) and not matches_any_prefix(name, trainable)
     ]
     if not names:
-        available = linear_module_names(model, include_head=True)
-        shown = ", ".join(_collapse_layer_indices(available))
-        raise LoRAError(f"no nn.Linear module matches targets {list(patterns)}; the model's Linear modules are: {shown}")
-
-    freeze_except(model, config.trainable)  # before wrapping: the new factors start trainable
+        shown = ", ".join(_collapse_layer_indices(linear_module_names(model, include_head=True)))
+        raise LoRAError(f"no nn.Linear module matches targets {list(patterns)}; the model's Linear modules are: "
+                        f"{shown}")
+    freeze_except(model, trainable)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        base = getattr(parent, child)
-        setattr(parent, child, LoRALinear(base, config.r, config.alpha, config.dropout, config.init, config.rslora))
-    model.lora_config = config  # what save_adapter needs to write PEFT's modules_to_save and init
+        setattr(parent, child, wrap(getattr(parent, child)))
     return names
+
+
+def lora_layer(base: nn.Linear, config: LoRAConfig) -> LoRALinear:
+    """The layer ``config`` asks for around ``base``: LoRALinear, DoRALinear (use_dora) or PiSSALinear (init="pissa");
+    with ``freeze_a`` (LoRA-FA) A keeps its random init and only B trains."""
+    if config.use_dora:
+        layer = DoRALinear(base, config.r, config.alpha, config.dropout, config.init, config.rslora)
+    elif config.init == "pissa":
+        layer = PiSSALinear(base, config.r, config.alpha, config.dropout, config.rslora)
+    else:
+        layer = LoRALinear(base, config.r, config.alpha, config.dropout, config.init, config.rslora)
+    if config.freeze_a:
+        layer.lora_A.requires_grad_(False)
+    return layer
 
 
 def freeze_except(model: nn.Module, modules: Iterable[str]) -> list[str]:
@@ -146,5 +168,43 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def count_lora_parameters(model: nn.Module) -> int:
-    """Parameters in the LoRA factors alone (the paper's "# Trainable Parameters": the task head not counted)."""
-    return sum(m.lora_A.numel() + m.lora_B.numel() for m in lora_modules(model).values())
+    """Parameters in the LoRA factors and DoRA's magnitudes (the paper's "# Trainable Parameters": the task head not
+    counted). With ``freeze_a`` A is counted too, as the adapter stores it; ``count_method_parameters`` counts what
+    trains."""
+    return sum(
+        m.lora_A.numel() + m.lora_B.numel() + (m.magnitude.numel() if isinstance(m, DoRALinear) else 0)
+        for m in lora_modules(model).values()
+    )
+
+
+def count_method_parameters(model: nn.Module, head: Iterable[str] = ("classifier",)) -> int:
+    """Parameters that train outside the ``head`` modules: what a method trains, counted as the paper's
+    "# Trainable Parameters" (Hu et al. 2021, Table 2), whichever method froze the model: LoRA's factors (B alone
+    under LoRA-FA), DoRA's factors and magnitudes, adapters, BitFit's biases."""
+    head = tuple(head)
+    return sum(
+        p.numel()
+        for name, module in model.named_modules()
+        if not matches_any_prefix(name, head)
+        for p in module.parameters(recurse=False)
+        if p.requires_grad
+    )
+
+
+def lora_parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The trainable parameters, by role: ``{"A": [...], "B": [...], "magnitude": [...], "other": [...]}``.
+
+    Roles are read from the LoRA layers' types, not from names, so LoRA+ (Hayou et al. 2024: B's learning rate λ
+    times A's) is one optimizer group per key. Frozen parameters (A under LoRA-FA) are left out; "other" is the
+    rest that trains, e.g. the task head.
+    """
+    groups: dict[str, list[nn.Parameter]] = {"A": [], "B": [], "magnitude": [], "other": []}
+    role = {}
+    for module in lora_modules(model).values():
+        role[id(module.lora_A)], role[id(module.lora_B)] = "A", "B"
+        if isinstance(module, DoRALinear):
+            role[id(module.magnitude)] = "magnitude"
+    for param in model.parameters():
+        if param.requires_grad:
+            groups[role.get(id(param), "other")].append(param)
+    return groups

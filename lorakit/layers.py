@@ -62,7 +62,7 @@ class LoRALinear(nn.Module):
         elif init == "kaiming":
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         else:
-            raise LoRAError(f"unknown init {init!r}; accepted: gaussian, kaiming")
+            raise LoRAError(f"LoRALinear takes init gaussian or kaiming, got {init!r} (init 'pissa' is PiSSALinear)")
         nn.init.zeros_(self.lora_B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,17 +75,21 @@ class LoRALinear(nn.Module):
         h = F.linear(self.dropout(x), self.lora_A) * self.scale
         return torch.addmm(out.reshape(-1, self.out_features), h.reshape(-1, self.r), self.lora_B.t()).view(out.shape)
 
-    def delta_weight(self) -> torch.Tensor:
-        """ΔW = scale · B A (out × in), detached."""
+    def lora_weight(self) -> torch.Tensor:
+        """scale · B A (out × in), detached: the low-rank path as a matrix, what ``merge()`` adds to W."""
         return (self.lora_B.detach() @ self.lora_A.detach()) * self.scale
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = scale · B A (out × in), detached: the update against the pretrained W."""
+        return self.lora_weight()
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold ΔW into W for inference; a no-op when already merged."""
+        """Fold scale · B A into W for inference; a no-op when already merged."""
         if self.merged:
             return
         self._unmerged_weight = self.weight.detach().clone()
-        self.weight.add_(self.delta_weight().to(self.weight.dtype))
+        self.weight.add_(self.lora_weight().to(self.weight.dtype))
         self.merged = True
 
     @torch.no_grad()

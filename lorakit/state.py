@@ -1,8 +1,11 @@
 """Adapters on disk in HF PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
-Keys are ``base_model.model.<module>.lora_A.weight`` / ``.lora_B.weight``; the trained head is saved the way PEFT
-saves ``modules_to_save`` (``base_model.model.<module>.<param>``). An adapter written here loads with
-``peft.PeftModel.from_pretrained`` and one written by PEFT loads here. Nothing is ever unpickled.
+Keys are ``base_model.model.<module>.lora_A.weight`` / ``.lora_B.weight``, DoRA adds ``.lora_magnitude_vector``
+(out,) and ``"use_dora": true`` in the config; the trained head is saved the way PEFT saves ``modules_to_save``
+(``base_model.model.<module>.<param>``). A PiSSA model is saved as the plain LoRA of rank 2r that applies its update to
+the unmodified pretrained W (``PiSSALinear.as_plain_lora``, PEFT's ``path_initial_model_for_weight_conversion``).
+An adapter written here loads with ``peft.PeftModel.from_pretrained`` and one written by PEFT loads here. Nothing is
+ever unpickled.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from safetensors import safe_open
@@ -19,46 +23,89 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import LoRAConfig, LoRAError, lora_scale
+from .dora import DoRALinear
 from .inject import inject_lora, linear_module_names, lora_modules, matches
+from .layers import LoRALinear
+from .pissa import PiSSALinear
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-_A, _B = ".lora_A.weight", ".lora_B.weight"
+_A, _B, _M = ".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"
+# PEFT inits that change the base weights when PEFT builds the adapter: such an adapter only reproduces its model on
+# that changed base. lorakit rebuilds the one it implements ("pissa"), and refuses the others.
+_MUTATING_INITS = ("pissa_niter_", "olora", "corda", "loftq", "lora_ga")
 
 
 @dataclass
 class Adapter:
-    """An adapter read from disk without a model: its PEFT config, LoRA factors and extra (head) tensors."""
+    """An adapter read from disk without a model: its PEFT config, LoRA factors, DoRA magnitudes and extra (head)
+    tensors."""
 
     config: dict
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A: r x in, B: out x r)
     scale: float
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # "<module>.<param>" -> tensor (modules_to_save)
+    magnitudes: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> m (out,), DoRA only
 
     @property
     def r(self) -> int:
         return int(self.config["r"])
 
-    def delta_weights(self) -> dict[str, torch.Tensor]:
-        """Module name → ΔW = scale · B A (out × in), fp32."""
-        return {name: (B.float() @ A.float()) * self.scale for name, (A, B) in self.factors.items()}
+    @property
+    def kind(self) -> str:
+        """"DoRA", "PiSSA" (PEFT's unconverted PiSSA adapter, for a residual base) or "plain LoRA"."""
+        if self.config.get("use_dora"):
+            return "DoRA"
+        return "PiSSA" if self.config.get("init_lora_weights") == "pissa" else "plain LoRA"
+
+    def delta_weights(self, base_weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Module name → ΔW (out × in), fp32: scale · B A, or for DoRA m ⊙ (W₀ + scale·B A)/‖W₀ + scale·B A‖ − W₀,
+        which needs ``base_weights`` (module name → W₀)."""
+        if self.kind == "PiSSA":
+            raise LoRAError(
+                "this adapter was saved by PEFT with init 'pissa' unconverted: its ΔW against the pretrained W needs "
+                "the initial factors; load_adapter it into the model and use delta_weights(model)"
+            )
+        deltas = {name: (B.float() @ A.float()) * self.scale for name, (A, B) in self.factors.items()}
+        if self.kind == "plain LoRA":
+            return deltas
+        missing = [name for name in deltas if base_weights is None or name not in base_weights]
+        if missing:
+            raise LoRAError(f"a DoRA adapter's ΔW depends on W₀: pass base_weights with {missing[0]!r} (and the rest)")
+        for name, delta in deltas.items():
+            base = base_weights[name].detach().float()
+            direction = base + delta
+            norm = torch.linalg.vector_norm(direction, dim=1, keepdim=True)
+            deltas[name] = self.magnitudes[name].float().unsqueeze(1) * direction / norm - base
+        return deltas
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_path: str | None = None) -> Path:
-    """Write the model's LoRA factors and trainable head to ``path`` (a folder), atomically per file."""
+    """Write the model's LoRA factors (DoRA: and magnitudes) and trainable head to ``path`` (a folder), atomically
+    per file. A PiSSA model is written as the plain LoRA of rank 2r that loads on the unmodified pretrained model."""
     modules = lora_modules(model)
     if not modules:
         raise LoRAError("save_adapter: the model has no LoRA layers; call inject_lora first")
+    kinds = {layer_kind(m) for m in modules.values()}
+    if len(kinds) > 1:
+        raise LoRAError(f"save_adapter: the model mixes {' and '.join(sorted(kinds))} layers; PEFT's format holds one")
     config: LoRAConfig | None = getattr(model, "lora_config", None)
-    first = next(iter(modules.values()))
-    if any((m.r, m.alpha, m.rslora) != (first.r, first.alpha, first.rslora) for m in modules.values()):
-        raise LoRAError("save_adapter: LoRA layers differ in r, alpha or rslora; PEFT's format needs one of each")
 
-    tensors = {}
+    tensors, shapes = {}, set()
     for name, module in modules.items():
-        tensors[PREFIX + name + _A] = module.lora_A.detach().contiguous().cpu()
-        tensors[PREFIX + name + _B] = module.lora_B.detach().contiguous().cpu()
+        if isinstance(module, PiSSALinear):
+            A, B, r, alpha = module.as_plain_lora()
+        else:
+            A, B, r, alpha = module.lora_A.detach(), module.lora_B.detach(), module.r, module.alpha
+        shapes.add((r, alpha, module.rslora))
+        tensors[PREFIX + name + _A] = A.contiguous().cpu()
+        tensors[PREFIX + name + _B] = B.contiguous().cpu()
+        if isinstance(module, DoRALinear):
+            tensors[PREFIX + name + _M] = module.magnitude.detach().contiguous().cpu()
+    if len(shapes) > 1:
+        raise LoRAError("save_adapter: LoRA layers differ in r, alpha or rslora; PEFT's format needs one of each")
+    (r, alpha, rslora), first = shapes.pop(), next(iter(modules.values()))
     modules_to_save = list(config.trainable) if config else []
     for name, module in model.named_modules():
         if modules_to_save and matches(name, modules_to_save):
@@ -67,15 +114,18 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_p
 
     name_or_path = base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None) or None
     dropout = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
+    # PEFT's init_lora_weights: "gaussian", or True for Kaiming A and for a converted PiSSA (PEFT writes True then).
+    init = config.init if config else "gaussian"
     peft_config = {
         "peft_type": "LORA",
         "task_type": "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else None,
         "base_model_name_or_path": str(name_or_path) if name_or_path else None,
-        "r": first.r,
-        "lora_alpha": first.alpha,
+        "r": r,
+        "lora_alpha": alpha,
         "lora_dropout": dropout,
-        "use_rslora": first.rslora,
-        "init_lora_weights": "gaussian" if config is None or config.init == "gaussian" else True,
+        "use_rslora": rslora,
+        "use_dora": isinstance(first, DoRALinear),
+        "init_lora_weights": "gaussian" if init == "gaussian" else True,
         "target_modules": sorted(modules),
         "modules_to_save": modules_to_save or None,
         "bias": "none",
@@ -85,15 +135,25 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_p
         "alpha_pattern": {},
     }
     metadata = {"format": "pt", "lorakit_model_class": type(model).__name__}
+    if isinstance(first, PiSSALinear):
+        metadata["lorakit_pissa_rank"] = str(first.r)  # r' = 2r on disk: [A; A0], [B, -B0]
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(peft_config, indent=2) + "\n"))
+    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(peft_config, indent=2) + "\n"))
     return path
 
 
+def layer_kind(module: LoRALinear) -> str:
+    """"DoRA", "PiSSA" or "plain LoRA": the names used in messages, read from the layer's type."""
+    if isinstance(module, DoRALinear):
+        return "DoRA"
+    return "PiSSA" if isinstance(module, PiSSALinear) else "plain LoRA"
+
+
 def read_adapter(path: str | os.PathLike) -> Adapter:
-    """Read an adapter folder (lorakit's or PEFT's) into tensors, checking it is a plain LoRA adapter."""
+    """Read an adapter folder (lorakit's or PEFT's) into tensors, checking it is a LoRA or DoRA adapter lorakit can
+    rebuild."""
     path = Path(path)
     config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not config_file.is_file():
@@ -105,23 +165,35 @@ def read_adapter(path: str | os.PathLike) -> Adapter:
     config = json.loads(config_file.read_text())
     if config.get("peft_type") != "LORA":
         raise LoRAError(f"adapter at {path} is peft_type={config.get('peft_type')!r}; only LORA adapters are supported")
-    unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "layers_to_transform") if config.get(k)]
+    unsupported = [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform") if config.get(k)]
     if config.get("bias", "none") != "none" or config.get("fan_in_fan_out"):
         unsupported += ["bias" if config.get("bias", "none") != "none" else "fan_in_fan_out"]
     if unsupported:
         raise LoRAError(f"adapter at {path} uses {', '.join(unsupported)}, which lorakit does not support")
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.startswith(_MUTATING_INITS):
+        raise LoRAError(
+            f"adapter at {path} has init_lora_weights={init!r}, which needs the base weights PEFT changed at init; "
+            f"accepted: True, False, 'gaussian', 'pissa' (or re-save it with path_initial_model_for_weight_conversion)"
+        )
 
     factors: dict[str, list] = {}
-    extra = {}
+    extra, magnitudes = {}, {}
     with safe_open(str(weights_file), framework="pt") as f:
         for key in f.keys():
             name = key.removeprefix(PREFIX)
             if name.endswith(_A) or name.endswith(_B):
                 module, which = name[: -len(_A)], 0 if name.endswith(_A) else 1
                 factors.setdefault(module, [None, None])[which] = f.get_tensor(key)
+            elif name.endswith(_M):
+                magnitudes[name[: -len(_M)]] = f.get_tensor(key)
             else:
                 extra[name] = f.get_tensor(key)
     incomplete = [name for name, (A, B) in factors.items() if A is None or B is None]
+    if config.get("use_dora"):
+        incomplete += [f"{name} (no {_M[1:]})" for name in factors if name not in magnitudes]
+    elif magnitudes:
+        raise LoRAError(f"adapter at {path} holds {_M[1:]} tensors but its config does not set use_dora: true")
     if incomplete or not factors:
         raise LoRAError(f"adapter at {path} is incomplete: {'no LoRA tensors' if not factors else incomplete}")
     r = int(config["r"])
@@ -129,7 +201,7 @@ def read_adapter(path: str | os.PathLike) -> Adapter:
         if A.shape[0] != r or B.shape[1] != r:
             raise LoRAError(f"adapter at {path}: {name} has rank {A.shape[0]}, config says r={r}")
     scale = lora_scale(r, float(config["lora_alpha"]), bool(config.get("use_rslora", False)))
-    return Adapter(config, {n: (A, B) for n, (A, B) in factors.items()}, scale, extra)
+    return Adapter(config, {n: (A, B) for n, (A, B) in factors.items()}, scale, extra, magnitudes)
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, head: bool = True) -> list[str]:
@@ -137,7 +209,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, head: bool = True) -
 
     ``head=False`` loads the LoRA factors alone and leaves the model's own head (and other saved modules) as they
     are: how one task starts from another task's adapter (the paper's MRPC, RTE and STS-B from MNLI).
-    Refuses, with one line naming the module, an adapter whose modules or shapes do not exist in this model.
+    Refuses, with one line naming the module, an adapter whose modules or shapes do not exist in this model, and
+    one of another kind (plain LoRA, DoRA, PiSSA) than the LoRA layers the model already has.
     """
     adapter = read_adapter(path)
     if not head:
@@ -145,6 +218,12 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, head: bool = True) -
     _check_fits(model, adapter, path)
     existing = lora_modules(model)
     if existing:
+        kinds = {layer_kind(m) for m in existing.values()}
+        if kinds != {adapter.kind}:
+            raise LoRAError(
+                f"adapter at {path} is a {adapter.kind} adapter, the model's LoRA layers are {'/'.join(sorted(kinds))}"
+                f"; load it into a model without LoRA, or one injected for {adapter.kind}"
+            )
         if set(existing) != set(adapter.factors):
             raise LoRAError(
                 f"adapter at {path} adapts {len(adapter.factors)} modules, the model's LoRA layers are "
@@ -154,7 +233,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, head: bool = True) -
         if mismatched:
             raise LoRAError(f"adapter at {path} has r={adapter.r}, the model's LoRA layer {mismatched[0]} differs")
     else:
-        init = "gaussian" if adapter.config.get("init_lora_weights") == "gaussian" else "kaiming"
+        init = adapter.config.get("init_lora_weights")
+        init = init if init in ("gaussian", "pissa") else "kaiming"
         config = LoRAConfig(
             r=adapter.r,
             alpha=float(adapter.config["lora_alpha"]),
@@ -163,6 +243,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, head: bool = True) -
             init=init,
             rslora=bool(adapter.config.get("use_rslora", False)),
             trainable=tuple(adapter.config.get("modules_to_save") or ()),
+            use_dora=adapter.kind == "DoRA",
         )
         inject_lora(model, config)
         model.lora_config = config
@@ -174,6 +255,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, head: bool = True) -
                 module.unmerge()
             module.lora_A.copy_(A)
             module.lora_B.copy_(B)
+            if name in adapter.magnitudes:
+                module.magnitude.copy_(adapter.magnitudes[name])
         parameters = dict(model.named_parameters())
         for key, tensor in adapter.extra.items():
             parameters[key].copy_(tensor)
@@ -195,6 +278,11 @@ def _check_fits(model: nn.Module, adapter: Adapter, path) -> None:
                 f"adapter at {path} was saved for another model: {name} is {B.shape[0]}x{A.shape[1]} in the adapter, "
                 f"{module.out_features}x{module.in_features} in this {type(model).__name__}"
             )
+        magnitude = adapter.magnitudes.get(name)
+        if magnitude is not None and tuple(magnitude.shape) != (module.out_features,):
+            raise LoRAError(
+                f"adapter at {path}: {name}{_M} has shape {tuple(magnitude.shape)}, expected ({B.shape[0]},)"
+            )
     parameters = dict(model.named_parameters())
     for key, tensor in adapter.extra.items():
         if key not in parameters:
@@ -206,7 +294,7 @@ def _check_fits(model: nn.Module, adapter: Adapter, path) -> None:
             )
 
 
-def _atomic_write(target: Path, write) -> None:
+def atomic_write(target: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:

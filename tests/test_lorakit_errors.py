@@ -15,7 +15,12 @@ from lorakit import LoRAConfig, LoRAError, LoRALinear, inject_lora, resolve_targ
         ({"alpha": 0}, "alpha must be > 0, got 0"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
         ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
-        ({"init": "xavier"}, "unknown init 'xavier'; accepted: gaussian, kaiming"),
+        ({"init": "xavier"}, "unknown init 'xavier'; accepted: gaussian, kaiming, pissa"),
+        ({"init": "pissa", "freeze_a": True},
+         "freeze_a=True does not combine with init='pissa'.*accepted: freeze_a with init gaussian or kaiming"),
+        ({"init": "pissa", "use_dora": True}, "use_dora=True does not combine with init='pissa'"),
+        ({"use_dora": "yes"}, "use_dora must be true or false, got 'yes'"),
+        ({"freeze_a": 1}, "freeze_a must be true or false, got 1"),
         ({"targets": "qq"}, "unknown target preset 'qq'; accepted: 'all', any combination of the letters q, k, v, o"),
         ({"targets": ()}, "targets must be a preset or a non-empty list of module names"),
     ],
@@ -52,6 +57,8 @@ def test_double_injection():
 def test_wrapping_a_non_linear():
     with pytest.raises(LoRAError, match="LoRALinear wraps nn.Linear, got Conv1d"):
         LoRALinear(nn.Conv1d(2, 2, 1), r=1, alpha=1)
+    with pytest.raises(LoRAError, match=r"takes init gaussian or kaiming, got 'pissa' \(init 'pissa' is PiSSALinear\)"):
+        LoRALinear(nn.Linear(4, 4), r=1, alpha=1, init="pissa")
 
 
 def test_presets():

@@ -119,9 +119,13 @@ def test_refuses_unsupported_peft_features(tmp_path):
     model = trained_lorakit_model(tiny_bert, LoRAConfig(r=2))
     save_adapter(model, tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    config["use_dora"] = True
+    config["rank_pattern"] = {"query": 4}
     (tmp_path / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(LoRAError, match="uses use_dora, which lorakit does not support"):
+    with pytest.raises(LoRAError, match="uses rank_pattern, which lorakit does not support"):
+        read_adapter(tmp_path)
+    config["rank_pattern"], config["init_lora_weights"] = {}, "olora"
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(LoRAError, match="init_lora_weights='olora', which needs the base weights PEFT changed"):
         read_adapter(tmp_path)
 
 

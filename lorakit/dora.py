@@ -1,0 +1,96 @@
+"""DoRA: weight-decomposed low-rank adaptation (Liu et al. 2024, arXiv:2402.09353).
+
+DoRA splits the adapted weight into a magnitude and a direction and lets LoRA move the direction only:
+
+    W' = m ⊙ (W₀ + scale·B A) / ‖W₀ + scale·B A‖,
+
+where the norm is the L2 norm of each output row (one value per output feature, the paper's "column norm" of W
+stored in × out) and m (one per output feature) is trainable, initialised to ‖W₀‖ so that W' = W₀ at init. As in the
+paper (§4.3) and HF PEFT, the norm is treated as a constant in backpropagation: it follows B A in the forward pass but
+receives no gradient, which saves the memory of its graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import LoRALinear
+
+
+class DoRALinear(LoRALinear):
+    """h = g ⊙ (W₀x + scale·B A x) + b with g = m / ‖W₀ + scale·B A‖ (per output row), W₀ and b frozen.
+
+    Adds one trainable Parameter to ``LoRALinear``: ``magnitude`` (out,). ``merge()`` folds W' into ``weight`` and
+    ``unmerge()`` restores W₀ bit for bit; ``delta_weight()`` is W' − W₀, the update the adapted model applies, which
+    unlike LoRA's is not of rank r (the rescaling of the rows touches all of W₀).
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        init: str = "gaussian",
+        rslora: bool = False,
+    ) -> None:
+        super().__init__(base, r, alpha, dropout, init, rslora)
+        self.magnitude = nn.Parameter(self.weight_norm())
+
+    @torch.no_grad()
+    def reset_lora_parameters(self, init: str = "gaussian") -> None:
+        """A random, B = 0 and m = ‖W₀‖, so the adapted model starts as the pretrained one."""
+        super().reset_lora_parameters(init)
+        if "magnitude" in self._parameters:  # absent while LoRALinear.__init__ runs; set by __init__ then
+            self.magnitude.copy_(self.weight_norm())
+
+    @torch.no_grad()
+    def weight_norm(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """‖W₀ + scale·B A‖ per output row (out,), without gradient (DoRA §4.3). ``weight`` defaults to W₀."""
+        weight = self._base_weight() if weight is None else weight
+        return torch.linalg.vector_norm(torch.addmm(weight, self.lora_B, self.lora_A, alpha=self.scale), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return out
+        g = self.magnitude / self.weight_norm()
+        dropped = self.training and isinstance(self.dropout, nn.Dropout)
+        h = self.dropout(x) if dropped else x
+        lora = F.linear(F.linear(h, self.lora_A) * self.scale, self.lora_B)
+        # W₀x is recovered from the base output instead of a second GEMM with W₀; with dropout active the LoRA path
+        # sees dropout(x), and so must the W₀ term it rescales (PEFT's convention, so training matches PEFT's).
+        if dropped:
+            base = F.linear(h, self.weight)
+        else:
+            base = out - self.bias if self.bias is not None else out
+        # out + (g − 1)·W₀x + g·scale·BAx: at init g = 1 exactly and B = 0, so this is the base output bit for bit.
+        return out + (g - 1) * base + g * lora
+
+    def merged_weight(self) -> torch.Tensor:
+        """W' = g ⊙ (W₀ + scale·B A) (out × in), detached."""
+        weight = self._base_weight()
+        direction = torch.addmm(weight, self.lora_B.detach(), self.lora_A.detach(), alpha=self.scale)
+        return (self.magnitude.detach() / self.weight_norm(weight)).unsqueeze(1) * direction
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = W' − W₀ (out × in), detached: what ``merge()`` adds to W₀."""
+        return self.merged_weight() - self._base_weight()
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Replace W₀ by W' for inference; a no-op when already merged."""
+        if self.merged:
+            return
+        merged = self.merged_weight().to(self.weight.dtype)
+        self._unmerged_weight = self.weight.detach().clone()
+        self.weight.copy_(merged)
+        self.merged = True
+
+    def _base_weight(self) -> torch.Tensor:
+        return (self._unmerged_weight if self.merged else self.weight).detach()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", dora=True"
