@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from lorakit.state import CONFIG_NAME
 
 CONFIG, METRICS, DELTAS = "config.yaml", "metrics.json", "delta_weights.safetensors"
-ADAPTER, ADAPTER_INIT, BOTTLENECK = "adapter", "adapter_init", "bottleneck_adapters.safetensors"
+ADAPTER, ADAPTER_INIT, BOTTLENECK = "adapter", "adapter_init", "bottleneck_adapters"
 COMPLETE, FAILED, SUPERSEDED = "COMPLETE", "FAILED", "SUPERSEDED"
 STAGING = ".partial"  # a run's files until it completes: nothing usable-looking sits in an unfinished run folder
 RUN_FILES = (CONFIG, METRICS, ADAPTER, ADAPTER_INIT, BOTTLENECK, DELTAS, COMPLETE, FAILED, "wandb", STAGING)

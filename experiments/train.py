@@ -77,7 +77,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     _warn_if_untrained_pooler_is_frozen(model, cfg, name)
     model.to(device)
     trainable_params, total_params = lorakit.count_parameters(model)
-    method_params = method.method_params(model, trainable_params)
+    method_params = method.method_params(model, cfg)
 
     # AdamW with linear warm-up then linear decay to 0 (Appendix D); the method's groups (LoRA+: B at λ·lr).
     groups = method.parameter_groups(model, cfg)

@@ -69,9 +69,9 @@ class Method:
         """AdamW parameter groups; one group at the method's learning rate unless the method says otherwise."""
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.method.lr}]
 
-    def method_params(self, model: nn.Module, trainable: int) -> int:
+    def method_params(self, model: nn.Module, cfg: DictConfig) -> int:
         """What the method itself trains, the task head left out: the paper's "# Trainable Parameters"."""
-        return 0
+        return lorakit.count_method_parameters(model, head=tuple(cfg.model.head))
 
     def delta_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Module name → ΔW against the pretrained W (fp32), for the analyses; empty when the method has none."""

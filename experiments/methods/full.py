@@ -24,8 +24,8 @@ class Full(Method):
         model.requires_grad_(True)
         return adapted
 
-    def method_params(self, model: nn.Module, trainable: int) -> int:
-        return trainable
+    def method_params(self, model: nn.Module, cfg: DictConfig) -> int:
+        return lorakit.count_parameters(model)[0]  # the paper counts every weight of a full fine-tune
 
     def delta_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
         tuned = {k: v.detach().cpu() for k, v in model.state_dict().items() if k in self.initial}

@@ -44,11 +44,9 @@ class LoRA(Method):
     def config(self, cfg: DictConfig) -> lorakit.LoRAConfig:
         """The run's ``lorakit.LoRAConfig``: the one place the method's keys become library arguments."""
         m = cfg.method
-        extra = {"use_dora": True} if self.use_dora else {}
-        if m.freeze_a:
-            extra["freeze_a"] = True
         return lorakit.LoRAConfig(r=m.rank, alpha=float(m.alpha), dropout=float(m.dropout), targets=targets_value(m.targets),
-                                  init=m.init, rslora=m.rslora, trainable=tuple(cfg.model.head), **extra)
+                                  init=m.init, rslora=m.rslora, trainable=tuple(cfg.model.head), use_dora=self.use_dora,
+                                  freeze_a=m.freeze_a)
 
     def prepare(self, model: nn.Module, cfg: DictConfig) -> list[str]:
         adapted = lorakit.inject_lora(model, self.config(cfg))
@@ -60,15 +58,12 @@ class LoRA(Method):
         return adapted
 
     def parameter_groups(self, model: nn.Module, cfg: DictConfig) -> list[dict]:
-        """B at ``loraplus_ratio`` × the learning rate (LoRA+), everything else at the learning rate."""
+        """B at ``loraplus_ratio`` × the learning rate (LoRA+), everything else (A, DoRA's magnitudes, the head) at
+        the learning rate."""
         lr, ratio = cfg.method.lr, float(cfg.method.loraplus_ratio)
-        b = [m.lora_B for m in lorakit.lora_modules(model).values() if m.lora_B.requires_grad]
-        ids = {id(p) for p in b}
-        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-        return [{"params": rest, "lr": lr}, {"params": b, "lr": lr * ratio}]
-
-    def method_params(self, model: nn.Module, trainable: int) -> int:
-        return lorakit.count_lora_parameters(model)
+        groups = lorakit.lora_parameter_groups(model)
+        rest = groups["A"] + groups["magnitude"] + groups["other"]
+        return [{"params": rest, "lr": lr}, {"params": groups["B"], "lr": lr * ratio}]
 
     def delta_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {name: delta.float().cpu() for name, delta in lorakit.delta_weights(model).items()}
