@@ -14,9 +14,11 @@ from omegaconf import DictConfig
 
 from experiments.callbacks import SweepCallback
 from experiments.config import moved_keys, register_resolvers
+from experiments.search import register_optuna_schema
 from experiments.job import run_hydra_job
 
 register_resolvers()  # before @hydra.main composes conf/sweep.yaml, which uses them
+register_optuna_schema()  # conf/hydra/sweeper/optuna.yaml extends the plugin's schema under its own name
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
