@@ -23,7 +23,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from . import plots, tables, weight_tables
+from . import build, plots
 from .runs import RunError, runs_footnote, scan_runs
 
 
@@ -53,17 +53,17 @@ class Outcome:
 Product = Callable[[pd.DataFrame, Options, Path], tuple[list[Path], list[str]]]
 
 
-def _table(build: Callable[[pd.DataFrame], tables.Table], stem: str) -> Product:
+def _table(make_table: Callable[[pd.DataFrame], build.Table], stem: str) -> Product:
     def make(runs, opts, out):
-        table = build(runs)
-        return tables.write_table(table, out, stem), table.runs
+        table = make_table(runs)
+        return build.write_table(table, out, stem), table.runs
 
     return make
 
 
 def _metric_vs_rank(runs, opts, out):
-    table = tables.table6(runs)
-    files = tables.write_table(table, out, "table6")
+    table = build.table6(runs)
+    files = build.write_table(table, out, "table6")
     fig = plots.plot_metric_vs_rank(runs[runs["label"].isin(table.runs) | (runs["method"] == "full")])
     return files + plots.save_figure(fig, out, "fig_metric_vs_rank", table.runs, formats=opts.formats), table.runs
 
@@ -78,56 +78,56 @@ def _grid_values(data, out: Path, stem: str) -> Path:
 
 
 def _figure3(runs, opts, out):
-    data = weight_tables.figure3_grids(runs, opts.task, opts.layer, opts.ranks)
+    data = build.figure3_grids(runs, opts.task, opts.layer, opts.ranks)
     fig = plots.plot_subspace_grids(data, zoom=8)  # the paper's zoom: i ≤ 8, j ≤ 8
     files = plots.save_figure(fig, out, "fig3", data.runs, data.notes, opts.formats)
     return files + [_grid_values(data, out, "fig3")], data.runs
 
 
 def _figure4(runs, opts, out):
-    data = weight_tables.figure4_grids(runs, opts.task, opts.layer, opts.seed_rank, opts.seed)
+    data = build.figure4_grids(runs, opts.task, opts.layer, opts.seed_rank, opts.seed)
     fig = plots.plot_subspace_grids(data)
     files = plots.save_figure(fig, out, "fig4", data.runs, data.notes, opts.formats)
     return files + [_grid_values(data, out, "fig4")], data.runs
 
 
 def _subspace_summary(runs, opts, out):
-    table = weight_tables.subspace_summary(runs, opts.task, seed=opts.seed)
-    files = tables.write_table(table, out, "subspace_summary")
-    return files + tables.write_table(weight_tables.subspace_summary_agg(table), out, "subspace_summary_agg"), table.runs
+    table = build.subspace_summary(runs, opts.task, seed=opts.seed)
+    files = build.write_table(table, out, "subspace_summary")
+    return files + build.write_table(build.subspace_summary_agg(table), out, "subspace_summary_agg"), table.runs
 
 
 def _table7(runs, opts, out):
-    table = weight_tables.table7(runs, opts.task, opts.layer, opts.table7_ranks, opts.seed)
-    return tables.write_table(table, out, "table7"), table.runs
+    table = build.table7(runs, opts.task, opts.layer, opts.table7_ranks, opts.seed)
+    return build.write_table(table, out, "table7"), table.runs
 
 
 def _spectra(runs, opts, out):
-    table, curves = weight_tables.spectra_table(runs, opts.task)
+    table, curves = build.spectra_table(runs, opts.task)
     layers = sorted(set(table.frame["layer"].dropna().astype(int)))
     layer = opts.layer if opts.layer in layers else layers[len(layers) // 2]
     fig = plots.plot_spectra(table.frame, curves, layer)
-    files = tables.write_table(table, out, "spectra")
+    files = build.write_table(table, out, "spectra")
     return files + plots.save_figure(fig, out, "fig_spectra", table.runs, formats=opts.formats), table.runs
 
 
 def _overlap(runs, opts, out):
-    table = weight_tables.overlap_table(runs, opts.task)
+    table = build.overlap_table(runs, opts.task)
     fig = plots.plot_overlap(table.frame)
-    files = tables.write_table(table, out, "overlap")
+    files = build.write_table(table, out, "overlap")
     return files + plots.save_figure(fig, out, "fig_overlap", table.runs, formats=opts.formats), table.runs
 
 
 def _intruders(runs, opts, out):
-    table = weight_tables.intruder_table(runs, opts.task, opts.intruder_k, opts.intruder_eps)
+    table = build.intruder_table(runs, opts.task, opts.intruder_k, opts.intruder_eps)
     fig = plots.plot_intruders(table.frame)
-    files = tables.write_table(table, out, "intruders")
+    files = build.write_table(table, out, "intruders")
     return files + plots.save_figure(fig, out, "fig_intruders", table.runs, formats=opts.formats), table.runs
 
 
 PRODUCTS: dict[str, tuple[str, Product]] = {
-    "table2": ("Table 2: LoRA vs full fine-tuning per task", _table(tables.table2, "table2")),
-    "table5": ("Table 5: metric per weight type at a fixed budget", _table(tables.table5, "table5")),
+    "table2": ("Table 2: LoRA vs full fine-tuning per task", _table(build.table2, "table2")),
+    "table5": ("Table 5: metric per weight type at a fixed budget", _table(build.table5, "table5")),
     "table6": ("Table 6: metric vs rank (and fig_metric_vs_rank)", _metric_vs_rank),
     "fig3": ("Figure 3: subspace similarity between ranks", _figure3),
     "fig4": ("Figure 4: subspace similarity between seeds vs random", _figure4),

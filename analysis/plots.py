@@ -19,10 +19,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .modules import KIND_LABELS, parse_module, targets_label  # noqa: E402
-from .runs import runs_footnote  # noqa: E402
-from .tables import PAPER_TASK_ORDER  # noqa: E402
-from .weight_tables import SubspaceGrids  # noqa: E402
+from .runs import KIND_LABELS, parse_module, runs_footnote, targets_label  # noqa: E402
+from .build import PAPER_TASK_ORDER, SubspaceGrids  # noqa: E402
 
 CMAP = "viridis"
 DPI = 150

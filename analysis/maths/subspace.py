@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from .spectra import _as_matrix, random_gaussian, svd, top_singular_vectors
+from .linalg import as_matrix, random_gaussian, svd, top_singular_vectors
 
 _ORTHONORMAL_TOL = 1e-6
 
 
 def _orthonormal_columns(u: torch.Tensor, what: str) -> torch.Tensor:
-    u = _as_matrix(u, what)
+    u = as_matrix(u, what)
     gram = u.T @ u
     err = float((gram - torch.eye(gram.shape[0], dtype=gram.dtype)).abs().max()) if gram.numel() else 0.0
     if err > _ORTHONORMAL_TOL:
@@ -49,7 +49,7 @@ def subspace_similarity(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
 
 def lora_subspace_similarity(a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
     """φ(A₁, A₂, i, j) between two LoRA A factors (r₁ x in, r₂ x in) through their right-singular vectors (§7.2)."""
-    a1, a2 = _as_matrix(a1, "A1"), _as_matrix(a2, "A2")
+    a1, a2 = as_matrix(a1, "A1"), as_matrix(a2, "A2")
     if a1.shape[1] != a2.shape[1]:
         raise ValueError(f"A factors must share the input dimension, got {tuple(a1.shape)} and {tuple(a2.shape)}")
     return subspace_similarity(
@@ -78,7 +78,7 @@ def delta_overlaps(delta1: torch.Tensor, delta2: torch.Tensor, k: int) -> tuple[
     Used beyond the paper for LoRA vs full fine-tuning: how much of a full fine-tune's top-k ΔW subspace the
     rank-k LoRA update finds. Compare to ``expected_random_similarity(k, d)``.
     """
-    d1, d2 = _as_matrix(delta1, "delta1"), _as_matrix(delta2, "delta2")
+    d1, d2 = as_matrix(delta1, "delta1"), as_matrix(delta2, "delta2")
     if d1.shape != d2.shape:
         raise ValueError(f"updates of the same layer must have one shape, got {tuple(d1.shape)} and {tuple(d2.shape)}")
     if not 1 <= k <= min(d1.shape):

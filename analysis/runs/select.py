@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .modules import parse_module
-from .runs import MissingRuns
+from .folders import MissingRuns
 
 
 def module_kinds(row: pd.Series) -> set[str]:

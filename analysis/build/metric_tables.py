@@ -1,4 +1,4 @@
-"""The paper's metric tables from the run table (``analysis.runs.scan_runs``), and CSV + Markdown writers.
+"""The paper's metric tables from the run table (``analysis.runs.scan_runs``).
 
 - Table 2: task metric per task, LoRA vs full fine-tuning, parameters trained (with and without the head), median
   over seeds.
@@ -12,88 +12,13 @@ correlation, Pearson). Every builder returns a ``Table`` or raises ``MissingRuns
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
-from .modules import targets_label
-from .runs import MissingRuns, runs_footnote
+from ..runs import MissingRuns, targets_label
+from .table import Table, human_count
 
 PAPER_TASK_ORDER = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")
-
-
-@dataclass
-class Table:
-    """A result table with its title, the runs it came from and notes for the reader."""
-
-    frame: pd.DataFrame
-    title: str
-    runs: list[str]
-    notes: list[str] = field(default_factory=list)
-    formats: dict[str, Callable[[object], str]] = field(default_factory=dict)
-    float_format: str | None = None
-
-
-# ---------------------------------------------------------------------------------------------------- writers
-
-
-def _cell(value: object, fmt: Callable[[object], str] | None, float_format: str | None = None) -> str:
-    if fmt is not None and not _missing(value):
-        return fmt(value)
-    if _missing(value):
-        return "—"
-    if isinstance(value, float) and float_format:
-        return format(value, float_format)
-    if isinstance(value, float):
-        return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
-    return str(value).replace("|", "\\|")
-
-
-def _missing(value: object) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    return isinstance(value, float) and math.isnan(value)
-
-
-def to_markdown(
-    frame: pd.DataFrame, formats: dict[str, Callable[[object], str]] | None = None, float_format: str | None = None
-) -> str:
-    """A GitHub-flavoured Markdown table; numeric columns right-aligned, missing cells as '—'.
-
-    ``formats`` maps a column to a formatter; other floats use ``float_format`` (e.g. ``".2f"``) or one decimal.
-    """
-    formats = formats or {}
-    header = [str(c).replace("|", "\\|") for c in frame.columns]
-    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
-    rows = [
-        [_cell(v, formats.get(c), float_format) for c, v in zip(frame.columns, rec)]
-        for rec in frame.itertuples(index=False)
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def write_table(table: Table, out: Path, stem: str) -> list[Path]:
-    """``out/stem.csv`` (unrounded) and ``out/stem.md`` (title, table, notes, source runs)."""
-    out.mkdir(parents=True, exist_ok=True)
-    csv, md = out / f"{stem}.csv", out / f"{stem}.md"
-    table.frame.to_csv(csv, index=False)
-    notes = "".join(f"\n{n}\n" for n in table.notes)
-    body = to_markdown(table.frame, table.formats, table.float_format)
-    md.write_text(f"## {table.title}\n\n{body}{notes}\n_{runs_footnote(table.runs)}_\n")
-    return [csv, md]
-
-
-def human_count(n: object) -> str:
-    """74498 -> '74.5K', 22788866 -> '22.8M' (the paper's '0.3M' style)."""
-    n = float(n)  # type: ignore[arg-type]
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.1f}{unit}"
-    return f"{n:.0f}"
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

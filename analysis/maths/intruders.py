@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .spectra import _as_matrix, svd
+from .linalg import as_matrix, svd
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Intruders:
 
 def left_singular_basis(weight: torch.Tensor) -> torch.Tensor:
     """All left singular vectors of W (out x min(out, in)), float64."""
-    return svd(_as_matrix(weight, "weight"))[0]
+    return svd(as_matrix(weight, "weight"))[0]
 
 
 def intruder_dimensions(
@@ -58,7 +58,7 @@ def intruder_dimensions(
 
     ``base_basis`` (``left_singular_basis(base)``) may be passed to reuse W₀'s decomposition across runs.
     """
-    w0, w = _as_matrix(base, "base"), _as_matrix(tuned, "tuned")
+    w0, w = as_matrix(base, "base"), as_matrix(tuned, "tuned")
     if w0.shape != w.shape:
         raise ValueError(f"base {tuple(w0.shape)} and tuned {tuple(w.shape)} must have one shape")
     n = min(w.shape)
@@ -66,6 +66,6 @@ def intruder_dimensions(
         raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold ε must be in (0, 1], got {threshold!r}")
-    u0 = left_singular_basis(w0) if base_basis is None else _as_matrix(base_basis, "base_basis")
+    u0 = left_singular_basis(w0) if base_basis is None else as_matrix(base_basis, "base_basis")
     cos = (svd(w)[0][:, :k].T @ u0).abs()
     return Intruders(k=k, threshold=threshold, max_cosine=cos.max(dim=1).values)

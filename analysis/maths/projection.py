@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .spectra import _as_matrix, random_gaussian, top_singular_vectors
+from .linalg import as_matrix, random_gaussian, top_singular_vectors
 
 
 def projected_norm(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> float:
     """‖UᵀWV‖_F for W (out x in), U (out x r), V (in x r) with orthonormal columns (the paper's UᵀWVᵀ, Vᵀ in x r)."""
-    w = _as_matrix(weight, "weight")
-    u, v = _as_matrix(u, "U"), _as_matrix(v, "V")
+    w = as_matrix(weight, "weight")
+    u, v = as_matrix(u, "U"), as_matrix(v, "V")
     if u.shape[0] != w.shape[0] or v.shape[0] != w.shape[1]:
         raise ValueError(f"U {tuple(u.shape)} and V {tuple(v.shape)} do not fit a {w.shape[0]}x{w.shape[1]} W")
     return float(torch.linalg.matrix_norm(u.T @ w @ v))
@@ -55,7 +55,7 @@ class Projection:
 
 def delta_vs_weight(delta: torch.Tensor, weight: torch.Tensor, r: int, seed: int = 0) -> Projection:
     """Table 7 for one ΔW and its pretrained W at subspace dimension r (the LoRA rank in the paper)."""
-    d, w = _as_matrix(delta, "delta"), _as_matrix(weight, "weight")
+    d, w = as_matrix(delta, "delta"), as_matrix(weight, "weight")
     if d.shape != w.shape:
         raise ValueError(f"delta {tuple(d.shape)} and weight {tuple(w.shape)} must have one shape")
     rand = random_gaussian(tuple(w.shape), seed)

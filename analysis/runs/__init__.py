@@ -1,0 +1,38 @@
+"""Reading run folders (docs/CONTRACTS.md): the run table, the tensors behind each run, module names, and which runs
+each analysis looks at."""
+
+from .folders import (
+    COLUMNS,
+    MissingRuns,
+    RunError,
+    RunWarning,
+    Skipped,
+    find_run_dirs,
+    load_runs,
+    runs_footnote,
+    scan_runs,
+)
+from .modules import KIND_LABELS, KINDS, ModuleId, parse_module, sort_modules, targets_label
+from .tensors import base_weights, lora_factors, num_labels, run_deltas
+
+__all__ = [
+    "COLUMNS",
+    "KINDS",
+    "KIND_LABELS",
+    "MissingRuns",
+    "ModuleId",
+    "RunError",
+    "RunWarning",
+    "Skipped",
+    "base_weights",
+    "find_run_dirs",
+    "load_runs",
+    "lora_factors",
+    "num_labels",
+    "parse_module",
+    "run_deltas",
+    "runs_footnote",
+    "scan_runs",
+    "sort_modules",
+    "targets_label",
+]
