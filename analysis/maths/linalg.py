@@ -58,3 +58,19 @@ def random_gaussian(shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
     """A float64 matrix with i.i.d. N(0, 1) entries, reproducible from ``seed``."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+
+def random_orthonormal(rows: int, cols: int, generator: torch.Generator, batch: int | None = None) -> torch.Tensor:
+    """Columns of an orthonormal basis drawn uniformly (Haar) from the rows x cols Stiefel manifold, float64;
+    ``batch`` draws at once give a (batch, rows, cols) tensor.
+
+    Q of the QR decomposition of a Gaussian matrix, with each column's sign set by R's diagonal: without that sign
+    fix LAPACK's convention makes the draw not uniform (Mezzadri 2007, "How to generate random matrices from the
+    classical compact groups").
+    """
+    if not 1 <= cols <= rows:
+        raise ValueError(f"an orthonormal basis needs 1 <= cols <= rows, got {rows}x{cols}")
+    shape = (rows, cols) if batch is None else (batch, rows, cols)
+    q, r = torch.linalg.qr(torch.randn(*shape, generator=generator, dtype=torch.float64))
+    signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+    return q * torch.where(signs == 0, 1.0, signs).unsqueeze(-2)

@@ -10,6 +10,8 @@ directions A reads from the input.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .linalg import as_matrix, random_gaussian, svd, top_singular_vectors
@@ -95,3 +97,40 @@ def delta_overlap(delta1: torch.Tensor, delta2: torch.Tensor, k: int, side: str 
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
     return delta_overlaps(delta1, delta2, k)[side == "right"]
+
+
+def delta_row_space_similarity(delta1: torch.Tensor, delta2: torch.Tensor, r1: int, r2: int) -> torch.Tensor:
+    """Figure 3 on ΔW instead of A: the φ grid between the top-r₁ and top-r₂ right singular subspaces (row spaces)
+    of two updates of one module, r₁ x r₂. For LoRA, ΔW = s·B·A reads the input only through A's row space, so this
+    asks the paper's question of the directions that reached the update rather than of A's init-dominated rows."""
+    d1, d2 = as_matrix(delta1, "delta1"), as_matrix(delta2, "delta2")
+    if d1.shape[1] != d2.shape[1]:
+        raise ValueError(f"updates must share the input dimension, got {tuple(d1.shape)} and {tuple(d2.shape)}")
+    return subspace_similarity(top_singular_vectors(d1, r1, "right"), top_singular_vectors(d2, r2, "right"))
+
+
+@dataclass(frozen=True)
+class FactorDrift:
+    """How far a trained LoRA factor A (r x in) moved from its initial A₀.
+
+    Attributes:
+        relative_change: ‖A − A₀‖_F / ‖A₀‖_F (0: A never moved).
+        similarity: φ(r, r) between the row spaces of A and A₀ (their top-r right singular subspaces): 1 when A
+            still reads the input through its init's directions, about r/in for unrelated subspaces.
+    """
+
+    relative_change: float
+    similarity: float
+
+
+def factor_drift(a: torch.Tensor, a0: torch.Tensor) -> FactorDrift:
+    """``FactorDrift`` of a trained A against its init A₀ (same shape, A₀ non-zero)."""
+    a, a0 = as_matrix(a, "A"), as_matrix(a0, "A0")
+    if a.shape != a0.shape:
+        raise ValueError(f"A {tuple(a.shape)} and its init A0 {tuple(a0.shape)} must have one shape")
+    init_norm = float(torch.linalg.matrix_norm(a0))
+    if init_norm == 0.0:
+        raise ValueError("A0 is zero: the relative change ‖A − A0‖/‖A0‖ is undefined (was A initialised to zero?)")
+    r = min(a.shape)
+    phi = subspace_similarity(top_singular_vectors(a, r, "right"), top_singular_vectors(a0, r, "right"))[-1, -1]
+    return FactorDrift(float(torch.linalg.matrix_norm(a - a0)) / init_norm, float(phi))
