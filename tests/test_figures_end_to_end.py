@@ -145,7 +145,7 @@ def test_figure_command_writes_every_file(sweep, tmp_path, capsys):
     index = (out / "index.md").read_text()
     assert "## Skipped" not in index and "rank=8,seed=3" in index and "CUDA out of memory" in index
     table2 = pd.read_csv(out / "table2.csv")
-    full_ft = table2[table2["model / method"] == "tiny-bert FT"]
+    full_ft = table2[table2["model / method"] == "tiny-bert full FT"]
     assert full_ft["sst2"].item() == pytest.approx(85.0)
     lora8 = table2[table2["model / method"].str.contains("r=8")]
     assert lora8["sst2"].item() == pytest.approx(100 * (0.84 + 0.015))  # median of seeds 1 and 2
@@ -153,7 +153,7 @@ def test_figure_command_writes_every_file(sweep, tmp_path, capsys):
     table7 = pd.read_csv(out / "table7.csv")
     assert {"Wq, LoRA, r=2", "Wq, LoRA, r=8", "Wv, full FT, r=8"} <= set(table7.columns)
     spectra = pd.read_csv(out / "spectra.csv")
-    lora2 = spectra[spectra["method"].str.startswith("LoRA r=2")]
+    lora2 = spectra[spectra["method"].str.startswith("LoRA (r=2,")]
     assert (lora2["rank@99%"] <= 2).all()
     full_encoder = spectra[(spectra["method"] == "full FT") & spectra["layer"].notna()]
     assert len(full_encoder) == LAYERS * 6  # q, k, v, o, FFN in, FFN out per layer (plus the pooler, layer-less)

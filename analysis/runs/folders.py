@@ -1,8 +1,9 @@
 """Run folders (docs/CONTRACTS.md) into one pandas table, one row per complete run.
 
-A run folder holds ``config.yaml``, ``metrics.json``, ``adapter/`` (LoRA) or ``delta_weights.safetensors`` (full
-fine-tuning), and ``COMPLETE``, written last. Folders without ``COMPLETE`` (still running, or ``FAILED``) are
-skipped with a message naming them.
+A run folder holds ``config.yaml``, ``metrics.json``, ``delta_weights.safetensors`` (every method with a ΔW: LoRA,
+DoRA, full fine-tuning), ``adapter/`` and ``adapter_init/`` (LoRA-family methods, PEFT format, after training and at
+step 0), and ``COMPLETE``, written last. Folders without ``COMPLETE`` (still running, or ``FAILED``) are skipped with
+a message naming them. Keys a run written before a field existed lacks read as missing, never as an error.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ _MARKERS = ("COMPLETE", "FAILED", "metrics.json", "config.yaml")
 
 COLUMNS = (
     "label", "sweep", "name", "task", "method", "model", "model_path", "rank", "alpha", "targets", "seed", "init",
-    "rslora", "metric", "score", "score_last", "best_epoch", "trainable_params", "method_params", "total_params",
-    "adapted_modules", "has_weights", "run_dir",
+    "rslora", "use_dora", "loraplus_ratio", "freeze_a", "adapter_size", "shuffle_labels", "metric", "score",
+    "score_last", "best_epoch", "trainable_params", "method_params", "total_params", "forgetting",
+    "forgetting_before", "forgetting_after", "forgetting_probe", "adapted_modules", "has_weights", "has_init",
+    "has_truncation", "run_dir",
 )  # fmt: skip
+# Methods that change the encoder's weight matrices, so have a ΔW; the others (head, bitfit, adapter) do not.
+DELTA_METHODS = ("lora", "dora", "full")
 
 
 class RunError(ValueError):
@@ -71,14 +76,29 @@ def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return sorted(dict.fromkeys(found))
 
 
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def _read_forgetting(metrics: dict) -> dict:
+    block = metrics.get("forgetting")
+    if block is None:
+        return {"forgetting": math.nan, "forgetting_before": math.nan, "forgetting_after": math.nan,
+                "forgetting_probe": None}  # fmt: skip
+    if not isinstance(block, dict):
+        raise RunError(f"metrics.json forgetting must be a dict (probe, before, after, value), got {block!r}")
+    return {"forgetting": _number(block.get("value")), "forgetting_before": _number(block.get("before")),
+            "forgetting_after": _number(block.get("after")), "forgetting_probe": block.get("probe")}  # fmt: skip
+
+
 def _read_run(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     run = metrics.get("run") or {}
     metric = metrics.get("metric")
     best, last = metrics.get("best") or {}, metrics.get("last") or {}
     method = run.get("method")
-    if method not in ("lora", "full", "head"):
-        raise RunError(f"run.method must be 'lora', 'full' or 'head', got {method!r}")
+    if not isinstance(method, str) or not method:
+        raise RunError(f"run.method must name the method (lora, dora, full, head, bitfit, adapter, ...), got {method!r}")
     sweep = run_dir.parent.name
     name = run.get("name") or run_dir.name
     return {
@@ -89,12 +109,10 @@ def _read_run(run_dir: Path) -> dict:
         "method": method,
         "model": run.get("model"),
         "model_path": run.get("model_path"),
-        "rank": run.get("rank"),
-        "alpha": run.get("alpha"),
-        "targets": run.get("targets"),
+        **{key: run.get(key) for key in ("rank", "alpha", "targets")},
         "seed": run.get("seed", metrics.get("seed")),
-        "init": run.get("init"),
-        "rslora": run.get("rslora"),
+        **{key: run.get(key) for key in ("init", "rslora", "use_dora", "loraplus_ratio", "freeze_a", "adapter_size")},
+        "shuffle_labels": bool(run.get("shuffle_labels") or False),
         "metric": metric,
         "score": best.get(metric, math.nan),
         "score_last": last.get(metric, math.nan),
@@ -103,7 +121,9 @@ def _read_run(run_dir: Path) -> dict:
         # Runs written before method_params existed: a full fine-tune trains everything; LoRA's head is unknown here.
         "method_params": metrics.get("method_params", metrics.get("trainable_params") if method == "full" else None),
         "total_params": metrics.get("total_params"),
+        **_read_forgetting(metrics),
         "adapted_modules": list(metrics.get("adapted_modules") or []),
+        "has_truncation": bool(metrics.get("truncation")),
         "run_dir": str(run_dir),
     }
 
@@ -111,7 +131,9 @@ def _read_run(run_dir: Path) -> dict:
 def scan_runs(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[Skipped]]:
     """(one row per complete run, the folders skipped and why). Columns: ``COLUMNS``; ``score`` is the task's
     primary metric at the best epoch (``metrics.json["best"][metric]``), as in the paper's Table 2; ``has_weights``
-    says whether the run's adapter/ or delta_weights.safetensors is there for the weight analyses."""
+    says whether the run's ΔW is there for the weight analyses (delta_weights.safetensors, or a LoRA adapter/),
+    ``has_init`` whether adapter_init/ (the LoRA factors at step 0) is; ``forgetting*`` come from
+    ``metrics.json["forgetting"]`` and ``has_truncation`` says whether ``metrics.json["truncation"]`` is there."""
     rows, skipped = [], []
     for run_dir in find_run_dirs(paths):
         if (run_dir / "FAILED").exists():
@@ -126,20 +148,24 @@ def scan_runs(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[Sk
             continue
         try:
             row = _read_run(run_dir)
-        except (OSError, ValueError, AttributeError) as err:
+        except (OSError, ValueError, AttributeError, TypeError) as err:
             skipped.append(Skipped(str(run_dir), f"unreadable metrics.json ({err})"))
             continue
-        what = {"lora": "adapter", "full": "delta_weights.safetensors"}.get(row["method"])  # head: none to keep
-        row["has_weights"] = what is not None and (run_dir / what).exists()
-        if what is not None and not row["has_weights"]:
-            warnings.warn(f"{row['label']}: no {what}; usable for metric tables only", RunWarning, stacklevel=2)
+        # LoRA runs written before every method saved delta_weights.safetensors give ΔW through adapter/.
+        row["has_weights"] = (run_dir / "delta_weights.safetensors").exists() or (
+            row["method"] == "lora" and (run_dir / "adapter").is_dir())
+        row["has_init"] = (run_dir / "adapter_init").is_dir()
+        if row["method"] in DELTA_METHODS and not row["has_weights"]:
+            warnings.warn(f"{row['label']}: no delta_weights.safetensors; usable for metric tables only", RunWarning,
+                          stacklevel=2)  # fmt: skip
         rows.append(row)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    for col in ("rank", "seed", "best_epoch", "trainable_params", "method_params", "total_params"):
+    for col in ("rank", "seed", "best_epoch", "trainable_params", "method_params", "total_params", "adapter_size"):
         table[col] = pd.array(table[col], dtype="Int64")
-    table["has_weights"] = table["has_weights"].astype(bool)
-    table["score"] = table["score"].astype(float)
-    table["score_last"] = table["score_last"].astype(float)
+    for col in ("has_weights", "has_init", "has_truncation", "shuffle_labels"):
+        table[col] = table[col].astype(bool)
+    for col in ("score", "score_last", "forgetting", "forgetting_before", "forgetting_after"):
+        table[col] = table[col].astype(float)
     table = table.sort_values(["task", "method", "targets", "rank", "seed", "label"], na_position="first")
     return table.reset_index(drop=True), skipped
 
@@ -159,3 +185,23 @@ def runs_footnote(labels: Iterable[str], limit: int = 4) -> str:
         return "runs: " + "; ".join(labels)
     sweeps = sorted(dict.fromkeys(label.split("/", 1)[0] for label in labels))
     return f"{len(labels)} runs from sweep{'s' if len(sweeps) > 1 else ''} " + ", ".join(sweeps)
+
+
+def read_truncation(run_dir: str | os.PathLike, metric: str) -> list[tuple[int, float]]:
+    """[(k, the task's ``metric`` with every ΔW cut to rank k)] from ``metrics.json["truncation"]``, sorted by k.
+
+    The contract: a list of ``{"k": 1, "<metric>": value, ...}`` for k = 1, 2, 4, …; the untruncated value is
+    ``metrics.json["last"]``. Empty when the run has no truncation block.
+    """
+    path = Path(run_dir) / "metrics.json"
+    block = json.loads(path.read_text()).get("truncation") or []
+    if not isinstance(block, list):
+        raise RunError(f"{path}: truncation must be a list of {{'k': int, '{metric}': float}}, got {type(block).__name__}")
+    points = []
+    for entry in block:
+        k = entry.get("k") if isinstance(entry, dict) else None
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or not isinstance(entry.get(metric), (int, float)):
+            raise RunError(f"{path}: each truncation entry needs an integer k >= 1 and a number for {metric!r}, "
+                           f"got {entry!r}")  # fmt: skip
+        points.append((k, float(entry[metric])))
+    return sorted(points)

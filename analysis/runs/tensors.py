@@ -1,7 +1,7 @@
 """The tensors behind a run folder, loaded lazily: LoRA factors, ΔW, the pretrained weights W₀.
 
-ΔW is read from ``delta_weights.safetensors`` (module name -> ΔW, out x in); a LoRA run written before every method
-saved that file gives ΔW as scale·B·A from its ``adapter/``.
+ΔW is read from ``delta_weights.safetensors`` (module name -> ΔW, out x in, fp32); a LoRA run written before every
+method saved that file gives ΔW as scale·B·A from its ``adapter/``.
 """
 
 from __future__ import annotations
@@ -22,34 +22,40 @@ def _strip(name: str) -> str:
 
 
 @lru_cache(maxsize=8)
-def _adapter(run_dir: str):
+def _adapter(run_dir: str, folder: str = "adapter"):
     from lorakit import LoRAError, read_adapter
 
-    path = Path(run_dir) / "adapter"
+    path = Path(run_dir) / folder
     if not path.is_dir():
-        raise RunError(f"{run_dir}: LoRA run without an adapter/ folder")
+        raise RunError(f"{run_dir}: no {folder}/ folder")
     try:
         return read_adapter(path)
     except LoRAError as err:
-        raise RunError(f"{run_dir}: unreadable adapter ({err})") from err
+        raise RunError(f"{run_dir}: unreadable {folder}/ ({err})") from err
 
 
 def lora_factors(run_dir: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{module name: (A r x in, B out x r)} of a LoRA run."""
+    """{module name: (A r x in, B out x r)} of a LoRA run, after training (``adapter/``)."""
     return {_strip(n): ab for n, ab in _adapter(str(run_dir)).factors.items()}
+
+
+def init_factors(run_dir: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module name: (A₀, B₀)}: the LoRA factors at step 0, from ``adapter_init/`` (written before training)."""
+    return {_strip(n): ab for n, ab in _adapter(str(run_dir), "adapter_init").factors.items()}
 
 
 @lru_cache(maxsize=4)
 def run_deltas(run_dir: str, method: str) -> dict[str, torch.Tensor]:
-    """{module name: ΔW (out x in)}: scale·B·A for ``method="lora"``, W_ft − W₀ from disk for ``"full"``."""
+    """{module name: ΔW (out x in)} against the pretrained W: from ``delta_weights.safetensors`` (every method with
+    a ΔW writes it), else, for a LoRA run written before that, scale·B·A from ``adapter/``."""
+    path = Path(run_dir) / "delta_weights.safetensors"
+    if path.exists():
+        from safetensors.torch import load_file
+
+        return {_strip(n): d for n, d in load_file(str(path)).items()}
     if method == "lora":
         return {_strip(n): d for n, d in _adapter(str(run_dir)).delta_weights().items()}
-    from safetensors.torch import load_file
-
-    path = Path(run_dir) / "delta_weights.safetensors"
-    if not path.exists():
-        raise RunError(f"{run_dir}: full fine-tuning run without delta_weights.safetensors")
-    return {_strip(n): d for n, d in load_file(str(path)).items()}
+    raise RunError(f"{run_dir}: no ΔW (method={method}: no delta_weights.safetensors)")
 
 
 def num_labels(run_dir: str) -> int:
