@@ -4,11 +4,11 @@ Three layers, each using only the ones before it:
 - ``analysis.maths``: pure maths on tensors (``spectrum``, ``subspace_similarity``, ``delta_vs_weight``,
   ``intruder_dimensions``, ...), with the controls every measurement is read against;
 - ``analysis.runs``: reading run folders into a table and tensors, module names, choosing runs;
-- ``analysis.build``: tables and figure data from the run table (``table2``, ...);
+- ``analysis.builders``: tables and figure data from the run table (``table2``, ...);
 then ``analysis.plots`` draws and ``python -m analysis.figures`` (the command) turns run folders into files.
 """
 
-from .build import Table, table2, table5, table6, to_markdown, write_table
+from .builders import Table, table2, table5, table6, to_markdown, write_table
 from .maths import (
     Intruders,
     Projection,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .linalg import as_matrix, singular_values
+from .spectra import Spectrum, spectrum
 
 
 @dataclass(frozen=True)
@@ -60,18 +61,22 @@ def noise_floor(delta1: torch.Tensor, delta2: torch.Tensor) -> torch.Tensor:
     return (d1 - d2) / math.sqrt(2.0)
 
 
-def signal_rank(delta: torch.Tensor, floor: torch.Tensor) -> int:
+def signal_rank(delta: torch.Tensor | Spectrum, floor: torch.Tensor | float) -> int:
     """Number of singular values of ``delta`` above the largest singular value of ``floor``.
 
     The rule: σ_k(ΔW) counts as signal when σ_k(ΔW) > σ₁(floor), the largest stretch noise alone produced in any
-    direction, and when it is above ΔW's own rounding (NumPy's ``matrix_rank`` tolerance, max(out, in)·eps·σ₁ in
-    float32, the dtype runs store ΔW in) so that a zero floor does not count rounding noise as signal.
+    direction, and when it is above ΔW's own rounding (k ≤ its numerical rank, ``Spectrum.numerical_rank``), so a
+    zero floor does not count rounding noise as signal. ``delta`` may be given as its ``Spectrum`` and ``floor`` as
+    σ₁(floor), to reuse decompositions across many comparisons.
     """
-    d, f = as_matrix(delta, "delta"), as_matrix(floor, "floor")
-    if d.shape != f.shape:
-        raise ValueError(f"delta {tuple(d.shape)} and its noise floor {tuple(f.shape)} must have one shape")
-    s = singular_values(d)
-    if s.numel() == 0 or s[0] == 0:
-        return 0
-    rounding = max(d.shape) * torch.finfo(torch.float32).eps * float(s[0])
-    return int((s > max(float(singular_values(f)[0]), rounding)).sum())
+    if not isinstance(floor, torch.Tensor):
+        top = float(floor)
+        if not top >= 0.0:
+            raise ValueError(f"the floor's top singular value must be >= 0, got {floor!r}")
+    else:
+        f = as_matrix(floor, "floor")
+        if isinstance(delta, torch.Tensor) and tuple(delta.shape) != tuple(f.shape):
+            raise ValueError(f"delta {tuple(delta.shape)} and its noise floor {tuple(f.shape)} must have one shape")
+        top = float(singular_values(f)[0])
+    spec = delta if isinstance(delta, Spectrum) else spectrum(delta)
+    return min(int((spec.singular_values > top).sum()), spec.numerical_rank)

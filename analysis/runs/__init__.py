@@ -13,6 +13,7 @@ from .folders import (
     read_truncation,
     runs_footnote,
     scan_runs,
+    short_path,
 )
 from .modules import KIND_LABELS, KINDS, ModuleId, parse_module, sort_modules, targets_label
 from .tensors import base_weights, init_factors, lora_factors, num_labels, run_deltas
@@ -38,6 +39,7 @@ __all__ = [
     "run_deltas",
     "runs_footnote",
     "scan_runs",
+    "short_path",
     "sort_modules",
     "targets_label",
 ]

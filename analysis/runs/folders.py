@@ -98,7 +98,8 @@ def _read_run(run_dir: Path) -> dict:
     best, last = metrics.get("best") or {}, metrics.get("last") or {}
     method = run.get("method")
     if not isinstance(method, str) or not method:
-        raise RunError(f"run.method must name the method (lora, dora, full, head, bitfit, adapter, ...), got {method!r}")
+        raise RunError(f"run.method must name the method (lora, dora, full, head, bitfit, adapter, ...), "
+                       f"got {method!r}")
     sweep = run_dir.parent.name
     name = run.get("name") or run_dir.name
     return {
@@ -178,6 +179,15 @@ def load_runs(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return table
 
 
+def short_path(path: object) -> str:
+    """A path as it may appear in a written file: the last component of a local path ('/…/.venv/…/all-MiniLM-L6-v2'
+    -> 'all-MiniLM-L6-v2'), a hub id ('org/model') unchanged; results must not name the machine they came from."""
+    if path is None or (isinstance(path, float) and math.isnan(path)):
+        return ""
+    text = str(path)
+    return Path(text).name if os.path.isabs(text) or text.startswith(("~", ".")) else text
+
+
 def runs_footnote(labels: Iterable[str], limit: int = 4) -> str:
     """'runs: a/rank=8,seed=1; a/rank=64,seed=1', or '12 runs from sweeps a, b' when there are many."""
     labels = sorted(dict.fromkeys(labels))
@@ -196,7 +206,8 @@ def read_truncation(run_dir: str | os.PathLike, metric: str) -> list[tuple[int, 
     path = Path(run_dir) / "metrics.json"
     block = json.loads(path.read_text()).get("truncation") or []
     if not isinstance(block, list):
-        raise RunError(f"{path}: truncation must be a list of {{'k': int, '{metric}': float}}, got {type(block).__name__}")
+        raise RunError(f"{path}: truncation must be a list of {{'k': int, '{metric}': float}}, "
+                       f"got {type(block).__name__}")
     points = []
     for entry in block:
         k = entry.get("k") if isinstance(entry, dict) else None

@@ -11,8 +11,15 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from ..maths import delta_overlaps, expected_random_similarity, lora_subspace_similarity, random_subspace_similarity
-from ..runs import KIND_LABELS, MissingRuns, lora_factors, parse_module, run_deltas, sort_modules
+from ..maths import (
+    delta_overlaps,
+    delta_row_space_similarity,
+    expected_random_similarity,
+    factor_drift,
+    lora_subspace_similarity,
+    random_subspace_similarity,
+)
+from ..runs import KIND_LABELS, MissingRuns, init_factors, lora_factors, parse_module, run_deltas, sort_modules
 from ..runs.modules import find_module
 from ..runs.select import (
     adapted_layers,
@@ -20,12 +27,11 @@ from ..runs.select import (
     choose_task,
     groups_by_setting,
     lora_with,
-    lowest_seed,
     pick_rank_pair,
     pick_seed_pair,
     rank_pair,
 )
-from .common import config_label, module_sort_key
+from .common import SPREAD_NOTE, config_label, module_sort_key, seed_spread, true_label_runs, weight_runs
 from .table import Table
 
 
@@ -41,8 +47,9 @@ class SubspaceGrids:
     notes: list[str] = field(default_factory=list)
 
 
-def _a_factors(row: pd.Series, layer: int, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    factors = lora_factors(row["run_dir"])
+def _a_factors(row: pd.Series, layer: int, kinds: tuple[str, ...], read=lora_factors) -> dict[str, torch.Tensor]:
+    """{kind: A} at ``layer``: the trained factors (``read=lora_factors``) or those at step 0 (``init_factors``)."""
+    factors = read(row["run_dir"])
     out = {}
     for kind in kinds:
         name = find_module(list(factors), layer, kind)
@@ -60,32 +67,65 @@ def _qv_group(runs: pd.DataFrame, task: str | None, what: str, need) -> pd.DataF
     return groups[0]
 
 
+def _drift_note(row: pd.Series, layer: int) -> str:
+    """How far A moved from its init at ``layer`` (Wq, Wv), or why that is not measured."""
+    r = int(row["rank"])
+    if not row.get("has_init"):
+        return f"r={r}: A₀ not saved (no adapter_init/), drift not measured"
+    a, a0 = _a_factors(row, layer, ("q", "v")), _a_factors(row, layer, ("q", "v"), init_factors)
+    drift = {k: factor_drift(a[k], a0[k]) for k in ("q", "v")}
+    return f"r={r}: " + ", ".join(f"{KIND_LABELS[k]} ‖A−A₀‖/‖A₀‖ = {d.relative_change:.3g}, φ(A, A₀) = "
+                                  f"{d.similarity:.3f}" for k, d in drift.items())  # fmt: skip
+
+
 def figure3_grids(
-    runs: pd.DataFrame, task: str | None = None, layer: int | None = None, ranks: tuple[int, int] | None = None
+    runs: pd.DataFrame,
+    task: str | None = None,
+    layer: int | None = None,
+    ranks: tuple[int, int] | None = None,
+    on: str = "A",
 ) -> SubspaceGrids:
-    """Figure 3: φ(A_{r=lo}, A_{r=hi}, i, j) for Wq and Wv of one layer, i ≤ lo, j ≤ hi."""
-    runs = runs[runs["has_weights"]]
+    """Figure 3: φ(A_{r=lo}, A_{r=hi}, i, j) for Wq and Wv of one layer, i ≤ lo, j ≤ hi (``on="A"``, the paper's),
+    or the same between the top right singular vectors of ΔW at the two ranks (``on="delta"``, ΔW's row space).
+    The notes say how far each A moved from its init (from adapter_init/)."""
+    if on not in ("A", "delta"):
+        raise ValueError(f"on must be 'A' (the LoRA factor) or 'delta' (ΔW's row space), got {on!r}")
+    runs = weight_runs(runs)[0]
     what = "Figure 3 needs LoRA runs at two ranks on one task with the same targets, Wq and Wv adapted"
     group = _qv_group(runs, task, what, lambda g: g["rank"].nunique() >= 2)
     lo, hi = pick_rank_pair(group, ranks)
     layer, where = choose_layer(adapted_layers(pd.DataFrame([lo, hi])), layer, "Figure 3")
-    a_lo, a_hi = _a_factors(lo, layer, ("q", "v")), _a_factors(hi, layer, ("q", "v"))
     r_lo, r_hi = int(lo["rank"]), int(hi["rank"])
+    if on == "A":
+        a_lo, a_hi = _a_factors(lo, layer, ("q", "v")), _a_factors(hi, layer, ("q", "v"))
+        grids = {f"ΔW{k}": lora_subspace_similarity(a_lo[k], a_hi[k]) for k in ("q", "v")}
+        of = "A"
+    else:
+        d_lo, d_hi = run_deltas(lo["run_dir"], "lora"), run_deltas(hi["run_dir"], "lora")
+        grids = {}
+        for k in ("q", "v"):
+            name = find_module(list(d_lo), layer, k)
+            if name is None or name not in d_hi:
+                raise MissingRuns(f"Figure 3: no ΔW{k} at layer {layer} in {lo['label']} or {hi['label']}")
+            grids[f"ΔW{k} row space"] = delta_row_space_similarity(d_lo[name], d_hi[name], r_lo, r_hi)
+        of = "ΔW (right singular vectors)"
+    seeds = f"seed {lo['seed']}" if lo["seed"] == hi["seed"] else f"seeds {lo['seed']} and {hi['seed']}"
     return SubspaceGrids(
-        grids={f"ΔW{k}": lora_subspace_similarity(a_lo[k], a_hi[k]) for k in ("q", "v")},
-        title=f"φ(A_r={r_lo}, A_r={r_hi}, i, j) — {lo['task']}, {where}",
-        ylabel=f"i (top-i directions of A_r={r_lo})",
-        xlabel=f"j (top-j directions of A_r={r_hi})",
+        grids=grids,
+        title=f"φ({of} at r={r_lo}, r={r_hi}, i, j) — {lo['task']}, {where}",
+        ylabel=f"i (top-i directions at r={r_lo})",
+        xlabel=f"j (top-j directions at r={r_hi})",
         runs=[lo["label"], hi["label"]],
-        notes=[f"seed {lo['seed']}" if lo["seed"] == hi["seed"] else f"seeds {lo['seed']} and {hi['seed']}"],
+        notes=[seeds, _drift_note(lo, layer), _drift_note(hi, layer)],
     )
 
 
 def figure4_grids(
     runs: pd.DataFrame, task: str | None = None, layer: int | None = None, rank: int | None = None, seed: int = 0
 ) -> SubspaceGrids:
-    """Figure 4: φ(A_{r} seed a, A_{r} seed b, i, j) for Wq and Wv, beside two random Gaussian r x in matrices."""
-    runs = runs[runs["has_weights"]]
+    """Figure 4: φ(A_{r} seed a, A_{r} seed b, i, j) for Wq and Wv, beside two random Gaussian r x in matrices; the
+    notes say how far each A moved from its init."""
+    runs = weight_runs(runs)[0]
     what = "Figure 4 needs two LoRA runs with different seeds at one rank, Wq and Wv adapted"
     group = _qv_group(runs, task, what, lambda g: (g.groupby("rank")["seed"].nunique() >= 2).any())
     a, b = pick_seed_pair(group, rank)
@@ -100,45 +140,53 @@ def figure4_grids(
         ylabel=f"i (seed {a['seed']})",
         xlabel=f"j (seed {b['seed']})",
         runs=[a["label"], b["label"]],
-        notes=[f"random baseline: two {r}x{fa['q'].shape[1]} N(0, 1) matrices, generator seed {seed}"],
+        notes=[f"random baseline: two {r}x{fa['q'].shape[1]} N(0, 1) matrices, generator seed {seed}",
+               f"seed {a['seed']} " + _drift_note(a, layer), f"seed {b['seed']} " + _drift_note(b, layer)],
     )
 
 
 def overlap_table(runs: pd.DataFrame, task: str | None = None) -> Table:
     """φ(r, r) between the top-r left (and right) singular subspaces of each LoRA ΔW and the full fine-tune's ΔW of
-    the same module, with the random-subspace expectation r/d beside it."""
-    runs = runs[runs["has_weights"]]
+    the same module (the full run of the same seed, else its lowest seed), with the random-subspace expectation r/d
+    beside it; median [min, max] over seeds."""
+    runs, left_out = weight_runs(true_label_runs(runs))
     full = runs[runs["method"] == "full"]
-    lora = runs[runs["method"] == "lora"]
+    lora = runs[runs["method"].isin(["lora", "dora"]) & runs["rank"].notna()]
     both = full[full["task"].isin(set(lora["task"]))]
     task = choose_task(both, task, "LoRA vs full overlap needs LoRA and full fine-tuning runs on a common task")
-    full_row = lowest_seed(full[full["task"] == task], ["task"]).iloc[0]
-    full_d = run_deltas(full_row["run_dir"], "full")
-    configs = lowest_seed(lora[lora["task"] == task], ["rank", "targets"])
-    rows = []
-    for _, run in configs.iterrows():
+    full = full[full["task"] == task].sort_values(["seed", "label"])
+    by_seed = {s: row for s, row in zip(full["seed"], [r for _, r in full.iterrows()])}
+    lora = lora[lora["task"] == task]
+    rows, used = [], set()
+    for _, run in lora.iterrows():
         r = int(run["rank"])
-        deltas = run_deltas(run["run_dir"], "lora")
+        full_row = by_seed.get(run["seed"], full.iloc[0])
+        full_d, deltas = run_deltas(full_row["run_dir"], "full"), run_deltas(run["run_dir"], run["method"])
+        used |= {run["label"], full_row["label"]}
         for name in sort_modules([n for n in deltas if n in full_d]):
-            d = deltas[name]
             mid = parse_module(name)
-            out_dim, in_dim = d.shape
-            left, right = delta_overlaps(d, full_d[name], r)
+            out_dim, in_dim = deltas[name].shape
+            left, right = delta_overlaps(deltas[name], full_d[name], r)
             rows.append({
-                "task": task, "LoRA": config_label(run), "r": r, "layer": mid.layer,
+                "LoRA": config_label(run), "r": r, "seed": run["seed"], "layer": mid.layer,
                 "module": KIND_LABELS.get(mid.kind, mid.kind), "φ left (k=r)": left, "φ right (k=r)": right,
                 "random left r/d_out": expected_random_similarity(r, out_dim),
                 "random right r/d_in": expected_random_similarity(r, in_dim),
             })  # fmt: skip
     if not rows:
         raise MissingRuns(f"LoRA vs full overlap: no module of the {task} LoRA runs is in the full run's ΔW file")
-    frame = pd.DataFrame(rows).sort_values(["r", "LoRA", "layer", "module"], key=module_sort_key).reset_index(drop=True)
+    frame = seed_spread(pd.DataFrame(rows), ["LoRA", "r", "layer", "module", "random left r/d_out",
+                                             "random right r/d_in"], ["φ left (k=r)", "φ right (k=r)"])  # fmt: skip
+    frame = frame.sort_values(["r", "LoRA", "layer", "module"], key=module_sort_key).reset_index(drop=True)
+    frame.insert(0, "task", task)
     return Table(
         frame=frame,
         title=f"LoRA vs full fine-tuning — {task}: φ(r, r) between the top-r singular subspaces of the two ΔW",
-        runs=list(configs["label"]) + [full_row["label"]],
-        notes=["φ = 1: the LoRA update spans the full fine-tune's top-r directions; r/d: two random r-dim subspaces."],
+        runs=sorted(used),
+        notes=["φ = 1: the LoRA update spans the full fine-tune's top-r directions; r/d: two random r-dim subspaces. "
+               "Each LoRA seed against the full fine-tune of the same seed when there is one. " + SPREAD_NOTE],
         float_format=".3f",
+        left_out=left_out,
     )
 
 
@@ -148,7 +196,7 @@ def subspace_summary(runs: pd.DataFrame, task: str | None = None, zoom: int = 8,
     - ranks: each seed's A_r=lo against its A_r=hi (Figure 3; lo, hi from ``select.rank_pair``);
     - seeds: A_r of every pair of seeds at each rank with two or more (Figure 4);
     beside two random Gaussian matrices of the same shapes. One row per (comparison, pair, layer, module)."""
-    runs = runs[runs["has_weights"]]
+    runs = weight_runs(runs)[0]
     what = "the subspace summary needs LoRA runs on Wq and Wv at two ranks or with two seeds"
     group = _qv_group(runs, task, what, lambda g: g["rank"].nunique() >= 2 or g["seed"].nunique() >= 2)
     pairs = []
@@ -189,7 +237,8 @@ def subspace_summary(runs: pd.DataFrame, task: str | None = None, zoom: int = 8,
     frame = pd.DataFrame(records)
     return Table(
         frame=frame,
-        title=f"Figures 3 and 4 over every layer — {group['task'].iloc[0]}: φ of the top direction and of the next ones",
+        title=f"Figures 3 and 4 over every layer — {group['task'].iloc[0]}: φ of the top direction and of the next "
+        "ones",
         runs=sorted(sources),
         notes=["Summary per comparison and module (median [min, max] over layers and pairs) in subspace_summary_agg."],
         float_format=".3f",

@@ -164,7 +164,8 @@ def table5(runs: pd.DataFrame) -> Table:
         rows.append(row)
     return Table(
         frame=pd.DataFrame(rows),
-        title="Table 5 analogue: metric per weight type at a fixed parameter budget (median over seeds [min, max], ×100)",
+        title="Table 5 analogue: metric per weight type at a fixed parameter budget (median over seeds [min, max], "
+        "×100)",
         runs=[label for _, _, g in picks for label in g["label"]],
         notes=["Budget (trainable parameters incl. head): " + ", ".join(_budget(t, b, g) for t, b, g in picks),
                SPREAD_NOTE],
