@@ -130,7 +130,8 @@ def test_signal_rank_counts_singular_values_above_the_floors_top_one():
     floor = torch.diag(torch.tensor([2.0, 0.1, 0.0, 0.0]))
     assert signal_rank(delta, floor) == 2
     n1, n2 = torch.diag(torch.tensor([1.0, 0.0])), torch.diag(torch.tensor([0.0, 1.0]))
-    assert torch.allclose(noise_floor(n1, n2), torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64)) / math.sqrt(2))
+    expected = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64)) / math.sqrt(2)
+    assert torch.allclose(noise_floor(n1, n2), expected)
     with pytest.raises(ValueError, match="one shape"):
         signal_rank(delta, torch.zeros(3, 3))
 
