@@ -105,3 +105,20 @@ def test_labels_and_footnotes():
     assert targets_label("qv") == "Wq, Wv" and targets_label("all") == "all (attn + MLP)" and targets_label(None) == "—"
     assert runs_footnote(["s/a", "s/b"]) == "runs: s/a; s/b"
     assert runs_footnote([f"s{i % 2}/r{i}" for i in range(9)]) == "9 runs from sweeps s0, s1"
+
+
+def test_config_label_names_every_setting_that_makes_an_arm():
+    import numpy as np
+
+    from analysis.builders import config_label
+
+    lora = pd.Series(run(rank=4, targets="q"))
+    assert config_label(lora) == "LoRA (r=4, Wq)"
+    variant = lora.copy()
+    variant.update(pd.Series({"rslora": np.bool_(True), "loraplus_ratio": 16.0, "freeze_a": True}))
+    assert config_label(variant) == "LoRA (r=4, Wq, rsLoRA, LoRA+ λ=16, A frozen)"
+    assert config_label(lora, {"alpha": True}) == "LoRA (r=4, Wq, α=8)"
+    shuffled = pd.Series(dict(run(method="full"), shuffle_labels=np.bool_(True)))
+    assert config_label(shuffled) == "full FT [shuffled labels]"
+    assert config_label(pd.Series(dict(run(method="adapter"), adapter_size=64))) == "Adapter (size=64)"
+    assert config_label(pd.Series(run(method="ia3"))) == "ia3"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from ..runs import DELTA_METHODS, KIND_LABELS, targets_label
@@ -17,6 +18,11 @@ SPREAD_NOTE = "Cells: median over seeds [min, max] (min–max shown when seeds d
 
 def _set(value: object) -> bool:
     return value is not None and value is not pd.NA and not (isinstance(value, float) and math.isnan(value))
+
+
+def _flag(value: object) -> bool:
+    """True only for a boolean true (Python's or NumPy's): a missing key of an older run reads as false."""
+    return isinstance(value, (bool, np.bool_)) and bool(value)
 
 
 def config_label(row: pd.Series, vary: dict[str, bool] | None = None) -> str:
@@ -33,16 +39,16 @@ def config_label(row: pd.Series, vary: dict[str, bool] | None = None) -> str:
             parts.append(f"α={float(row['alpha']):g}")
         if vary.get("init") and _set(row.get("init")):
             parts.append(str(row["init"]))
-        if row.get("rslora") is True:
+        if _flag(row.get("rslora")):
             parts.append("rsLoRA")
         if _set(row.get("loraplus_ratio")) and float(row["loraplus_ratio"]) != 1.0:
             parts.append(f"LoRA+ λ={float(row['loraplus_ratio']):g}")
-        if row.get("freeze_a") is True:
+        if _flag(row.get("freeze_a")):
             parts.append("A frozen")
     if method == "adapter" and _set(row.get("adapter_size")):
         parts.append(f"size={int(row['adapter_size'])}")
     label = f"{name} ({', '.join(parts)})" if parts else name
-    return label + (" [shuffled labels]" if row.get("shuffle_labels") is True else "")
+    return label + (" [shuffled labels]" if _flag(row.get("shuffle_labels")) else "")
 
 
 def true_label_runs(runs: pd.DataFrame) -> pd.DataFrame:
