@@ -143,7 +143,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="torch threads for the SVDs (default 1: these matrices gain little from more, and OpenMP "
                         "threads on a busy machine can make one SVD 100x slower)")  # fmt: skip
     p.add_argument("--strict", action="store_true", help="exit non-zero when any analysis raises an error")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.random_draws < 2:
+        p.error(f"--random-draws must be at least 2 (100 or more for a 95% interval), got {args.random_draws}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
