@@ -1,14 +1,49 @@
 """Analyses of LoRA and full fine-tuning updates (Hu et al. 2021, §7) and the paper's tables and figures.
 
-Pure functions on tensors (``spectrum``, ``subspace_similarity``, ``delta_vs_weight``, ``intruder_dimensions``)
-and on the run table (``scan_runs``, ``table2``, ...); ``python -m analysis.figures`` turns run folders into files.
+Three layers, each using only the ones before it:
+- ``analysis.maths``: pure maths on tensors (``spectrum``, ``subspace_similarity``, ``delta_vs_weight``,
+  ``intruder_dimensions``, ...), with the controls every measurement is read against;
+- ``analysis.runs``: reading run folders into a table and tensors, module names, choosing runs;
+- ``analysis.builders``: tables and figure data from the run table (``table2``, ...);
+then ``analysis.plots`` draws and ``python -m analysis.figures`` (the command) turns run folders into files.
 """
 
-from .intruders import Intruders, intruder_dimensions, left_singular_basis
-from .modules import KIND_LABELS, KINDS, ModuleId, parse_module, sort_modules, targets_label
-from .projection import Projection, delta_vs_weight, projected_norm
+from .builders import Table, table2, table5, table6, to_markdown, write_table
+from .maths import (
+    FactorDrift,
+    Interval,
+    Intruders,
+    Projection,
+    Spectrum,
+    best_rank_k,
+    delta_overlap,
+    delta_overlaps,
+    delta_vs_weight,
+    energy_ranks,
+    expected_random_similarity,
+    factor_drift,
+    intruder_dimensions,
+    intruders_at_norm,
+    left_singular_basis,
+    lora_subspace_similarity,
+    noise_floor,
+    projected_norm,
+    random_gaussian,
+    random_projection,
+    random_subspace_similarity,
+    signal_rank,
+    singular_values,
+    spectrum,
+    subspace_similarity,
+    svd,
+    top_singular_vectors,
+    truncate_deltas,
+)
 from .runs import (
+    KIND_LABELS,
+    KINDS,
     MissingRuns,
+    ModuleId,
     RunError,
     RunWarning,
     Skipped,
@@ -16,21 +51,16 @@ from .runs import (
     find_run_dirs,
     load_runs,
     lora_factors,
+    parse_module,
     run_deltas,
     scan_runs,
+    sort_modules,
+    targets_label,
 )
-from .spectra import Spectrum, energy_ranks, random_gaussian, singular_values, spectrum, svd, top_singular_vectors
-from .subspace import (
-    delta_overlap,
-    delta_overlaps,
-    expected_random_similarity,
-    lora_subspace_similarity,
-    random_subspace_similarity,
-    subspace_similarity,
-)
-from .tables import Table, table2, table5, table6, to_markdown, write_table
 
 __all__ = [
+    "FactorDrift",
+    "Interval",
     "Intruders",
     "KINDS",
     "KIND_LABELS",
@@ -43,23 +73,29 @@ __all__ = [
     "Spectrum",
     "Table",
     "base_weights",
+    "best_rank_k",
     "delta_overlap",
     "delta_overlaps",
     "delta_vs_weight",
     "energy_ranks",
     "expected_random_similarity",
+    "factor_drift",
     "find_run_dirs",
     "intruder_dimensions",
+    "intruders_at_norm",
     "left_singular_basis",
     "load_runs",
     "lora_factors",
     "lora_subspace_similarity",
+    "noise_floor",
     "parse_module",
     "projected_norm",
     "random_gaussian",
+    "random_projection",
     "random_subspace_similarity",
     "run_deltas",
     "scan_runs",
+    "signal_rank",
     "singular_values",
     "sort_modules",
     "spectrum",
@@ -71,5 +107,6 @@ __all__ = [
     "targets_label",
     "to_markdown",
     "top_singular_vectors",
+    "truncate_deltas",
     "write_table",
 ]

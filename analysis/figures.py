@@ -2,42 +2,33 @@
 
     python -m analysis.figures multirun/2025-01-01/12-00-00-abc [more sweeps ...] --out results/<name>
 
-Writes into ``--out``: ``table2``, ``table5``, ``table6`` (CSV + Markdown), ``fig_metric_vs_rank``, ``fig3``,
-``fig4`` (PNG + PDF, and the φ grids as CSV), ``subspace_summary`` (+ ``_agg``), ``table7``, ``spectra`` +
-``fig_spectra``, ``overlap`` + ``fig_overlap``, ``intruders`` + ``fig_intruders``, ``runs.csv`` (the runs read) and ``index.md`` (what was produced from which runs, what was
-skipped and why). An analysis whose runs are missing is skipped with one line naming what is missing; the command
-fails only when nothing at all could be produced (or, with ``--strict``, when an analysis raised an error).
+Writes into ``--out`` (tables as CSV + Markdown, figures as PNG, ``--formats png pdf`` for PDF too): ``table2``,
+``table5``, ``table6`` + ``fig_metric_vs_rank``, ``fig3`` + ``fig3_delta`` + ``fig4`` (and their φ grids as CSV),
+``subspace_summary`` (+ ``_agg``), ``init_drift``, ``table7``, ``spectra`` + ``fig_spectra``, ``overlap`` +
+``fig_overlap``, ``intruders`` + ``fig_intruders``, ``truncation`` + ``truncation_summary`` + ``fig_truncation``,
+``forgetting`` + ``fig_forgetting``, ``runs.csv`` (the runs read) and ``index.md`` (what was produced from which
+runs, the controls missing, the runs left out, what was skipped and why). ``analysis.products`` says what each
+writes. An analysis whose runs are missing is skipped with one line naming what is missing; the command fails only
+when nothing at all could be produced (or, with ``--strict``, when an analysis raised an error). Nothing written
+names a path on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
 import sys
 import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
 
-from . import plots, tables, weight_tables
-from .runs import RunError, runs_footnote, scan_runs
-
-
-@dataclass
-class Options:
-    task: str | None = None
-    layer: int | None = None
-    ranks: tuple[int, int] | None = None
-    seed_rank: int | None = None
-    table7_ranks: tuple[int, ...] = (4, 64)
-    intruder_k: int = 10
-    intruder_eps: float = 0.5
-    seed: int = 0
-    formats: tuple[str, ...] = ("png", "pdf")
+from .products import PRODUCTS, Options
+from .runs import RunError, runs_footnote, scan_runs, short_path
 
 
 @dataclass
@@ -46,97 +37,10 @@ class Outcome:
     title: str
     files: list[Path] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+    missing_controls: list[str] = field(default_factory=list)
     reason: str = ""
     failed: bool = False
-
-
-Product = Callable[[pd.DataFrame, Options, Path], tuple[list[Path], list[str]]]
-
-
-def _table(build: Callable[[pd.DataFrame], tables.Table], stem: str) -> Product:
-    def make(runs, opts, out):
-        table = build(runs)
-        return tables.write_table(table, out, stem), table.runs
-
-    return make
-
-
-def _metric_vs_rank(runs, opts, out):
-    table = tables.table6(runs)
-    files = tables.write_table(table, out, "table6")
-    fig = plots.plot_metric_vs_rank(runs[runs["label"].isin(table.runs) | (runs["method"] == "full")])
-    return files + plots.save_figure(fig, out, "fig_metric_vs_rank", table.runs, formats=opts.formats), table.runs
-
-
-def _grid_values(data, out: Path, stem: str) -> Path:
-    """The numbers behind a φ figure, one row per (panel, i, j), so a reader can quote them without the picture."""
-    rows = [{"panel": title, "i": i + 1, "j": j + 1, "phi": float(grid[i, j])}
-            for title, grid in data.grids.items() for i in range(grid.shape[0]) for j in range(grid.shape[1])]
-    path = out / f"{stem}.csv"
-    pd.DataFrame(rows).to_csv(path, index=False, float_format="%.4f")
-    return path
-
-
-def _figure3(runs, opts, out):
-    data = weight_tables.figure3_grids(runs, opts.task, opts.layer, opts.ranks)
-    fig = plots.plot_subspace_grids(data, zoom=8)  # the paper's zoom: i ≤ 8, j ≤ 8
-    files = plots.save_figure(fig, out, "fig3", data.runs, data.notes, opts.formats)
-    return files + [_grid_values(data, out, "fig3")], data.runs
-
-
-def _figure4(runs, opts, out):
-    data = weight_tables.figure4_grids(runs, opts.task, opts.layer, opts.seed_rank, opts.seed)
-    fig = plots.plot_subspace_grids(data)
-    files = plots.save_figure(fig, out, "fig4", data.runs, data.notes, opts.formats)
-    return files + [_grid_values(data, out, "fig4")], data.runs
-
-
-def _subspace_summary(runs, opts, out):
-    table = weight_tables.subspace_summary(runs, opts.task, seed=opts.seed)
-    files = tables.write_table(table, out, "subspace_summary")
-    return files + tables.write_table(weight_tables.subspace_summary_agg(table), out, "subspace_summary_agg"), table.runs
-
-
-def _table7(runs, opts, out):
-    table = weight_tables.table7(runs, opts.task, opts.layer, opts.table7_ranks, opts.seed)
-    return tables.write_table(table, out, "table7"), table.runs
-
-
-def _spectra(runs, opts, out):
-    table, curves = weight_tables.spectra_table(runs, opts.task)
-    layers = sorted(set(table.frame["layer"].dropna().astype(int)))
-    layer = opts.layer if opts.layer in layers else layers[len(layers) // 2]
-    fig = plots.plot_spectra(table.frame, curves, layer)
-    files = tables.write_table(table, out, "spectra")
-    return files + plots.save_figure(fig, out, "fig_spectra", table.runs, formats=opts.formats), table.runs
-
-
-def _overlap(runs, opts, out):
-    table = weight_tables.overlap_table(runs, opts.task)
-    fig = plots.plot_overlap(table.frame)
-    files = tables.write_table(table, out, "overlap")
-    return files + plots.save_figure(fig, out, "fig_overlap", table.runs, formats=opts.formats), table.runs
-
-
-def _intruders(runs, opts, out):
-    table = weight_tables.intruder_table(runs, opts.task, opts.intruder_k, opts.intruder_eps)
-    fig = plots.plot_intruders(table.frame)
-    files = tables.write_table(table, out, "intruders")
-    return files + plots.save_figure(fig, out, "fig_intruders", table.runs, formats=opts.formats), table.runs
-
-
-PRODUCTS: dict[str, tuple[str, Product]] = {
-    "table2": ("Table 2: LoRA vs full fine-tuning per task", _table(tables.table2, "table2")),
-    "table5": ("Table 5: metric per weight type at a fixed budget", _table(tables.table5, "table5")),
-    "table6": ("Table 6: metric vs rank (and fig_metric_vs_rank)", _metric_vs_rank),
-    "fig3": ("Figure 3: subspace similarity between ranks", _figure3),
-    "fig4": ("Figure 4: subspace similarity between seeds vs random", _figure4),
-    "subspace": ("Figures 3-4 over every layer and pair, with the spread", _subspace_summary),
-    "table7": ("Table 7: ΔW vs W", _table7),
-    "spectra": ("ΔW spectra and rank at 90% energy", _spectra),
-    "overlap": ("LoRA vs full fine-tuning subspace overlap", _overlap),
-    "intruders": ("Intruder dimensions, LoRA vs full fine-tuning", _intruders),
-}
 
 
 def run_all(runs: pd.DataFrame, out: Path, opts: Options, only: list[str] | None = None) -> list[Outcome]:
@@ -149,8 +53,12 @@ def run_all(runs: pd.DataFrame, out: Path, opts: Options, only: list[str] | None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # matplotlib's missing-glyph notices, one per figure
-                outcome.files, outcome.runs = make(runs, opts, out)
+                made = make(runs, opts, out)
+            outcome.files, outcome.runs = made.files, made.runs
+            outcome.left_out, outcome.missing_controls = made.left_out, made.missing_controls
             print(f"[analysis] {key}: wrote {', '.join(p.name for p in outcome.files)}")
+            for line in outcome.missing_controls:
+                print(f"[analysis] {key}: missing control: {line}")
         except RunError as err:  # includes MissingRuns: the expected "cannot do this from these runs"
             outcome.reason = str(err)
             print(f"[analysis] {key}: skipped — {err}")
@@ -160,6 +68,29 @@ def run_all(runs: pd.DataFrame, out: Path, opts: Options, only: list[str] | None
             traceback.print_exc()
         outcomes.append(outcome)
     return outcomes
+
+
+# An absolute POSIX path of two or more components, up to a quote, space, comma, colon or closing bracket.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s'\"`,:;()\[\]]+/)+([^\s'\"`,:;()\[\]/]+)")
+
+
+def strip_machine_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last component ('/home/u/.venv/.../all-MiniLM-L6-v2' ->
+    'all-MiniLM-L6-v2'): index.md is committed with the results and must not name the machine it was made on."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1), text)
+
+
+def run_label(path: str) -> str:
+    """'sweep/run' for a run folder: what files name a run by, never the machine's absolute path."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}"
+
+
+def write_runs_csv(runs: pd.DataFrame, out: Path) -> Path:
+    """The runs read, one row each, without machine paths: model_path shortened, run_dir dropped (label names it)."""
+    path = out / "runs.csv"
+    runs.drop(columns="run_dir").assign(model_path=runs["model_path"].map(short_path)).to_csv(path, index=False)
+    return path
 
 
 def write_index(out: Path, outcomes: list[Outcome], runs: pd.DataFrame, skipped, argv: list[str]) -> Path:
@@ -175,15 +106,19 @@ def write_index(out: Path, outcomes: list[Outcome], runs: pd.DataFrame, skipped,
         "",
     ]
     made = [o for o in outcomes if o.files]
-    lines += [f"- **{o.title}** — {', '.join(f'`{p.name}`' for p in o.files)} — {runs_footnote(o.runs)}" for o in made]
+    for o in made:
+        lines.append(f"- **{o.title}** — {', '.join(f'`{p.name}`' for p in o.files)} — {runs_footnote(o.runs)}")
+        lines += [f"  - missing control: {line}" for line in o.missing_controls]
+        if o.left_out:
+            lines.append(f"  - left out ({len(o.left_out)}): " + "; ".join(o.left_out))
     lines += ["- nothing"] if not made else []
     missing = [o for o in outcomes if not o.files]
     if missing:
         lines += ["", "## Skipped", ""] + [f"- **{o.title}** — {o.reason}" for o in missing]
     if skipped:
-        lines += ["", "## Run folders not read", ""] + [f"- `{s.path}` — {s.reason}" for s in skipped]
+        lines += ["", "## Run folders not read", ""] + [f"- `{run_label(s.path)}` — {s.reason}" for s in skipped]
     path = out / "index.md"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(strip_machine_paths("\n".join(lines) + "\n"))
     return path
 
 
@@ -199,14 +134,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--table7-ranks", type=int, nargs="+", default=[4, 64], help="Table 7 ranks (default 4 64)")
     p.add_argument("--intruder-k", type=int, default=10, help="top-k singular vectors examined (default 10)")
     p.add_argument("--intruder-eps", type=float, default=0.5, help="cosine threshold ε (default 0.5)")
+    p.add_argument("--random-draws", type=int, default=100,
+                   help="random orthonormal U, V drawn for Table 7's random interval (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baselines (default 0)")
-    p.add_argument("--formats", nargs="+", default=["png", "pdf"], help="figure formats (default png pdf)")
+    p.add_argument("--formats", nargs="+", default=["png"], help="figure formats (default png; add pdf on request)")
     p.add_argument("--only", nargs="+", choices=list(PRODUCTS), help="produce only these analyses")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for the SVDs (default 1: these matrices gain little from more, and OpenMP "
                         "threads on a busy machine can make one SVD 100x slower)")  # fmt: skip
     p.add_argument("--strict", action="store_true", help="exit non-zero when any analysis raises an error")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.random_draws < 2:
+        p.error(f"--random-draws must be at least 2 (100 or more for a 95% interval), got {args.random_draws}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,10 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[analysis] {s}", file=sys.stderr)
     print(f"[analysis] read {len(runs)} complete runs from {', '.join(map(str, args.sweeps))}")
     args.out.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(args.out / "runs.csv", index=False)
+    write_runs_csv(runs, args.out)
     opts = Options(
         task=args.task, layer=args.layer, ranks=tuple(args.ranks) if args.ranks else None, seed_rank=args.seed_rank,
-        table7_ranks=tuple(args.table7_ranks), intruder_k=args.intruder_k, intruder_eps=args.intruder_eps,
+        table7_ranks=tuple(args.table7_ranks), random_draws=args.random_draws, intruder_k=args.intruder_k,
+        intruder_eps=args.intruder_eps,
         seed=args.seed, formats=tuple(args.formats),
     )  # fmt: skip
     threads = torch.get_num_threads()

@@ -19,10 +19,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .modules import KIND_LABELS, parse_module, targets_label  # noqa: E402
-from .runs import runs_footnote  # noqa: E402
-from .tables import PAPER_TASK_ORDER  # noqa: E402
-from .weight_tables import SubspaceGrids  # noqa: E402
+from .runs import KIND_LABELS, parse_module, runs_footnote, targets_label  # noqa: E402
+from .builders import PAPER_TASK_ORDER, SubspaceGrids  # noqa: E402
 
 CMAP = "viridis"
 DPI = 150
@@ -106,14 +104,24 @@ def plot_metric_vs_rank(runs: pd.DataFrame) -> Figure:
 
 
 def _config_styles(configs: Sequence[str]) -> dict[str, str]:
-    """Full FT solid, each LoRA config its own dash pattern, so colour can stand for the module kind."""
-    dashes = iter(["--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3))] * 4)
-    return {c: "-" if c == "full FT" else next(dashes) for c in configs}
+    """Full FT solid, each LoRA config its own dash pattern, so colour can stand for the module kind; the noise floors
+    (drawn grey) dotted."""
+    dashes = iter(["--", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (3, 1, 1, 1))] * 4)
+    return {c: "-" if c == "full FT" else ":" if _is_floor(c) else next(dashes) for c in configs}
+
+
+def _is_floor(config: str) -> bool:
+    return config.startswith("noise floor")
+
+
+def _floor_color(config: str) -> str:
+    """Greys for the noise floors: light for the seed difference, dark for shuffled labels."""
+    return "0.3" if "shuffled" in config else "0.65"
 
 
 def plot_spectra(frame: pd.DataFrame, curves: dict[str, dict[str, torch.Tensor]], layer: int) -> Figure:
-    """(a) cumulative energy Σ_{l≤k}σ_l²/Σσ² vs k at one layer; (b) rank reaching 90% energy per layer.
-    Colour: module kind; line style: full FT (solid) or LoRA config."""
+    """(a) cumulative energy Σ_{l≤k}σ_l²/Σσ² vs k at one layer; (b) rank reaching 90% energy per layer (median
+    over seeds). Colour: module kind; line style: full FT (solid) or LoRA config; grey dotted: the noise floors."""
     fig, (ax_e, ax_r) = plt.subplots(1, 2, figsize=(12, 3.8), layout="constrained")
     colors = {kind: f"C{i}" for i, kind in enumerate(KIND_LABELS)}
     styles = _config_styles(list(curves))
@@ -122,7 +130,8 @@ def plot_spectra(frame: pd.DataFrame, curves: dict[str, dict[str, torch.Tensor]]
             mid = parse_module(name)
             if mid.layer == layer and energy.any():
                 k = np.arange(1, energy.numel() + 1)
-                ax_e.plot(k, energy.numpy(), ls=styles[config], color=colors.get(mid.kind, "0.5"), lw=1.3)
+                color = _floor_color(config) if _is_floor(config) else colors.get(mid.kind, "0.5")
+                ax_e.plot(k, energy.numpy(), ls=styles[config], color=color, lw=1.3)
     ax_e.axhline(0.9, color="0.5", ls=":", lw=1)
     ax_e.set_xscale("log")
     ax_e.set_xlabel("k (number of singular directions)")
@@ -132,8 +141,8 @@ def plot_spectra(frame: pd.DataFrame, curves: dict[str, dict[str, torch.Tensor]]
     by_kind = {label: kind for kind, label in KIND_LABELS.items()}
     for config, group in frame.groupby("method", sort=False):
         for module, rows in group.groupby("module", sort=False):
-            ax_r.plot(rows["layer"], rows["rank@90%"], ls=styles.get(config, "--"), marker="o", ms=3,
-                      color=colors.get(by_kind.get(module), "0.5"))  # fmt: skip
+            color = _floor_color(config) if _is_floor(config) else colors.get(by_kind.get(module), "0.5")
+            ax_r.plot(rows["layer"], rows["rank@90%"], ls=styles.get(config, "--"), marker="o", ms=3, color=color)
     ax_r.set_yscale("log")
     ax_r.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax_r.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -145,7 +154,8 @@ def plot_spectra(frame: pd.DataFrame, curves: dict[str, dict[str, torch.Tensor]]
     ax_r.grid(alpha=0.3)
     kinds = [k for k in KIND_LABELS if k in {by_kind.get(m) for m in frame["module"]}]
     module_handles = [matplotlib.lines.Line2D([], [], color=colors[k], label=KIND_LABELS[k]) for k in kinds]
-    config_handles = [matplotlib.lines.Line2D([], [], color="0.2", ls=ls, label=c) for c, ls in styles.items()]
+    config_handles = [matplotlib.lines.Line2D([], [], color=_floor_color(c) if _is_floor(c) else "0.2", ls=ls, label=c)
+                      for c, ls in styles.items()]  # fmt: skip
     fig.legend(handles=module_handles + config_handles, loc="outside right upper", fontsize=7, title="module / update",
                title_fontsize=7)  # fmt: skip
     return fig
@@ -169,27 +179,85 @@ def plot_overlap(frame: pd.DataFrame) -> Figure:
 
 
 def plot_intruders(frame: pd.DataFrame) -> Figure:
-    """Intruder counts per layer, one panel per module kind, one bar per method (LoRA configs, full FT)."""
+    """Intruder counts per layer (median over seeds), one panel per module kind, one bar per method; a second row at
+    matched update norm when the table has it."""
     lora_modules = set(frame.loc[frame["method"] != "full FT", "module"])
     modules = [m for m in KIND_LABELS.values() if m in (lora_modules or set(frame["module"]))]
     methods = list(dict.fromkeys(frame["method"]))
-    fig, axes = plt.subplots(1, len(modules), figsize=(3.6 * len(modules) + 1.5, 3.4), squeeze=False, sharey=True,
-                             layout="constrained")  # fmt: skip
+    counts = [c for c in ("intruders", "intruders at matched norm") if c in frame and frame[c].notna().any()]
+    fig, axes = plt.subplots(len(counts), len(modules), figsize=(3.6 * len(modules) + 1.5, 3.0 * len(counts) + 0.4),
+                             squeeze=False, sharey=True, layout="constrained")  # fmt: skip
     width = 0.8 / len(methods)
     k = int(frame["k"].max())
-    for ax, module in zip(axes[0], modules):
-        for i, method in enumerate(methods):
-            rows = frame[(frame["module"] == module) & (frame["method"] == method)]
-            ax.bar(rows["layer"] + (i - (len(methods) - 1) / 2) * width, rows["intruders"], width, color=f"C{i}")
-        ax.set_title(module, fontsize=10)
-        ax.set_xlabel("layer")
-        ax.set_ylim(0, k)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3, axis="y")
-    axes[0][0].set_ylabel(f"intruder dimensions among top-{k}")
+    for row, column in zip(axes, counts):
+        for ax, module in zip(row, modules):
+            for i, method in enumerate(methods):
+                rows = frame[(frame["module"] == module) & (frame["method"] == method)]
+                ax.bar(rows["layer"] + (i - (len(methods) - 1) / 2) * width, rows[column], width, color=f"C{i}")
+            ax.set_title(f"{module}: {'raw' if column == 'intruders' else 'matched norm'}", fontsize=10)
+            ax.set_xlabel("layer")
+            ax.set_ylim(0, k)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.grid(alpha=0.3, axis="y")
+        row[0].set_ylabel(f"intruders among top-{k}")
     handles = [matplotlib.patches.Patch(color=f"C{i}", label=m) for i, m in enumerate(methods)]
     fig.legend(handles=handles, loc="outside right upper", fontsize=7)
     eps = frame["ε"].iloc[0]
-    fig.suptitle(f"Intruder dimensions: top-{k} singular vectors of W₀+ΔW with max |cos| to W₀'s < {eps:g}",
-                 fontsize=10)
+    fig.suptitle(f"Intruder dimensions: top-{k} singular vectors of W₀+ΔW with max |cos| to W₀'s < {eps:g}\n"
+                 "(matched norm: ΔW rescaled to the full fine-tune's ‖ΔW‖_F; median over seeds)", fontsize=10)
+    return fig
+
+
+def _by_task(frame: pd.DataFrame) -> list[str]:
+    present = set(frame["task"])
+    return [t for t in PAPER_TASK_ORDER if t in present] + sorted(present - set(PAPER_TASK_ORDER))
+
+
+def plot_truncation(points: pd.DataFrame, summary: pd.DataFrame) -> Figure:
+    """Metric (×100) vs truncation rank k per configuration, median over seeds with the min–max band; the
+    untruncated median as a marker at the right and the head-only baseline dotted."""
+    tasks = _by_task(points)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.4), squeeze=False, layout="constrained")
+    for ax, task in zip(axes[0], tasks):
+        on_task = points[points["task"] == task]
+        top = on_task["k"].max()
+        for i, (config, group) in enumerate(on_task.groupby("method", sort=False)):
+            stats = group.groupby("k")["value"].agg(["median", "min", "max"]).sort_index()
+            ax.plot(stats.index, stats["median"], marker="o", ms=3, color=f"C{i}", label=config)
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=f"C{i}", alpha=0.15)
+            row = summary[(summary["task"] == task) & (summary["method"] == config)]
+            if len(row):
+                ax.plot([top * 1.5], [row["untruncated"].iloc[0]], marker="*", ms=9, color=f"C{i}")
+        baseline = summary.loc[summary["task"] == task, "head-only baseline"].dropna()
+        if len(baseline):
+            ax.axhline(baseline.iloc[0], color="0.4", ls=":", lw=1, label="head-only baseline")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("truncation rank k (★: untruncated)")
+        ax.set_ylabel(f"{on_task['metric'].iloc[0]} ×100")
+        ax.set_title(f"{task}: metric with ΔW cut to rank k (median, band = min–max over seeds)", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_forgetting(frame: pd.DataFrame) -> Figure:
+    """Task gain over the head-only baseline vs forgetting, one point per configuration (median over seeds, bars
+    min–max); the metric itself on the y axis when the baseline is missing."""
+    tasks = _by_task(frame)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.0 * len(tasks), 3.8), squeeze=False, layout="constrained")
+    for ax, task in zip(axes[0], tasks):
+        on_task = frame[frame["task"] == task]
+        y = "task gain" if on_task["task gain"].notna().any() else "metric (last)"
+        for i, (_, row) in enumerate(on_task.iterrows()):
+            xerr = [[row["forgetting"] - row["forgetting min"]], [row["forgetting max"] - row["forgetting"]]]
+            yerr = [[row[y] - row[f"{y} min"]], [row[f"{y} max"] - row[y]]]
+            ax.errorbar(row["forgetting"], row[y], xerr=xerr, yerr=yerr, fmt="o", ms=5, capsize=2,
+                        color=f"C{i % 10}", label=row["method"])  # fmt: skip
+        ax.axvline(0, color="0.5", lw=0.8)
+        probe = on_task["probe"].dropna()
+        ax.set_xlabel(f"forgetting ×100 ({probe.iloc[0] if len(probe) else 'probe'} before − after)")
+        ax.set_ylabel(f"{y} ×100 ({on_task['metric'].iloc[0]})")
+        ax.set_title(f"{task}: learning vs forgetting (median, bars = min–max over seeds)", fontsize=9)
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
     return fig

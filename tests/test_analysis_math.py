@@ -19,6 +19,15 @@ from analysis import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small SVDs on a shared machine: OpenMP threads make them many times slower, not faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def orthonormal(d: int, k: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(d, k, generator=gen, dtype=torch.float64))

@@ -36,19 +36,33 @@ def test_table2_medians_over_seeds_per_task_and_method():
     lora = t.frame[t.frame["model / method"] == "minilm LoRA (r=8, Wq, Wv)"].iloc[0]
     assert lora["sst2"] == pytest.approx(91.0) and lora["rte"] == pytest.approx(75.0)
     assert lora["avg"] == pytest.approx(83.0) and lora["seeds"] == "2–3"
-    full = t.frame[t.frame["model / method"] == "minilm FT"].iloc[0]
-    assert full["sst2"] == pytest.approx(93.0) and list(t.frame.columns)[3:5] == ["sst2", "rte"]  # paper's order
+    assert (lora["sst2 min"], lora["sst2 max"]) == pytest.approx((90.0, 94.0))
+    full = t.frame[t.frame["model / method"] == "minilm full FT"].iloc[0]
+    assert full["sst2"] == pytest.approx(93.0) and list(t.frame.columns)[3:7:3] == ["sst2", "rte"]  # paper's order
     assert lora["params"] == 900 and lora["trainable"] == 1000  # the paper's count leaves the head out
     md = to_markdown(t.frame, t.formats)
-    assert "| minilm FT |" in md and "11.0M" in md  # median of 22M and 1000
+    assert "| minilm full FT |" in md and "11.0M" in md  # median of 22M and 1000
+    assert "| 91.0 [90.0, 94.0] |" in md and "| 93.0 |" in md  # one seed: no interval to show
+    assert "sst2 min" not in md
 
 
-def test_table2_shows_a_head_only_baseline_after_full_and_lora():
+def test_table2_has_a_row_for_every_method_with_the_head_only_baseline_last():
     rows = [run(score=0.9), run(method="full", score=0.93, trainable=22_000_000), run(method="head", score=0.8)]
+    rows += [run(method="bitfit", seed=s, score=x) for s, x in ((1, 0.85), (2, 0.87), (3, 0.86))]
+    rows += [dict(run(method="dora", score=0.91), rank=8, targets="qv", alpha=8.0, init="gaussian")]
+    rows += [dict(run(method="adapter"), adapter_size=64)]
+    rows += [dict(run(method="ia3", score=0.88))]  # a method this code has never heard of still gets its row
+    rows += [dict(run(method="full", seed=2, score=0.2), shuffle_labels=True)]  # a noise control, not a result
     t = table2(table(rows))
-    assert list(t.frame["model / method"]) == ["minilm FT", "minilm LoRA (r=8, Wq, Wv)", "minilm head only"]
-    head = t.frame.iloc[2]
+    assert list(t.frame["model / method"]) == [
+        "minilm full FT", "minilm LoRA (r=8, Wq, Wv)", "minilm DoRA (r=8, Wq, Wv)", "minilm Adapter (size=64)",
+        "minilm BitFit", "minilm ia3", "minilm head only"]  # fmt: skip
+    head = t.frame.iloc[-1]
     assert head["params"] == 0 and head["trainable"] == 1000 and head["sst2"] == pytest.approx(80.0)
+    bitfit = t.frame.iloc[4]
+    assert (bitfit["sst2"], bitfit["sst2 min"], bitfit["sst2 max"], bitfit["seeds"]) == (86.0, 85.0, 87.0, "3")
+    assert t.frame.iloc[0]["sst2"] == pytest.approx(93.0)  # the shuffled-label run is left out, and says so
+    assert t.left_out == ["sweep/sst2,method=full,seed=2: shuffled labels (a noise control)"]
 
 
 def test_table2_names_the_missing_method():
@@ -59,9 +73,11 @@ def test_table2_names_the_missing_method():
 def test_table6_metric_vs_rank_per_target_set():
     rows = [run(rank=r, seed=s, score=0.9 + 0.01 * r + 0.001 * s) for r in (1, 2, 8) for s in (1, 2, 3)]
     t = table6(table(rows + [run(rank=4, targets="q")]))
-    assert list(t.frame.columns) == ["task", "weight type", "r=1", "r=2", "r=4", "r=8", "seeds"]
+    assert [c for c in t.frame.columns if not c.endswith(("min", "max"))] == [
+        "task", "weight type", "r=1", "r=2", "r=4", "r=8", "seeds"]
     row = t.frame.iloc[0]
     assert row["weight type"] == "Wq, Wv" and row["r=2"] == pytest.approx(100 * 0.922) and math.isnan(row["r=4"])
+    assert (row["r=2 min"], row["r=2 max"]) == pytest.approx((92.1, 92.3)) and row["seeds"] == "3"
     assert len(t.frame) == 1  # Wq alone has one rank: not a rank sweep
     with pytest.raises(MissingRuns, match="two or more ranks"):
         table6(table([run(rank=8)]))
@@ -73,7 +89,7 @@ def test_table5_picks_the_budget_shared_by_most_target_sets():
     t = table5(table(rows))
     assert list(t.frame["weight type"]) == ["Wq", "Wq, Wv", "Wq, Wk, Wv, Wo"]
     assert list(t.frame["rank r"]) == ["8", "4", "2"] and t.frame["sst2"].tolist() == pytest.approx([90, 92, 93])
-    assert t.notes == ["Budget (trainable parameters incl. head): sst2 600 (500 of them LoRA's)"]
+    assert t.notes[0] == "Budget (trainable parameters incl. head): sst2 600 (500 of them LoRA's)"
     with pytest.raises(MissingRuns, match="same number of trainable parameters"):
         table5(table([run(targets="q", trainable=1), run(targets="qv", trainable=2)]))
 
@@ -89,3 +105,20 @@ def test_labels_and_footnotes():
     assert targets_label("qv") == "Wq, Wv" and targets_label("all") == "all (attn + MLP)" and targets_label(None) == "—"
     assert runs_footnote(["s/a", "s/b"]) == "runs: s/a; s/b"
     assert runs_footnote([f"s{i % 2}/r{i}" for i in range(9)]) == "9 runs from sweeps s0, s1"
+
+
+def test_config_label_names_every_setting_that_makes_an_arm():
+    import numpy as np
+
+    from analysis.builders import config_label
+
+    lora = pd.Series(run(rank=4, targets="q"))
+    assert config_label(lora) == "LoRA (r=4, Wq)"
+    variant = lora.copy()
+    variant.update(pd.Series({"rslora": np.bool_(True), "loraplus_ratio": 16.0, "freeze_a": True}))
+    assert config_label(variant) == "LoRA (r=4, Wq, rsLoRA, LoRA+ λ=16, A frozen)"
+    assert config_label(lora, {"alpha": True}) == "LoRA (r=4, Wq, α=8)"
+    shuffled = pd.Series(dict(run(method="full"), shuffle_labels=np.bool_(True)))
+    assert config_label(shuffled) == "full FT [shuffled labels]"
+    assert config_label(pd.Series(dict(run(method="adapter"), adapter_size=64))) == "Adapter (size=64)"
+    assert config_label(pd.Series(run(method="ia3"))) == "ia3"

@@ -12,36 +12,11 @@ from typing import Sequence
 
 import torch
 
-SIDES = ("left", "right")
+from .linalg import as_matrix, singular_values
+
 # Cumulative energy is compared to a fraction with this slack, so that a rank-r matrix reaches 100% at k = r even
 # though the float64 sum of its r non-zero σ² differs from the total by a few ulps.
 _ENERGY_SLACK = 1e-9
-
-
-def _as_matrix(m: torch.Tensor, what: str = "matrix") -> torch.Tensor:
-    if not isinstance(m, torch.Tensor):
-        m = torch.as_tensor(m)
-    if m.ndim != 2:
-        raise ValueError(f"{what} must be 2-D (out x in), got shape {tuple(m.shape)}")
-    if not torch.isfinite(m).all():
-        raise ValueError(f"{what} has non-finite entries")
-    return m.detach().to(device="cpu", dtype=torch.float64)
-
-
-def svd(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD in float64, m = U diag(S) Vh. A wide matrix is decomposed through its transpose: torch's CPU SVD of
-    a 384 x 1536 matrix is ~20x slower than of its 1536 x 384 transpose."""
-    mat = _as_matrix(m)
-    if mat.shape[0] < mat.shape[1]:
-        v, s, uh = torch.linalg.svd(mat.T, full_matrices=False)
-        return uh.T, s, v.T
-    return torch.linalg.svd(mat, full_matrices=False)
-
-
-def singular_values(m: torch.Tensor) -> torch.Tensor:
-    """σ₁ ≥ … ≥ σ_n in float64 (through the transpose for wide matrices, as ``svd``)."""
-    mat = _as_matrix(m)
-    return torch.linalg.svdvals(mat.T if mat.shape[0] < mat.shape[1] else mat)
 
 
 @dataclass(frozen=True)
@@ -86,7 +61,7 @@ class Spectrum:
 def spectrum(delta: torch.Tensor) -> Spectrum:
     """The spectrum of a ΔW (or any matrix): singular values, cumulative energy, numerical and effective rank."""
     eps = torch.finfo(delta.dtype).eps if isinstance(delta, torch.Tensor) and delta.is_floating_point() else 2.0**-52
-    m = _as_matrix(delta, "delta")
+    m = as_matrix(delta, "delta")
     s = singular_values(m)
     total = s.square().sum()
     if total == 0:
@@ -109,26 +84,3 @@ def energy_ranks(delta: torch.Tensor, fractions: Sequence[float] = (0.5, 0.9, 0.
     """{fraction: rank that reaches it} for one matrix, e.g. {0.9: 12}."""
     spec = spectrum(delta)
     return {f: spec.energy_rank(f) for f in fractions}
-
-
-def top_singular_vectors(m: torch.Tensor, k: int, side: str = "left") -> torch.Tensor:
-    """Orthonormal basis of the top-k left (out x k) or right (in x k) singular directions of ``m``, as columns.
-
-    For a LoRA factor A (r x in) the paper compares the row space of A, i.e. ``top_singular_vectors(A, r, "right")``
-    (Hu et al. 2021, §7.2). Singular vectors are defined up to sign, and up to rotation within a repeated singular
-    value; the subspace similarity is invariant to both.
-    """
-    if side not in SIDES:
-        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-    mat = _as_matrix(m)
-    n = min(mat.shape)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"k must be an integer in [1, {n}] for a {mat.shape[0]}x{mat.shape[1]} matrix, got {k!r}")
-    u, _, vh = svd(mat)
-    return u[:, :k] if side == "left" else vh[:k].T.contiguous()
-
-
-def random_gaussian(shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
-    """A float64 matrix with i.i.d. N(0, 1) entries, reproducible from ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen, dtype=torch.float64)

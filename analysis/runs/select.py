@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .modules import parse_module
-from .runs import MissingRuns
+from .folders import MissingRuns
 
 
 def module_kinds(row: pd.Series) -> set[str]:
@@ -42,8 +42,8 @@ def choose_layer(layers: list[int], layer: int | None, what: str) -> tuple[int, 
 
 
 def lora_with(runs: pd.DataFrame, kinds: set[str], task: str | None = None) -> pd.DataFrame:
-    """Complete LoRA runs (on ``task`` when given) that adapted every module kind in ``kinds``."""
-    lora = runs[runs["method"] == "lora"]
+    """Complete LoRA runs on true labels (on ``task`` when given) that adapted every module kind in ``kinds``."""
+    lora = runs[(runs["method"] == "lora") & ~runs["shuffle_labels"].eq(True)]
     if task is not None:
         lora = lora[lora["task"] == task]
     keep = [kinds <= module_kinds(row) for _, row in lora.iterrows()]
@@ -51,9 +51,9 @@ def lora_with(runs: pd.DataFrame, kinds: set[str], task: str | None = None) -> p
 
 
 def groups_by_setting(lora: pd.DataFrame) -> list[pd.DataFrame]:
-    """LoRA runs split by (task, model, targets, init, rslora), the setting held fixed while ranks or seeds vary;
-    ``qv`` first (the paper's choice), then the largest group."""
-    keys = ["task", "model", "model_path", "targets", "init", "rslora"]
+    """LoRA runs split by their setting (task, model, targets, init, rsLoRA, LoRA+, frozen A), the setting held fixed
+    while ranks or seeds vary; ``qv`` first (the paper's choice), then the largest group."""
+    keys = ["task", "model", "model_path", "targets", "init", "rslora", "loraplus_ratio", "freeze_a"]
     groups = [g for _, g in lora.groupby(keys, dropna=False, sort=True)]
     return sorted(groups, key=lambda g: (g["targets"].iloc[0] != "qv", -len(g)))
 

@@ -1,4 +1,4 @@
-"""The paper's metric tables from the run table (``analysis.runs.scan_runs``), and CSV + Markdown writers.
+"""The paper's metric tables from the run table (``analysis.runs.scan_runs``).
 
 - Table 2: task metric per task, LoRA vs full fine-tuning, parameters trained (with and without the head), median
   over seeds.
@@ -12,88 +12,14 @@ correlation, Pearson). Every builder returns a ``Table`` or raises ``MissingRuns
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
-from .modules import targets_label
-from .runs import MissingRuns, runs_footnote
+from ..runs import MissingRuns, targets_label
+from .common import SPREAD_NOTE, config_label, true_label_runs
+from .table import Table, human_count
 
 PAPER_TASK_ORDER = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")
-
-
-@dataclass
-class Table:
-    """A result table with its title, the runs it came from and notes for the reader."""
-
-    frame: pd.DataFrame
-    title: str
-    runs: list[str]
-    notes: list[str] = field(default_factory=list)
-    formats: dict[str, Callable[[object], str]] = field(default_factory=dict)
-    float_format: str | None = None
-
-
-# ---------------------------------------------------------------------------------------------------- writers
-
-
-def _cell(value: object, fmt: Callable[[object], str] | None, float_format: str | None = None) -> str:
-    if fmt is not None and not _missing(value):
-        return fmt(value)
-    if _missing(value):
-        return "—"
-    if isinstance(value, float) and float_format:
-        return format(value, float_format)
-    if isinstance(value, float):
-        return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
-    return str(value).replace("|", "\\|")
-
-
-def _missing(value: object) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    return isinstance(value, float) and math.isnan(value)
-
-
-def to_markdown(
-    frame: pd.DataFrame, formats: dict[str, Callable[[object], str]] | None = None, float_format: str | None = None
-) -> str:
-    """A GitHub-flavoured Markdown table; numeric columns right-aligned, missing cells as '—'.
-
-    ``formats`` maps a column to a formatter; other floats use ``float_format`` (e.g. ``".2f"``) or one decimal.
-    """
-    formats = formats or {}
-    header = [str(c).replace("|", "\\|") for c in frame.columns]
-    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
-    rows = [
-        [_cell(v, formats.get(c), float_format) for c, v in zip(frame.columns, rec)]
-        for rec in frame.itertuples(index=False)
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def write_table(table: Table, out: Path, stem: str) -> list[Path]:
-    """``out/stem.csv`` (unrounded) and ``out/stem.md`` (title, table, notes, source runs)."""
-    out.mkdir(parents=True, exist_ok=True)
-    csv, md = out / f"{stem}.csv", out / f"{stem}.md"
-    table.frame.to_csv(csv, index=False)
-    notes = "".join(f"\n{n}\n" for n in table.notes)
-    body = to_markdown(table.frame, table.formats, table.float_format)
-    md.write_text(f"## {table.title}\n\n{body}{notes}\n_{runs_footnote(table.runs)}_\n")
-    return [csv, md]
-
-
-def human_count(n: object) -> str:
-    """74498 -> '74.5K', 22788866 -> '22.8M' (the paper's '0.3M' style)."""
-    n = float(n)  # type: ignore[arg-type]
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.1f}{unit}"
-    return f"{n:.0f}"
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -104,69 +30,77 @@ def _tasks(frame: pd.DataFrame) -> list[str]:
     return [t for t in PAPER_TASK_ORDER if t in present] + sorted(t for t in present if t not in PAPER_TASK_ORDER)
 
 
-def _config_label(row: pd.Series, vary: dict[str, bool]) -> str:
-    if row["method"] == "full":
-        return f"{row['model']} FT"
-    if row["method"] == "head":
-        return f"{row['model']} head only"
-    parts = [f"r={row['rank']}", targets_label(row["targets"])]
-    if vary.get("alpha"):
-        parts.append(f"α={row['alpha']:g}")
-    if vary.get("init"):
-        parts.append(str(row["init"]))
-    if row.get("rslora") is True:
-        parts.append("rsLoRA")
-    return f"{row['model']} LoRA ({', '.join(parts)})"
-
-
 def _seed_range(counts: pd.Series) -> str:
     lo, hi = int(counts.min()), int(counts.max())
     return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
+def _median_min_max(values: pd.Series, scale: float = 100.0) -> tuple[float, float, float]:
+    v = values.dropna() * scale
+    return (v.median(), v.min(), v.max()) if len(v) else (math.nan, math.nan, math.nan)
+
+
+def _controls_left_out(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    shuffled = runs[runs["shuffle_labels"].eq(True)]
+    return true_label_runs(runs), [f"{label}: shuffled labels (a noise control)" for label in shuffled["label"]]
+
+
 # ---------------------------------------------------------------------------------------------------- tables
+
+# Table 2's row order: the paper's baseline first, LoRA and its variants, other parameter-efficient methods, head last.
+METHOD_ORDER = ("full", "lora", "dora", "adapter", "bitfit")
 
 
 def table2(runs: pd.DataFrame) -> Table:
-    """Table 2 analogue: one row per model / method / LoRA config, one column per task, median of seeds ×100."""
+    """Table 2 analogue: one row per model / method / configuration (every method found: full FT, LoRA, DoRA,
+    Adapter, BitFit, head only, ...), one column per task: median over seeds ×100 with [min, max] beside it."""
     if runs.empty:
         raise MissingRuns("Table 2 needs LoRA and full fine-tuning runs; no complete runs were found")
+    runs, left_out = _controls_left_out(runs)
     methods = {m: set(runs.loc[runs["method"] == m, "task"]) for m in ("lora", "full")}
     shared = methods["lora"] & methods["full"]
     if not shared:
         have = ", ".join(f"{m} on {sorted(t) or 'no task'}" for m, t in methods.items())
         raise MissingRuns(f"Table 2 needs LoRA and full fine-tuning runs on a common task; found {have}")
-    lora = runs[runs["method"] == "lora"]
-    vary = {c: lora[c].nunique(dropna=False) > 1 for c in ("alpha", "init")}
-    frame = runs.assign(config=[_config_label(r, vary) for _, r in runs.iterrows()])
+    family = runs[runs["method"].isin(["lora", "dora"])]
+    vary = {c: family[c].nunique(dropna=False) > 1 for c in ("alpha", "init")}
+    frame = runs.assign(config=[f"{r['model']} {config_label(r, vary)}" for _, r in runs.iterrows()])
     tasks = _tasks(frame)
     rows = []
     for config, group in frame.groupby("config", sort=False):
         per_task = group.groupby("task")["score"]
-        medians, counts = per_task.median() * 100, per_task.size()
+        counts = per_task.size()
         row = {"model / method": config, "params": group["method_params"].median(),
                "trainable": group["trainable_params"].median()}
-        row.update({t: medians.get(t, math.nan) for t in tasks})
+        medians = {}
+        for t in tasks:
+            med, lo, hi = _median_min_max(group.loc[group["task"] == t, "score"])
+            row.update({t: med, f"{t} min": lo, f"{t} max": hi})
+            if not math.isnan(med):
+                medians[t] = med
         if len(tasks) > 1:
-            row["avg"] = medians.mean() if len(medians) == len(tasks) else math.nan
+            row["avg"] = sum(medians.values()) / len(tasks) if len(medians) == len(tasks) else math.nan
         row["seeds"] = _seed_range(counts)
+        method = group["method"].iloc[0]
+        row["_order"] = 99 if method == "head" else (METHOD_ORDER + (method,)).index(method)
         rows.append(row)
-    table = pd.DataFrame(rows)
-    table["_full"] = table["model / method"].str.endswith(" FT")
-    table = table.sort_values(["_full", "model / method"], ascending=[False, True]).drop(columns="_full")
+    table = pd.DataFrame(rows).sort_values(["_order", "model / method"]).drop(columns="_order")
     metrics = frame.groupby("task")["metric"].first()
     return Table(
         frame=table.reset_index(drop=True),
-        title="Table 2 analogue: LoRA vs full fine-tuning (median over seeds, best epoch, ×100)",
+        title="Table 2 analogue: methods compared per task (median over seeds [min, max], best epoch, ×100)",
         runs=list(runs["label"]),
         notes=["Metrics: " + ", ".join(f"{t} {metrics[t]}" for t in tasks) + ". Params: what the method trains, the "
-               "paper's count (LoRA: the factors; FT: every weight); trainable: the same plus the task head."],
+               "paper's count (LoRA: the factors; FT: every weight); trainable: the same plus the task head. "
+               + SPREAD_NOTE],
         formats={"params": human_count, "trainable": human_count},
+        left_out=left_out,
     )  # fmt: skip
 
 
 def table6(runs: pd.DataFrame) -> Table:
-    """Table 6 analogue: metric vs rank r, one row per task and target set, median of seeds ×100."""
+    """Table 6 analogue: metric vs rank r, one row per task and target set, median of seeds ×100 [min, max]."""
+    runs, left_out = _controls_left_out(runs)
     lora = runs[(runs["method"] == "lora") & runs["rank"].notna()]
     counts = lora.groupby(["task", "targets"])["rank"].nunique() if not lora.empty else pd.Series(dtype=int)
     usable = counts[counts >= 2]
@@ -179,15 +113,18 @@ def table6(runs: pd.DataFrame) -> Table:
     for task, targets in usable.index:
         group = lora[(lora["task"] == task) & (lora["targets"] == targets)]
         used += list(group["label"])
-        med = group.groupby("rank")["score"].median() * 100
         row = {"task": task, "weight type": targets_label(targets)}
-        row.update({f"r={r}": med.get(r, math.nan) for r in ranks})
+        for r in ranks:
+            med, lo, hi = _median_min_max(group.loc[group["rank"] == r, "score"])
+            row.update({f"r={r}": med, f"r={r} min": lo, f"r={r} max": hi})
         row["seeds"] = _seed_range(group.groupby("rank").size())
         rows.append(row)
     return Table(
         frame=pd.DataFrame(rows),
-        title="Table 6 analogue: metric vs LoRA rank r (median over seeds, best epoch, ×100)",
+        title="Table 6 analogue: metric vs LoRA rank r (median over seeds [min, max], best epoch, ×100)",
         runs=used,
+        notes=[SPREAD_NOTE],
+        left_out=left_out,
     )
 
 
@@ -196,8 +133,9 @@ def table5(runs: pd.DataFrame) -> Table:
 
     Within a task the head is the same for every run, so runs with equal ``trainable_params`` have equal LoRA
     budgets (Wq at r=8 = {Wq, Wk} at r=4 = all four at r=2 for square projections). Per task the budget shared by
-    the most target sets is shown.
+    the most target sets is shown, median over seeds ×100 [min, max].
     """
+    runs, left_out = _controls_left_out(runs)
     lora = runs[(runs["method"] == "lora") & runs["trainable_params"].notna()]
     picks = []
     for task, group in lora.groupby("task"):
@@ -217,14 +155,21 @@ def table5(runs: pd.DataFrame) -> Table:
         row: dict[str, object] = {"weight type": targets_label(t)}
         ranks = sorted({int(r) for _, _, g in picks for r in g.loc[g["targets"] == t, "rank"]})
         row["rank r"] = ", ".join(map(str, ranks))
+        seeds = []
         for task, _, group in picks:
-            row[task] = group.loc[group["targets"] == t, "score"].median() * 100
+            med, lo, hi = _median_min_max(group.loc[group["targets"] == t, "score"])
+            row.update({task: med, f"{task} min": lo, f"{task} max": hi})
+            seeds.append(int((group["targets"] == t).sum()))
+        row["seeds"] = _seed_range(pd.Series(seeds))
         rows.append(row)
     return Table(
         frame=pd.DataFrame(rows),
-        title="Table 5 analogue: metric per weight type at a fixed parameter budget (median over seeds, ×100)",
+        title="Table 5 analogue: metric per weight type at a fixed parameter budget (median over seeds [min, max], "
+        "×100)",
         runs=[label for _, _, g in picks for label in g["label"]],
-        notes=["Budget (trainable parameters incl. head): " + ", ".join(_budget(t, b, g) for t, b, g in picks)],
+        notes=["Budget (trainable parameters incl. head): " + ", ".join(_budget(t, b, g) for t, b, g in picks),
+               SPREAD_NOTE],
+        left_out=left_out,
     )
 
 

@@ -3,6 +3,10 @@
 A fine-tune changes W₀ into W = W₀ + ΔW. A top singular vector u_k of W is an intruder when it is dissimilar to
 every singular vector of W₀:  max_l |⟨u_k, u_l(W₀)⟩| < ε. LoRA is reported to create such directions with large
 singular values; full fine-tuning mostly rotates existing ones.
+
+A bigger ΔW moves W's singular vectors further whatever its directions, so counts from updates of different sizes
+compare sizes as much as kinds of update. ``intruders_at_norm`` rescales ΔW to a common Frobenius norm first (the
+analyses use the full fine-tune's, per module): then a difference in counts is a difference in directions.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .spectra import _as_matrix, svd
+from .linalg import as_matrix, svd
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class Intruders:
 
 def left_singular_basis(weight: torch.Tensor) -> torch.Tensor:
     """All left singular vectors of W (out x min(out, in)), float64."""
-    return svd(_as_matrix(weight, "weight"))[0]
+    return svd(as_matrix(weight, "weight"))[0]
 
 
 def intruder_dimensions(
@@ -58,7 +62,7 @@ def intruder_dimensions(
 
     ``base_basis`` (``left_singular_basis(base)``) may be passed to reuse W₀'s decomposition across runs.
     """
-    w0, w = _as_matrix(base, "base"), _as_matrix(tuned, "tuned")
+    w0, w = as_matrix(base, "base"), as_matrix(tuned, "tuned")
     if w0.shape != w.shape:
         raise ValueError(f"base {tuple(w0.shape)} and tuned {tuple(w.shape)} must have one shape")
     n = min(w.shape)
@@ -66,6 +70,31 @@ def intruder_dimensions(
         raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold ε must be in (0, 1], got {threshold!r}")
-    u0 = left_singular_basis(w0) if base_basis is None else _as_matrix(base_basis, "base_basis")
+    u0 = left_singular_basis(w0) if base_basis is None else as_matrix(base_basis, "base_basis")
     cos = (svd(w)[0][:, :k].T @ u0).abs()
     return Intruders(k=k, threshold=threshold, max_cosine=cos.max(dim=1).values)
+
+
+def rescale_to_norm(delta: torch.Tensor, norm: float) -> torch.Tensor:
+    """ΔW · norm / ‖ΔW‖_F (float64): the same directions and singular-value proportions at Frobenius norm ``norm``."""
+    d = as_matrix(delta, "delta")
+    current = float(torch.linalg.matrix_norm(d))
+    if current == 0.0:
+        raise ValueError("cannot rescale a zero ΔW to a norm: it has no direction")
+    if not norm > 0.0 or norm == float("inf"):
+        raise ValueError(f"the target norm must be positive and finite, got {norm!r}")
+    return d * (norm / current)
+
+
+def intruders_at_norm(
+    base: torch.Tensor,
+    delta: torch.Tensor,
+    norm: float,
+    k: int = 10,
+    threshold: float = 0.5,
+    base_basis: torch.Tensor | None = None,
+) -> Intruders:
+    """``intruder_dimensions`` of W₀ + ΔW·norm/‖ΔW‖_F: intruders at matched update norm. Unchanged when ΔW is
+    multiplied by any positive constant."""
+    w0 = as_matrix(base, "base")
+    return intruder_dimensions(w0, w0 + rescale_to_norm(delta, norm), k, threshold, base_basis)

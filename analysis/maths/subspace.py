@@ -10,15 +10,17 @@ directions A reads from the input.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .spectra import _as_matrix, random_gaussian, svd, top_singular_vectors
+from .linalg import as_matrix, random_gaussian, svd, top_singular_vectors
 
 _ORTHONORMAL_TOL = 1e-6
 
 
 def _orthonormal_columns(u: torch.Tensor, what: str) -> torch.Tensor:
-    u = _as_matrix(u, what)
+    u = as_matrix(u, what)
     gram = u.T @ u
     err = float((gram - torch.eye(gram.shape[0], dtype=gram.dtype)).abs().max()) if gram.numel() else 0.0
     if err > _ORTHONORMAL_TOL:
@@ -49,7 +51,7 @@ def subspace_similarity(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
 
 def lora_subspace_similarity(a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
     """φ(A₁, A₂, i, j) between two LoRA A factors (r₁ x in, r₂ x in) through their right-singular vectors (§7.2)."""
-    a1, a2 = _as_matrix(a1, "A1"), _as_matrix(a2, "A2")
+    a1, a2 = as_matrix(a1, "A1"), as_matrix(a2, "A2")
     if a1.shape[1] != a2.shape[1]:
         raise ValueError(f"A factors must share the input dimension, got {tuple(a1.shape)} and {tuple(a2.shape)}")
     return subspace_similarity(
@@ -78,7 +80,7 @@ def delta_overlaps(delta1: torch.Tensor, delta2: torch.Tensor, k: int) -> tuple[
     Used beyond the paper for LoRA vs full fine-tuning: how much of a full fine-tune's top-k ΔW subspace the
     rank-k LoRA update finds. Compare to ``expected_random_similarity(k, d)``.
     """
-    d1, d2 = _as_matrix(delta1, "delta1"), _as_matrix(delta2, "delta2")
+    d1, d2 = as_matrix(delta1, "delta1"), as_matrix(delta2, "delta2")
     if d1.shape != d2.shape:
         raise ValueError(f"updates of the same layer must have one shape, got {tuple(d1.shape)} and {tuple(d2.shape)}")
     if not 1 <= k <= min(d1.shape):
@@ -95,3 +97,40 @@ def delta_overlap(delta1: torch.Tensor, delta2: torch.Tensor, k: int, side: str 
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
     return delta_overlaps(delta1, delta2, k)[side == "right"]
+
+
+def delta_row_space_similarity(delta1: torch.Tensor, delta2: torch.Tensor, r1: int, r2: int) -> torch.Tensor:
+    """Figure 3 on ΔW instead of A: the φ grid between the top-r₁ and top-r₂ right singular subspaces (row spaces)
+    of two updates of one module, r₁ x r₂. For LoRA, ΔW = s·B·A reads the input only through A's row space, so this
+    asks the paper's question of the directions that reached the update rather than of A's init-dominated rows."""
+    d1, d2 = as_matrix(delta1, "delta1"), as_matrix(delta2, "delta2")
+    if d1.shape[1] != d2.shape[1]:
+        raise ValueError(f"updates must share the input dimension, got {tuple(d1.shape)} and {tuple(d2.shape)}")
+    return subspace_similarity(top_singular_vectors(d1, r1, "right"), top_singular_vectors(d2, r2, "right"))
+
+
+@dataclass(frozen=True)
+class FactorDrift:
+    """How far a trained LoRA factor A (r x in) moved from its initial A₀.
+
+    Attributes:
+        relative_change: ‖A − A₀‖_F / ‖A₀‖_F (0: A never moved).
+        similarity: φ(r, r) between the row spaces of A and A₀ (their top-r right singular subspaces): 1 when A
+            still reads the input through its init's directions, about r/in for unrelated subspaces.
+    """
+
+    relative_change: float
+    similarity: float
+
+
+def factor_drift(a: torch.Tensor, a0: torch.Tensor) -> FactorDrift:
+    """``FactorDrift`` of a trained A against its init A₀ (same shape, A₀ non-zero)."""
+    a, a0 = as_matrix(a, "A"), as_matrix(a0, "A0")
+    if a.shape != a0.shape:
+        raise ValueError(f"A {tuple(a.shape)} and its init A0 {tuple(a0.shape)} must have one shape")
+    init_norm = float(torch.linalg.matrix_norm(a0))
+    if init_norm == 0.0:
+        raise ValueError("A0 is zero: the relative change ‖A − A0‖/‖A0‖ is undefined (was A initialised to zero?)")
+    r = min(a.shape)
+    phi = subspace_similarity(top_singular_vectors(a, r, "right"), top_singular_vectors(a0, r, "right"))[-1, -1]
+    return FactorDrift(float(torch.linalg.matrix_norm(a - a0)) / init_norm, float(phi))

@@ -1,0 +1,47 @@
+"""Tables and figure data from the run table: each builder takes ``analysis.runs.scan_runs``'s table and returns
+numbers ready to write or plot, or raises ``MissingRuns`` naming the runs it needs."""
+
+from .common import config_label, head_baseline, seed_spread, weight_runs
+from .forgetting import forgetting_table
+from .init_drift import init_drift_table
+from .intruders import intruder_table
+from .metric_tables import PAPER_TASK_ORDER, table2, table5, table6
+from .projection import table7
+from .spectra import spectra_table
+from .subspace import (
+    SubspaceGrids,
+    figure3_grids,
+    figure4_grids,
+    overlap_table,
+    subspace_summary,
+    subspace_summary_agg,
+)
+from .table import Table, human_count, to_markdown, write_table
+from .truncation import rank_to_keep, truncation_tables
+
+__all__ = [
+    "PAPER_TASK_ORDER",
+    "SubspaceGrids",
+    "Table",
+    "config_label",
+    "figure3_grids",
+    "figure4_grids",
+    "forgetting_table",
+    "head_baseline",
+    "human_count",
+    "init_drift_table",
+    "intruder_table",
+    "overlap_table",
+    "rank_to_keep",
+    "seed_spread",
+    "spectra_table",
+    "subspace_summary",
+    "subspace_summary_agg",
+    "table2",
+    "table5",
+    "table6",
+    "table7",
+    "to_markdown",
+    "truncation_tables",
+    "weight_runs",
+]

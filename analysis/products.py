@@ -1,0 +1,158 @@
+"""What each analysis of ``python -m analysis.figures`` writes: one function per analysis, from the run table to files
+(tables as CSV + Markdown through ``builders.write_table``, figures through ``plots.save_figure``).
+
+Each returns a ``Made`` (files, the runs it used, the runs it left out and the controls it lacks, for index.md) or
+raises ``RunError`` / ``MissingRuns`` naming what it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from . import builders, plots
+
+
+@dataclass
+class Options:
+    task: str | None = None
+    layer: int | None = None
+    ranks: tuple[int, int] | None = None
+    seed_rank: int | None = None
+    table7_ranks: tuple[int, ...] = (4, 64)
+    random_draws: int = 100
+    intruder_k: int = 10
+    intruder_eps: float = 0.5
+    seed: int = 0
+    formats: tuple[str, ...] = ("png",)
+
+
+@dataclass
+class Made:
+    files: list[Path]
+    runs: list[str]
+    left_out: list[str] = field(default_factory=list)
+    missing_controls: list[str] = field(default_factory=list)
+
+
+Product = Callable[[pd.DataFrame, Options, Path], Made]
+
+
+def _written(tables: list[tuple[builders.Table, str]], out: Path, figures: list[Path] = ()) -> Made:
+    """Write each (table, stem) and gather what index.md reports about them."""
+    files = [p for table, stem in tables for p in builders.write_table(table, out, stem)] + list(figures)
+    runs = list(dict.fromkeys(label for table, _ in tables for label in table.runs))
+    left_out = list(dict.fromkeys(line for table, _ in tables for line in table.left_out))
+    missing = list(dict.fromkeys(line for table, _ in tables for line in table.missing_controls))
+    return Made(files, runs, left_out, missing)
+
+
+def _table(make_table: Callable[[pd.DataFrame], builders.Table], stem: str) -> Product:
+    def make(runs, opts, out):
+        return _written([(make_table(runs), stem)], out)
+
+    return make
+
+
+def _metric_vs_rank(runs, opts, out):
+    table = builders.table6(runs)
+    fig = plots.plot_metric_vs_rank(runs[runs["label"].isin(table.runs) | (runs["method"] == "full")])
+    return _written([(table, "table6")], out, plots.save_figure(fig, out, "fig_metric_vs_rank", table.runs,
+                                                                 formats=opts.formats))  # fmt: skip
+
+
+def _grid_values(grids: list, out: Path, stem: str) -> Path:
+    """The numbers behind φ figures, one row per (panel, i, j), so a reader can quote them without the picture."""
+    rows = [{"panel": title, "i": i + 1, "j": j + 1, "phi": float(grid[i, j])}
+            for data in grids for title, grid in data.grids.items()
+            for i in range(grid.shape[0]) for j in range(grid.shape[1])]  # fmt: skip
+    path = out / f"{stem}.csv"
+    pd.DataFrame(rows).to_csv(path, index=False, float_format="%.4f")
+    return path
+
+
+def _figure3(runs, opts, out):
+    on_a = builders.figure3_grids(runs, opts.task, opts.layer, opts.ranks, on="A")
+    on_delta = builders.figure3_grids(runs, opts.task, opts.layer, opts.ranks, on="delta")
+    files = []
+    for data, stem in ((on_a, "fig3"), (on_delta, "fig3_delta")):
+        fig = plots.plot_subspace_grids(data, zoom=8)  # the paper's zoom: i ≤ 8, j ≤ 8
+        files += plots.save_figure(fig, out, stem, data.runs, data.notes, opts.formats)
+    return Made(files + [_grid_values([on_a, on_delta], out, "fig3")], on_a.runs)
+
+
+def _figure4(runs, opts, out):
+    data = builders.figure4_grids(runs, opts.task, opts.layer, opts.seed_rank, opts.seed)
+    files = plots.save_figure(plots.plot_subspace_grids(data), out, "fig4", data.runs, data.notes, opts.formats)
+    return Made(files + [_grid_values([data], out, "fig4")], data.runs)
+
+
+def _subspace_summary(runs, opts, out):
+    table = builders.subspace_summary(runs, opts.task, seed=opts.seed)
+    return _written([(table, "subspace_summary"), (builders.subspace_summary_agg(table), "subspace_summary_agg")], out)
+
+
+def _init_drift(runs, opts, out):
+    return _written([(builders.init_drift_table(runs, opts.task), "init_drift")], out)
+
+
+def _table7(runs, opts, out):
+    table = builders.table7(runs, opts.task, opts.layer, opts.table7_ranks, opts.seed, opts.random_draws)
+    return _written([(table, "table7")], out)
+
+
+def _spectra(runs, opts, out):
+    table, curves = builders.spectra_table(runs, opts.task)
+    layers = sorted(set(table.frame["layer"].dropna().astype(int)))
+    layer = opts.layer if opts.layer in layers else layers[len(layers) // 2]
+    fig = plots.plot_spectra(table.frame, curves, layer)
+    return _written([(table, "spectra")], out, plots.save_figure(fig, out, "fig_spectra", table.runs,
+                                                                  formats=opts.formats))  # fmt: skip
+
+
+def _overlap(runs, opts, out):
+    table = builders.overlap_table(runs, opts.task)
+    fig = plots.plot_overlap(table.frame)
+    return _written([(table, "overlap")], out, plots.save_figure(fig, out, "fig_overlap", table.runs,
+                                                                  formats=opts.formats))  # fmt: skip
+
+
+def _intruders(runs, opts, out):
+    table = builders.intruder_table(runs, opts.task, opts.intruder_k, opts.intruder_eps)
+    fig = plots.plot_intruders(table.frame)
+    return _written([(table, "intruders")], out, plots.save_figure(fig, out, "fig_intruders", table.runs,
+                                                                    formats=opts.formats))  # fmt: skip
+
+
+def _truncation(runs, opts, out):
+    curves, summary = builders.truncation_tables(runs)
+    fig = plots.plot_truncation(curves.frame, summary.frame)
+    figure = plots.save_figure(fig, out, "fig_truncation", summary.runs, formats=opts.formats)
+    return _written([(curves, "truncation"), (summary, "truncation_summary")], out, figure)
+
+
+def _forgetting(runs, opts, out):
+    table = builders.forgetting_table(runs)
+    fig = plots.plot_forgetting(table.frame)
+    return _written([(table, "forgetting")], out, plots.save_figure(fig, out, "fig_forgetting", table.runs,
+                                                                     formats=opts.formats))  # fmt: skip
+
+
+PRODUCTS: dict[str, tuple[str, Product]] = {
+    "table2": ("Table 2: methods compared per task", _table(builders.table2, "table2")),
+    "table5": ("Table 5: metric per weight type at a fixed budget", _table(builders.table5, "table5")),
+    "table6": ("Table 6: metric vs rank (and fig_metric_vs_rank)", _metric_vs_rank),
+    "fig3": ("Figure 3: subspace similarity between ranks, of A and of ΔW's row space", _figure3),
+    "fig4": ("Figure 4: subspace similarity between seeds vs random", _figure4),
+    "subspace": ("Figures 3-4 over every layer and pair, with the spread", _subspace_summary),
+    "init_drift": ("How far A moved from its init (‖A−A₀‖/‖A₀‖, φ(A, A₀))", _init_drift),
+    "table7": ("Table 7: ΔW vs W, against random directions", _table7),
+    "spectra": ("ΔW spectra, rank at 90% energy, signal rank above the noise floors", _spectra),
+    "overlap": ("LoRA vs full fine-tuning subspace overlap", _overlap),
+    "intruders": ("Intruder dimensions, raw and at matched update norm", _intruders),
+    "truncation": ("Rank truncation: metric vs k, the rank keeping 90% of the gain", _truncation),
+    "forgetting": ("Forgetting: task gain vs the base model's skill lost", _forgetting),
+}
