@@ -23,6 +23,11 @@ class SweepCallback(Callback):
         share; a swept value (``rank=0,8``) is checked by its own job, which fails alone."""
         try:
             validate(config)
+            sweeper = config.hydra.sweeper
+            if "optuna" in str(sweeper.get("_target_", "")) and not sweeper.get("params"):
+                raise ConfigError(f"hydra/sweeper=optuna has no search space: method={config.method.name} has no "
+                                  f"`search:` block in conf/method/{config.method.name}.yaml; add one or give "
+                                  f"hydra.sweeper.params.train.lr='tag(log, interval(1e-5, 1e-2))'")
         except ConfigError as err:
             print(err, file=sys.stderr, flush=True)
             raise SystemExit(1) from None  # Hydra turns a callback's Exception into a warning and carries on

@@ -70,7 +70,7 @@ class SentenceSkill:
     @classmethod
     def for_run(cls, cfg: DictConfig, tokenizer, model_path: str) -> "SentenceSkill | None":
         """The probe a run asks for (``probes.forgetting``): None when off, or ``auto`` on a model without the skill."""
-        from experiments.data import DataError, read_glue
+        from experiments.data import DataError, read_glue, subset
 
         wanted, pooling = cfg.probes.forgetting, cfg.model.get("sentence_embedding")
         if wanted is False or (wanted == "auto" and not pooling):
@@ -86,7 +86,8 @@ class SentenceSkill:
                 raise
             log.warning("forgetting probe skipped: %s", err)
             return None
-        return cls(frames["validation"], tokenizer)
+        pairs = frames["validation"]
+        return cls(pairs.iloc[subset(len(pairs), cfg.probes.forgetting_pairs, seed=0)], tokenizer)
 
     @torch.no_grad()
     def embed(self, encoder: nn.Module, sentences: list[str], device: torch.device) -> torch.Tensor:

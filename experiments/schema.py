@@ -95,6 +95,7 @@ KEYS: dict[str, Accepts] = {
     "data.shuffle_labels": FLAG,
     "probes.truncation": FLAG,
     "probes.forgetting": Accepts(str, choices=("auto", True, False)),
+    "probes.forgetting_pairs": Accepts(int, low=10, nullable=True),
     "method.lr": POSITIVE,
     "execution.threads": Accepts(int, low=1, nullable=True),
     "execution.device": Accepts(str, choices=("auto", "cpu", "cuda")),

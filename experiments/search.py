@@ -20,20 +20,21 @@ def register_optuna_schema() -> None:
     """Register the search under ``hydra/sweeper/optuna``, over the plugin's own entry: after Hydra's plugin scan
     (a singleton, run once here), which would register the plugin's again. A no-op without the plugin: then Hydra
     says it is missing."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # first: the scan imports the plugin's module anew, and its classes must be the ones used here
     try:
         from hydra_plugins.hydra_optuna_sweeper.config import Direction, OptunaSweeperConf, TPESamplerConfig
     except ImportError:
         return
-    from hydra.core.config_store import ConfigStore
-    from hydra.core.plugins import Plugins
-
-    Plugins.instance()
 
     @dataclass
     class LearningRateSearch(OptunaSweeperConf):
         direction: Any = Direction.maximize
         n_trials: int = 12
         n_jobs: int = 1
+        max_failure_rate: float = 0.5  # a diverged trial (NaN) is a failed trial, not the end of the search
         study_name: Optional[str] = "${method.name}-${task.name}"
         params: Optional[Dict[str, str]] = "${method.search}"
         sampler: Any = field(default_factory=lambda: TPESamplerConfig(seed=0, n_startup_trials=4))

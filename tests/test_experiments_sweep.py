@@ -112,3 +112,22 @@ def test_paper_table2_preset_runs_mnli_then_starts_stsb_from_its_adapter(sweep, 
     metrics = {t: json.loads((Path(runs.loc[t, "path"]) / "metrics.json").read_text()) for t in ("mnli", "stsb")}
     assert metrics["mnli"]["init_from"] is None
     assert metrics["stsb"]["init_from"] == str(Path(runs.loc["mnli", "path"]) / "adapter")
+
+
+def test_optuna_searches_the_learning_rate_and_maximises_the_dev_metric(sweep):
+    process, sweep_dir = sweep("hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "train.epochs=1")
+    assert process.returncode == 0, process.stderr[-3000:]
+    runs = table(sweep_dir)
+    assert len(runs) == 2 and (runs["status"] == "complete").all()
+    lrs = [float(name.split("train.lr=")[1]) for name in runs.index]  # each trial a learning rate of LoRA's space
+    assert all(1e-4 <= lr <= 1e-2 for lr in lrs) and lrs[0] != lrs[1]
+    import yaml
+
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["name"] == "optuna" and best["best_value"] == runs["best_accuracy"].max()
+
+
+def test_optuna_without_a_search_space_is_one_line(sweep):
+    process, sweep_dir = sweep("hydra/sweeper=optuna", "method.search=null")
+    assert process.returncode == 1 and "Traceback" not in process.stderr
+    assert process.stderr.strip().splitlines()[-1].startswith("hydra/sweeper=optuna has no search space")
