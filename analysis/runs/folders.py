@@ -200,8 +200,9 @@ def runs_footnote(labels: Iterable[str], limit: int = 4) -> str:
 def read_truncation(run_dir: str | os.PathLike, metric: str) -> list[tuple[int, float]]:
     """[(k, the task's ``metric`` with every ΔW cut to rank k)] from ``metrics.json["truncation"]``, sorted by k.
 
-    The contract: a list of ``{"k": 1, "<metric>": value, ...}`` for k = 1, 2, 4, …; the untruncated value is
-    ``metrics.json["last"]``. Empty when the run has no truncation block.
+    The contract: a list of ``{"k": 0, "<metric>": value, ...}`` for k = 0 (ΔW removed: the trained head on the
+    pretrained encoder), 1, 2, 4, …; the untruncated value is ``metrics.json["last"]``. Empty when the run has no
+    truncation block.
     """
     path = Path(run_dir) / "metrics.json"
     block = json.loads(path.read_text()).get("truncation") or []
@@ -211,8 +212,8 @@ def read_truncation(run_dir: str | os.PathLike, metric: str) -> list[tuple[int, 
     points = []
     for entry in block:
         k = entry.get("k") if isinstance(entry, dict) else None
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or not isinstance(entry.get(metric), (int, float)):
-            raise RunError(f"{path}: each truncation entry needs an integer k >= 1 and a number for {metric!r}, "
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0 or not isinstance(entry.get(metric), (int, float)):
+            raise RunError(f"{path}: each truncation entry needs an integer k >= 0 and a number for {metric!r}, "
                            f"got {entry!r}")  # fmt: skip
         points.append((k, float(entry[metric])))
     return sorted(points)
