@@ -160,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     for s in skipped:
         print(f"[analysis] {s}", file=sys.stderr)
     print(f"[analysis] read {len(runs)} complete runs from {', '.join(map(str, args.sweeps))}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_runs_csv(runs, args.out)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_runs_csv(runs, args.out)
+    except OSError as err:
+        print(f"[analysis] --out {args.out} cannot be written: {err.strerror or err}; choose another --out", file=sys.stderr)
+        return 2
     opts = Options(
         task=args.task, layer=args.layer, ranks=tuple(args.ranks) if args.ranks else None, seed_rank=args.seed_rank,
         table7_ranks=tuple(args.table7_ranks), random_draws=args.random_draws, intruder_k=args.intruder_k,

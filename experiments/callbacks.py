@@ -10,7 +10,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from experiments.config import ConfigError, validate
-from experiments.store import TABLE, write_run_table
+from experiments.store import TABLE, unwritable, write_run_table
 
 
 class SweepCallback(Callback):
@@ -23,6 +23,10 @@ class SweepCallback(Callback):
         share; a swept value (``rank=0,8``) is checked by its own job, which fails alone."""
         try:
             validate(config)
+            reason = unwritable(Path(config.hydra.sweep.dir))
+            if reason:
+                raise ConfigError(f"hydra.sweep.dir={config.hydra.sweep.dir} cannot be written: {reason}; "
+                                  f"choose another with hydra.sweep.dir=...")
             sweeper = config.hydra.sweeper
             if "optuna" in str(sweeper.get("_target_", "")) and not sweeper.get("params"):
                 raise ConfigError(f"hydra/sweeper=optuna has no search space: method={config.method.name} has no "

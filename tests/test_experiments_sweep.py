@@ -91,6 +91,13 @@ def test_bad_input_is_one_clear_line(sweep, override, message):
     assert not sweep_dir.exists()  # refused before any job started
 
 
+def test_an_unwritable_sweep_folder_is_one_line(sweep, tmp_path):
+    (tmp_path / "file").write_text("")
+    process, _ = sweep(sweep_dir=tmp_path / "file" / "sweep")
+    assert process.returncode == 1 and "Traceback" not in process.stderr
+    assert process.stderr.strip().splitlines()[-1].endswith("is a file, not a folder; choose another with hydra.sweep.dir=...")
+
+
 def test_a_full_fine_tune_trains_once_however_many_ranks_are_swept(sweep):
     process, sweep_dir = sweep("method=lora,full", "rank=2,4")
     assert process.returncode == 0, process.stderr[-3000:]
