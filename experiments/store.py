@@ -227,8 +227,17 @@ def collect_runs(sweep_dir: Path) -> pd.DataFrame:
 
 
 def _sortable(column: pd.Series) -> pd.Series:
-    numbers = pd.to_numeric(column, errors="coerce")
-    return numbers if numbers.notna().sum() == column.notna().sum() else column.astype(str)
+    """Numbers before text, numbers by value: rank 2, 16, 64, then 'abc'; missing values last."""
+
+    def key(value):
+        if value is None or isinstance(value, float) and value != value:
+            return (2, 0.0, "")
+        try:
+            return (0, float(value), "")
+        except (TypeError, ValueError):
+            return (1, 0.0, str(value))
+
+    return column.map(key)
 
 
 def write_run_table(sweep_dir: Path) -> pd.DataFrame:

@@ -91,6 +91,22 @@ def test_bad_input_is_one_clear_line(sweep, override, message):
     assert not sweep_dir.exists()  # refused before any job started
 
 
+def test_a_sweep_with_mixed_values_fails_loudly_and_still_writes_its_table(sweep):
+    process, sweep_dir = sweep("rank=abc,16,2")
+    assert process.returncode == 1 and "failed: rank=abc" in process.stderr
+    runs = pd.read_parquet(sweep_dir / "runs.parquet")
+    assert list(runs["name"]) == ["rank=2", "rank=16", "rank=abc"]  # numbers as numbers, then text
+    assert list(runs["status"]) == ["complete", "complete", "failed"]
+    assert "rank='abc' is not accepted" in runs.loc[2, "error"] and "1 failed" in process.stdout
+
+
+def test_a_diverging_run_is_a_failure(sweep):
+    process, sweep_dir = sweep("train.lr=1e6")
+    assert process.returncode == 1
+    (error,) = table(sweep_dir)["error"]
+    assert error.startswith(("Diverged: loss", "NonFiniteLoss: loss")), error
+
+
 def test_an_unwritable_sweep_folder_is_one_line(sweep, tmp_path):
     (tmp_path / "file").write_text("")
     process, _ = sweep(sweep_dir=tmp_path / "file" / "sweep")
