@@ -1,6 +1,6 @@
 """lorakit: LoRA (Hu et al. 2021, arXiv:2106.09685) in plain PyTorch.
 
-Wrap frozen ``nn.Linear`` layers with trainable low-rank factors, merge and unmerge exactly, read ΔW, and save
+Wrap frozen linear layers (``nn.Linear``, GPT-2's ``Conv1D``) with trainable low-rank factors, merge and unmerge exactly, read ΔW, and save
 adapters in HF PEFT's format. The variants a LoRA study compares against live beside it: DoRA (``dora``), PiSSA
 (``pissa``), LoRA-FA (``LoRAConfig.freeze_a``), Houlsby adapters (``bottleneck``) and BitFit (``bitfit``).
 """
@@ -23,6 +23,7 @@ from .inject import (
     count_method_parameters,
     count_parameters,
     delta_weights,
+    fan_in_fan_out_modules,
     freeze_except,
     inject_lora,
     linear_module_names,
@@ -57,6 +58,7 @@ __all__ = [
     "count_method_parameters",
     "count_parameters",
     "delta_weights",
+    "fan_in_fan_out_modules",
     "freeze_except",
     "inject_adapters",
     "inject_lora",

@@ -28,14 +28,17 @@ from torch import nn
 
 from .config import LoRAError
 from .inject import matches, wrap_linears
+from .linear import features, is_conv1d, is_linear, linear_forward
 from .state import atomic_write
 
 CONFIG_NAME = "bottleneck_config.json"
 WEIGHTS_NAME = "bottleneck_model.safetensors"
 
 # The output projections of attention and FFN: BERT/RoBERTa/DeBERTa ("attention.output.dense" and "output.dense";
-# the second also matches the first) and LLaMA-style models ("o_proj", "down_proj").
-ADAPTER_TARGETS: tuple[str, ...] = ("attention.output.dense", "output.dense", "o_proj", "down_proj")
+# the second also matches the first), LLaMA-style models ("o_proj", "down_proj") and GPT-2 ("attn.c_proj",
+# "mlp.c_proj", Conv1D layers).
+ADAPTER_TARGETS: tuple[str, ...] = ("attention.output.dense", "output.dense", "o_proj", "down_proj", "attn.c_proj",
+                                    "mlp.c_proj")
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "silu": F.silu}
 
 
@@ -68,12 +71,13 @@ class AdapterLinear(nn.Module):
     ``adapter_up_bias`` as plain Parameters (no nn.Linear inside, so the model's Linear modules stay its own).
     """
 
-    def __init__(self, base: nn.Linear, size: int, activation: str = "gelu") -> None:
+    def __init__(self, base: nn.Module, size: int, activation: str = "gelu") -> None:
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise LoRAError(f"AdapterLinear wraps nn.Linear, got {type(base).__name__}")
-        self.in_features, self.out_features, self.size, self.activation = (
-            base.in_features, base.out_features, size, activation)
+        if not is_linear(base):
+            raise LoRAError(f"AdapterLinear wraps nn.Linear, got {type(base).__name__}; accepted: nn.Linear and "
+                            f"GPT-2's Conv1D")
+        (self.in_features, self.out_features), self.size, self.activation = features(base), size, activation
+        self.fan_in_fan_out = is_conv1d(base)
         self.act = ACTIVATIONS[activation]
         self.weight, self.bias = base.weight, base.bias
         self.weight.requires_grad_(False)
@@ -88,7 +92,7 @@ class AdapterLinear(nn.Module):
             nn.init.trunc_normal_(self.adapter_down, std=1e-3, a=-2e-3, b=2e-3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.linear(x, self.weight, self.bias)
+        h = linear_forward(x, self.weight, self.bias, self.fan_in_fan_out)
         return h + F.linear(self.act(F.linear(h, self.adapter_down, self.adapter_down_bias)), self.adapter_up,
                             self.adapter_up_bias)
 
@@ -161,8 +165,8 @@ def load_bottleneck_adapters(model: nn.Module, path: str | os.PathLike, head: bo
         module_name, _, param = key.rpartition(".")
         if module_name in adapted and not existing:  # the Parameter appears once injected: check the projection
             module = modules.get(module_name)
-            fits = isinstance(module, nn.Linear) and module.out_features == saved_width(tensors, module_name)
-            shape = "absent" if module is None else f"{getattr(module, 'out_features', '?')} wide"
+            fits = module is not None and is_linear(module) and features(module)[1] == saved_width(tensors, module_name)
+            shape = "absent" if module is None else f"{features(module)[1]} wide" if is_linear(module) else "not linear"
         else:
             fits = key in parameters and parameters[key].shape == tensor.shape
             shape = f"{tuple(parameters[key].shape)}" if key in parameters else "absent"

@@ -10,6 +10,7 @@ from torch import nn
 from .config import LoRAConfig, LoRAError
 from .dora import DoRALinear
 from .layers import LoRALinear
+from .linear import is_conv1d, is_linear
 from .pissa import PiSSALinear
 
 
@@ -22,12 +23,15 @@ def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def linear_module_names(model: nn.Module, include_head: bool = False, head: Iterable[str] = ("classifier",)) -> list[str]:
-    """Names of the ``nn.Linear`` layers of a model (LoRA-wrapped ones included), the task head left out by default."""
+def linear_module_names(
+    model: nn.Module, include_head: bool = False, head: Iterable[str] = ("classifier", "lm_head")
+) -> list[str]:
+    """Names of the linear layers of a model (``nn.Linear`` and GPT-2's ``Conv1D``, LoRA-wrapped ones included), the
+    task head (a classifier, a causal LM's ``lm_head``) left out by default."""
     head = tuple(head)
     names = []
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, LoRALinear)) or _inside_lora(model, name):
+        if not (is_linear(module) or isinstance(module, LoRALinear)) or _inside_lora(model, name):
             continue
         if not include_head and matches_any_prefix(name, head):
             continue
@@ -44,33 +48,46 @@ def _inside_lora(model: nn.Module, name: str) -> bool:
     return False
 
 
+def fan_in_fan_out_modules(model: nn.Module) -> list[str]:
+    """Names of the linear layers whose weight is stored in × out (GPT-2's ``Conv1D``, LoRA-wrapped or not): pass
+    them to ``weight_deltas`` so a full fine-tune's ΔW is out × in like LoRA's."""
+    return [name for name, module in model.named_modules()
+            if is_conv1d(module) or (isinstance(module, LoRALinear) and module.fan_in_fan_out)]
+
+
 def inject_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
-    """Replace every ``nn.Linear`` whose name matches ``config.targets`` with a ``LoRALinear`` (``DoRALinear``,
-    ``PiSSALinear``: see ``lora_layer``), in place.
+    """Replace every linear layer (``nn.Linear``, GPT-2's ``Conv1D``) whose name matches ``config.targets`` with a
+    ``LoRALinear`` (``DoRALinear``, ``PiSSALinear``: see ``lora_layer``), in place.
 
     Every parameter is frozen except the LoRA factors and those of the modules in ``config.trainable`` (the task head).
     Returns the replaced module names, in model order.
     """
     if lora_modules(model):
         raise LoRAError("model already has LoRA layers; inject into a fresh model, or load_adapter to replace them")
-    names = wrap_linears(model, config.target_names, config.trainable, lambda base: lora_layer(base, config))
+    names = wrap_linears(model, config.target_names, config.trainable, lambda base: lora_layer(base, config),
+                         check=lambda base: lora_layer_type(config).check(base, config.r))
     model.lora_config = config  # what save_adapter needs to write PEFT's modules_to_save and init
     return names
 
 
-def wrap_linears(model: nn.Module, patterns: tuple[str, ...], trainable: tuple[str, ...], wrap) -> list[str]:
-    """Replace each ``nn.Linear`` matching ``patterns`` outside the ``trainable`` modules by ``wrap(linear)``, after
-    freezing every parameter but those of ``trainable`` (so the wrappers' new parameters start trainable). Returns
-    the names, in model order; no match is a one-line error listing the model's Linear modules."""
+def wrap_linears(model: nn.Module, patterns: tuple[str, ...], trainable: tuple[str, ...], wrap, check=None) -> list[str]:
+    """Replace each linear layer (``nn.Linear``, GPT-2's ``Conv1D``) matching ``patterns`` outside the ``trainable``
+    modules by ``wrap(linear)``, after freezing every parameter but those of ``trainable`` (so the wrappers' new
+    parameters start trainable). ``check(linear)`` raises for a layer ``wrap`` would refuse, and runs on every layer
+    first, so a refusal changes nothing. Returns the names, in model order; no match is a one-line error listing the
+    model's linear modules."""
     names = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and matches(name, patterns) and not matches_any_prefix(name, trainable)
+        if is_linear(module) and matches(name, patterns) and not matches_any_prefix(name, trainable)
     ]
     if not names:
         shown = ", ".join(_collapse_layer_indices(linear_module_names(model, include_head=True)))
         raise LoRAError(f"no nn.Linear module matches targets {list(patterns)}; the model's Linear modules are: "
                         f"{shown}")
+    for name in names:
+        if check is not None:
+            check(model.get_submodule(name))
     freeze_except(model, trainable)
     for name in names:
         parent_name, _, child = name.rpartition(".")
@@ -79,15 +96,18 @@ def wrap_linears(model: nn.Module, patterns: tuple[str, ...], trainable: tuple[s
     return names
 
 
-def lora_layer(base: nn.Linear, config: LoRAConfig) -> LoRALinear:
-    """The layer ``config`` asks for around ``base``: LoRALinear, DoRALinear (use_dora) or PiSSALinear (init="pissa");
-    with ``freeze_a`` (LoRA-FA) A keeps its random init and only B trains."""
-    if config.use_dora:
-        layer = DoRALinear(base, config.r, config.alpha, config.dropout, config.init, config.rslora)
-    elif config.init == "pissa":
+def lora_layer_type(config: LoRAConfig) -> type[LoRALinear]:
+    """LoRALinear, DoRALinear (use_dora) or PiSSALinear (init="pissa")."""
+    return DoRALinear if config.use_dora else PiSSALinear if config.init == "pissa" else LoRALinear
+
+
+def lora_layer(base: nn.Module, config: LoRAConfig) -> LoRALinear:
+    """The layer ``config`` asks for around ``base`` (``lora_layer_type``); with ``freeze_a`` (LoRA-FA) A keeps its
+    random init and only B trains."""
+    if config.init == "pissa":
         layer = PiSSALinear(base, config.r, config.alpha, config.dropout, config.rslora)
     else:
-        layer = LoRALinear(base, config.r, config.alpha, config.dropout, config.init, config.rslora)
+        layer = lora_layer_type(config)(base, config.r, config.alpha, config.dropout, config.init, config.rslora)
     if config.freeze_a:
         layer.lora_A.requires_grad_(False)
     return layer
@@ -144,9 +164,15 @@ def delta_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def weight_deltas(
-    base_state_dict: Mapping[str, torch.Tensor], tuned_state_dict: Mapping[str, torch.Tensor], names: Iterable[str]
+    base_state_dict: Mapping[str, torch.Tensor],
+    tuned_state_dict: Mapping[str, torch.Tensor],
+    names: Iterable[str],
+    fan_in_fan_out: Iterable[str] = (),
 ) -> dict[str, torch.Tensor]:
-    """Module name → ΔW = W_ft − W₀ for a full fine-tune, the same shape of answer as ``delta_weights``."""
+    """Module name → ΔW = W_ft − W₀ (out × in) for a full fine-tune, the same shape of answer as ``delta_weights``.
+    The modules in ``fan_in_fan_out`` store W as in × out (GPT-2's ``Conv1D``: ``fan_in_fan_out_modules``), and
+    their ΔW is transposed to out × in."""
+    transposed = set(fan_in_fan_out)
     deltas = {}
     for name in names:
         key = f"{name}.weight"
@@ -156,7 +182,8 @@ def weight_deltas(
         base, tuned = base_state_dict[key], tuned_state_dict[key]
         if base.shape != tuned.shape:
             raise LoRAError(f"weight_deltas: {key!r} has shape {tuple(base.shape)} in base, {tuple(tuned.shape)} tuned")
-        deltas[name] = tuned.detach().float() - base.detach().float()
+        delta = tuned.detach().float() - base.detach().float()
+        deltas[name] = delta.t().contiguous() if name in transposed else delta
     return deltas
 
 

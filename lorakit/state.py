@@ -26,12 +26,16 @@ from .config import LoRAConfig, LoRAError, lora_scale
 from .dora import DoRALinear
 from .inject import inject_lora, linear_module_names, lora_modules, matches
 from .layers import LoRALinear
+from .linear import features, is_conv1d, is_linear
 from .pissa import PiSSALinear
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 _A, _B, _M = ".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"
+# PEFT's task_type from the model class's name (lorakit does not import transformers); None for a bare model.
+_TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM",
+               "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS"}
 # PEFT inits that change the base weights when PEFT builds the adapter: such an adapter only reproduces its model on
 # that changed base. lorakit rebuilds the one it implements ("pissa"), and refuses the others.
 _MUTATING_INITS = ("pissa_niter_", "olora", "corda", "loftq", "lora_ga")
@@ -118,7 +122,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_p
     init = config.init if config else "gaussian"
     peft_config = {
         "peft_type": "LORA",
-        "task_type": "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else None,
+        "task_type": task_type(model),
         "base_model_name_or_path": str(name_or_path) if name_or_path else None,
         "r": r,
         "lora_alpha": alpha,
@@ -129,7 +133,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_p
         "target_modules": sorted(modules),
         "modules_to_save": modules_to_save or None,
         "bias": "none",
-        "fan_in_fan_out": False,
+        # PEFT's flag for GPT-2's Conv1D (W stored in × out); A and B have the same shapes either way.
+        "fan_in_fan_out": any(m.fan_in_fan_out for m in modules.values()),
         "inference_mode": True,
         "rank_pattern": {},
         "alpha_pattern": {},
@@ -142,6 +147,13 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_p
     atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(peft_config, indent=2) + "\n"))
     return path
+
+
+def task_type(model: nn.Module) -> str | None:
+    """PEFT's ``task_type`` for a transformers model class: SEQ_CLS, CAUSAL_LM (``*ForCausalLM``, GPT-2's
+    ``*LMHeadModel``), TOKEN_CLS, QUESTION_ANS, or None."""
+    name = type(model).__name__
+    return next((kind for suffix, kind in _TASK_TYPES.items() if name.endswith(suffix)), None)
 
 
 def layer_kind(module: LoRALinear) -> str:
@@ -166,8 +178,8 @@ def read_adapter(path: str | os.PathLike) -> Adapter:
     if config.get("peft_type") != "LORA":
         raise LoRAError(f"adapter at {path} is peft_type={config.get('peft_type')!r}; only LORA adapters are supported")
     unsupported = [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform") if config.get(k)]
-    if config.get("bias", "none") != "none" or config.get("fan_in_fan_out"):
-        unsupported += ["bias" if config.get("bias", "none") != "none" else "fan_in_fan_out"]
+    if config.get("bias", "none") != "none":
+        unsupported += ["bias"]
     if unsupported:
         raise LoRAError(f"adapter at {path} uses {', '.join(unsupported)}, which lorakit does not support")
     init = config.get("init_lora_weights")
@@ -267,22 +279,24 @@ def _check_fits(model: nn.Module, adapter: Adapter, path) -> None:
     named = dict(model.named_modules())
     for name, (A, B) in adapter.factors.items():
         module = named.get(name)
-        if module is None or not hasattr(module, "in_features"):
+        if module is None or not (is_linear(module) or isinstance(module, LoRALinear)):
             linears = linear_module_names(model, include_head=True)
             raise LoRAError(
                 f"adapter at {path} was saved for another model: it adapts {name!r}, which this "
                 f"{type(model).__name__} does not have (its Linear modules start with {linears[:3]})"
             )
-        if (module.out_features, module.in_features) != (B.shape[0], A.shape[1]):
+        in_features, out_features = features(module) if is_linear(module) else (module.in_features, module.out_features)
+        if (out_features, in_features) != (B.shape[0], A.shape[1]):
             raise LoRAError(
                 f"adapter at {path} was saved for another model: {name} is {B.shape[0]}x{A.shape[1]} in the adapter, "
-                f"{module.out_features}x{module.in_features} in this {type(model).__name__}"
+                f"{out_features}x{in_features} in this {type(model).__name__}"
             )
         magnitude = adapter.magnitudes.get(name)
-        if magnitude is not None and tuple(magnitude.shape) != (module.out_features,):
+        if magnitude is not None and tuple(magnitude.shape) != (out_features,):
             raise LoRAError(
                 f"adapter at {path}: {name}{_M} has shape {tuple(magnitude.shape)}, expected ({B.shape[0]},)"
             )
+    _check_fan_in_fan_out(model, adapter, path)
     parameters = dict(model.named_parameters())
     for key, tensor in adapter.extra.items():
         if key not in parameters:
@@ -292,6 +306,23 @@ def _check_fits(model: nn.Module, adapter: Adapter, path) -> None:
                 f"adapter at {path} was saved for another model: {key} is {tuple(tensor.shape)} in the adapter, "
                 f"{tuple(parameters[key].shape)} here (e.g. a head with another number of labels)"
             )
+
+
+def _check_fan_in_fan_out(model: nn.Module, adapter: Adapter, path) -> None:
+    """PEFT's ``fan_in_fan_out`` says the adapted layers store W as in × out (GPT-2's Conv1D). A and B have the same
+    shapes either way, so the flag only tells which model the adapter was made for: when all its layers are of one
+    kind, the flag must say that kind (an adapter over both kinds cannot, and is taken as it is)."""
+    stored = {name: is_conv1d(m) or (isinstance(m, LoRALinear) and m.fan_in_fan_out)
+              for name, m in model.named_modules() if name in adapter.factors}
+    flag = bool(adapter.config.get("fan_in_fan_out", False))
+    if len(set(stored.values())) == 1 and flag != next(iter(stored.values())):
+        name = next(iter(stored))
+        kind = "GPT-2's Conv1D (weight stored in x out)" if stored[name] else "an nn.Linear (weight stored out x in)"
+        raise LoRAError(
+            f"adapter at {path} has fan_in_fan_out={str(flag).lower()}, but {name} is {kind} in this "
+            f"{type(model).__name__}: it was saved for another model; "
+            f"accepted: fan_in_fan_out true for Conv1D layers, false for nn.Linear"
+        )
 
 
 def atomic_write(target: Path, write) -> None:
