@@ -1,7 +1,7 @@
 """lorakit: LoRA (Hu et al. 2021, arXiv:2106.09685) in plain PyTorch.
 
-Wrap frozen linear layers (``nn.Linear``, GPT-2's ``Conv1D``) with trainable low-rank factors, merge and unmerge exactly, read ΔW, and save
-adapters in HF PEFT's format. The variants a LoRA study compares against live beside it: DoRA (``dora``), PiSSA
+Wrap frozen linear layers (``nn.Linear``, GPT-2's ``Conv1D``) with trainable low-rank factors, merge and unmerge
+exactly, read ΔW, and save adapters in HF PEFT's format. The variants a LoRA study compares against live beside it: DoRA (``dora``), PiSSA
 (``pissa``), LoRA-FA (``LoRAConfig.freeze_a``), Houlsby adapters (``bottleneck``) and BitFit (``bitfit``).
 """
 
@@ -35,7 +35,8 @@ from .inject import (
 )
 from .layers import LoRALinear
 from .pissa import PiSSALinear
-from .state import Adapter, load_adapter, read_adapter, save_adapter
+from .peft_format import Adapter, read_adapter
+from .state import load_adapter, save_adapter
 
 __version__ = "0.1.0"
 

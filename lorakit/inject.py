@@ -70,7 +70,9 @@ def inject_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     return names
 
 
-def wrap_linears(model: nn.Module, patterns: tuple[str, ...], trainable: tuple[str, ...], wrap, check=None) -> list[str]:
+def wrap_linears(
+    model: nn.Module, patterns: tuple[str, ...], trainable: tuple[str, ...], wrap, check=None
+) -> list[str]:
     """Replace each linear layer (``nn.Linear``, GPT-2's ``Conv1D``) matching ``patterns`` outside the ``trainable``
     modules by ``wrap(linear)``, after freezing every parameter but those of ``trainable`` (so the wrappers' new
     parameters start trainable). ``check(linear)`` raises for a layer ``wrap`` would refuse, and runs on every layer

@@ -40,7 +40,9 @@ def features(module: nn.Module) -> tuple[int, int]:
     return module.in_features, module.out_features
 
 
-def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fan_in_fan_out: bool) -> torch.Tensor:
+def linear_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fan_in_fan_out: bool
+) -> torch.Tensor:
     """W x + b with W stored out × in (``nn.Linear``) or in × out (``Conv1D``), computed as the original layer does,
     so a wrapper with a zero update returns the base model's outputs bit for bit."""
     if not fan_in_fan_out:

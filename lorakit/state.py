@@ -1,88 +1,32 @@
-"""Adapters on disk in HF PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
+"""A model's adapter to and from disk in HF PEFT's format (``lorakit.peft_format``).
 
-Keys are ``base_model.model.<module>.lora_A.weight`` / ``.lora_B.weight``, DoRA adds ``.lora_magnitude_vector``
-(out,) and ``"use_dora": true`` in the config; the trained head is saved the way PEFT saves ``modules_to_save``
-(``base_model.model.<module>.<param>``). A PiSSA model is saved as the plain LoRA of rank 2r that applies its update to
-the unmodified pretrained W (``PiSSALinear.as_plain_lora``, PEFT's ``path_initial_model_for_weight_conversion``).
-An adapter written here loads with ``peft.PeftModel.from_pretrained`` and one written by PEFT loads here. Nothing is
-ever unpickled.
+The trained head is saved the way PEFT saves ``modules_to_save``. A PiSSA model is saved as the plain LoRA of rank 2r
+that applies its update to the unmodified pretrained W (``PiSSALinear.as_plain_lora``, PEFT's
+``path_initial_model_for_weight_conversion``). An adapter written here loads with ``peft.PeftModel.from_pretrained``
+and one written by PEFT loads here.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Mapping
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from .config import LoRAConfig, LoRAError, lora_scale
+from .config import LoRAConfig, LoRAError
 from .dora import DoRALinear
+from .files import atomic_write, save_tensors, write_json  # noqa: F401  (atomic_write: its former home)
 from .inject import inject_lora, linear_module_names, lora_modules, matches
 from .layers import LoRALinear
 from .linear import features, is_conv1d, is_linear
+from .peft_format import A_KEY, B_KEY, CONFIG_NAME, MAGNITUDE_KEY, PREFIX, WEIGHTS_NAME, Adapter, read_adapter
 from .pissa import PiSSALinear
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-PREFIX = "base_model.model."
-_A, _B, _M = ".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"
 # PEFT's task_type from the model class's name (lorakit does not import transformers); None for a bare model.
 _TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM",
                "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS"}
-# PEFT inits that change the base weights when PEFT builds the adapter: such an adapter only reproduces its model on
-# that changed base. lorakit rebuilds the one it implements ("pissa"), and refuses the others.
-_MUTATING_INITS = ("pissa_niter_", "olora", "corda", "loftq", "lora_ga")
-
-
-@dataclass
-class Adapter:
-    """An adapter read from disk without a model: its PEFT config, LoRA factors, DoRA magnitudes and extra (head)
-    tensors."""
-
-    config: dict
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A: r x in, B: out x r)
-    scale: float
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # "<module>.<param>" -> tensor (modules_to_save)
-    magnitudes: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> m (out,), DoRA only
-
-    @property
-    def r(self) -> int:
-        return int(self.config["r"])
-
-    @property
-    def kind(self) -> str:
-        """"DoRA", "PiSSA" (PEFT's unconverted PiSSA adapter, for a residual base) or "plain LoRA"."""
-        if self.config.get("use_dora"):
-            return "DoRA"
-        return "PiSSA" if self.config.get("init_lora_weights") == "pissa" else "plain LoRA"
-
-    def delta_weights(self, base_weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Module name → ΔW (out × in), fp32: scale · B A, or for DoRA m ⊙ (W₀ + scale·B A)/‖W₀ + scale·B A‖ − W₀,
-        which needs ``base_weights`` (module name → W₀)."""
-        if self.kind == "PiSSA":
-            raise LoRAError(
-                "this adapter was saved by PEFT with init 'pissa' unconverted: its ΔW against the pretrained W needs "
-                "the initial factors; load_adapter it into the model and use delta_weights(model)"
-            )
-        deltas = {name: (B.float() @ A.float()) * self.scale for name, (A, B) in self.factors.items()}
-        if self.kind == "plain LoRA":
-            return deltas
-        missing = [name for name in deltas if base_weights is None or name not in base_weights]
-        if missing:
-            raise LoRAError(f"a DoRA adapter's ΔW depends on W₀: pass base_weights with {missing[0]!r} (and the rest)")
-        for name, delta in deltas.items():
-            base = base_weights[name].detach().float()
-            direction = base + delta
-            norm = torch.linalg.vector_norm(direction, dim=1, keepdim=True)
-            deltas[name] = self.magnitudes[name].float().unsqueeze(1) * direction / norm - base
-        return deltas
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_path: str | None = None) -> Path:
@@ -103,10 +47,10 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_p
         else:
             A, B, r, alpha = module.lora_A.detach(), module.lora_B.detach(), module.r, module.alpha
         shapes.add((r, alpha, module.rslora))
-        tensors[PREFIX + name + _A] = A.contiguous().cpu()
-        tensors[PREFIX + name + _B] = B.contiguous().cpu()
+        tensors[PREFIX + name + A_KEY] = A.contiguous().cpu()
+        tensors[PREFIX + name + B_KEY] = B.contiguous().cpu()
         if isinstance(module, DoRALinear):
-            tensors[PREFIX + name + _M] = module.magnitude.detach().contiguous().cpu()
+            tensors[PREFIX + name + MAGNITUDE_KEY] = module.magnitude.detach().contiguous().cpu()
     if len(shapes) > 1:
         raise LoRAError("save_adapter: LoRA layers differ in r, alpha or rslora; PEFT's format needs one of each")
     (r, alpha, rslora), first = shapes.pop(), next(iter(modules.values()))
@@ -144,8 +88,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_p
         metadata["lorakit_pissa_rank"] = str(first.r)  # r' = 2r on disk: [A; A0], [B, -B0]
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(peft_config, indent=2) + "\n"))
+    save_tensors(path / WEIGHTS_NAME, tensors, metadata)
+    write_json(path / CONFIG_NAME, peft_config)
     return path
 
 
@@ -161,59 +105,6 @@ def layer_kind(module: LoRALinear) -> str:
     if isinstance(module, DoRALinear):
         return "DoRA"
     return "PiSSA" if isinstance(module, PiSSALinear) else "plain LoRA"
-
-
-def read_adapter(path: str | os.PathLike) -> Adapter:
-    """Read an adapter folder (lorakit's or PEFT's) into tensors, checking it is a LoRA or DoRA adapter lorakit can
-    rebuild."""
-    path = Path(path)
-    config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-    if not config_file.is_file():
-        raise LoRAError(f"no adapter at {path}: expected {CONFIG_NAME} and {WEIGHTS_NAME} in that folder")
-    if not weights_file.is_file():
-        pickled = (path / "adapter_model.bin").is_file()
-        hint = " (found adapter_model.bin: pickled weights are refused; re-save it with safetensors)" if pickled else ""
-        raise LoRAError(f"no {WEIGHTS_NAME} in {path}{hint}")
-    config = json.loads(config_file.read_text())
-    if config.get("peft_type") != "LORA":
-        raise LoRAError(f"adapter at {path} is peft_type={config.get('peft_type')!r}; only LORA adapters are supported")
-    unsupported = [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform") if config.get(k)]
-    if config.get("bias", "none") != "none":
-        unsupported += ["bias"]
-    if unsupported:
-        raise LoRAError(f"adapter at {path} uses {', '.join(unsupported)}, which lorakit does not support")
-    init = config.get("init_lora_weights")
-    if isinstance(init, str) and init.startswith(_MUTATING_INITS):
-        raise LoRAError(
-            f"adapter at {path} has init_lora_weights={init!r}, which needs the base weights PEFT changed at init; "
-            f"accepted: True, False, 'gaussian', 'pissa' (or re-save it with path_initial_model_for_weight_conversion)"
-        )
-
-    factors: dict[str, list] = {}
-    extra, magnitudes = {}, {}
-    with safe_open(str(weights_file), framework="pt") as f:
-        for key in f.keys():
-            name = key.removeprefix(PREFIX)
-            if name.endswith(_A) or name.endswith(_B):
-                module, which = name[: -len(_A)], 0 if name.endswith(_A) else 1
-                factors.setdefault(module, [None, None])[which] = f.get_tensor(key)
-            elif name.endswith(_M):
-                magnitudes[name[: -len(_M)]] = f.get_tensor(key)
-            else:
-                extra[name] = f.get_tensor(key)
-    incomplete = [name for name, (A, B) in factors.items() if A is None or B is None]
-    if config.get("use_dora"):
-        incomplete += [f"{name} (no {_M[1:]})" for name in factors if name not in magnitudes]
-    elif magnitudes:
-        raise LoRAError(f"adapter at {path} holds {_M[1:]} tensors but its config does not set use_dora: true")
-    if incomplete or not factors:
-        raise LoRAError(f"adapter at {path} is incomplete: {'no LoRA tensors' if not factors else incomplete}")
-    r = int(config["r"])
-    for name, (A, B) in factors.items():
-        if A.shape[0] != r or B.shape[1] != r:
-            raise LoRAError(f"adapter at {path}: {name} has rank {A.shape[0]}, config says r={r}")
-    scale = lora_scale(r, float(config["lora_alpha"]), bool(config.get("use_rslora", False)))
-    return Adapter(config, {n: (A, B) for n, (A, B) in factors.items()}, scale, extra, magnitudes)
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, head: bool = True) -> list[str]:
@@ -294,7 +185,7 @@ def _check_fits(model: nn.Module, adapter: Adapter, path) -> None:
         magnitude = adapter.magnitudes.get(name)
         if magnitude is not None and tuple(magnitude.shape) != (out_features,):
             raise LoRAError(
-                f"adapter at {path}: {name}{_M} has shape {tuple(magnitude.shape)}, expected ({B.shape[0]},)"
+                f"adapter at {path}: {name}{MAGNITUDE_KEY} has shape {tuple(magnitude.shape)}, expected ({B.shape[0]},)"
             )
     _check_fan_in_fan_out(model, adapter, path)
     parameters = dict(model.named_parameters())
@@ -323,14 +214,3 @@ def _check_fan_in_fan_out(model: nn.Module, adapter: Adapter, path) -> None:
             f"{type(model).__name__}: it was saved for another model; "
             f"accepted: fan_in_fan_out true for Conv1D layers, false for nn.Linear"
         )
-
-
-def atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -140,7 +140,8 @@ def test_lorakit_decoder_adapter_loads_in_peft_with_equal_logits(tmp_path, token
     torch.testing.assert_close(peft_model(tokens).logits, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("make, targets", [(tiny_llama, ["q_proj", "v_proj", "down_proj"]), (tiny_gpt2, ["c_attn", "c_fc"])])
+@pytest.mark.parametrize("make, targets", [(tiny_llama, ["q_proj", "v_proj", "down_proj"]),
+                                           (tiny_gpt2, ["c_attn", "c_fc"])])
 @pytest.mark.parametrize("use_dora", [False, True])
 def test_peft_decoder_adapter_loads_in_lorakit_with_equal_logits(tmp_path, tokens, make, targets, use_dora):
     config = peft.LoraConfig(r=2, lora_alpha=8, target_modules=targets, task_type="CAUSAL_LM", use_dora=use_dora,
