@@ -12,6 +12,7 @@ from .dora import DoRALinear
 from .layers import LoRALinear
 from .linear import is_conv1d, is_linear
 from .pissa import PiSSALinear
+from .registry import DEFAULT_NAME, AdapterSet, adapter_set, check_name, claim_head, head_parameter_names
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
@@ -55,18 +56,22 @@ def fan_in_fan_out_modules(model: nn.Module) -> list[str]:
             if is_conv1d(module) or (isinstance(module, LoRALinear) and module.fan_in_fan_out)]
 
 
-def inject_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
+def inject_lora(model: nn.Module, config: LoRAConfig, name: str = DEFAULT_NAME) -> list[str]:
     """Replace every linear layer (``nn.Linear``, GPT-2's ``Conv1D``) whose name matches ``config.targets`` with a
-    ``LoRALinear`` (``DoRALinear``, ``PiSSALinear``: see ``lora_layer``), in place.
+    ``LoRALinear`` (``DoRALinear``, ``PiSSALinear``: see ``lora_layer``), in place, holding one adapter, ``name``
+    (PEFT's "default" unless given; more arrive with ``load_adapter(..., name=...)``).
 
     Every parameter is frozen except the LoRA factors and those of the modules in ``config.trainable`` (the task head).
     Returns the replaced module names, in model order.
     """
     if lora_modules(model):
         raise LoRAError("model already has LoRA layers; inject into a fresh model, or load_adapter to replace them")
-    names = wrap_linears(model, config.target_names, config.trainable, lambda base: lora_layer(base, config),
+    check_name(name)
+    names = wrap_linears(model, config.target_names, config.trainable, lambda base: lora_layer(base, config, name),
                          check=lambda base: lora_layer_type(config).check(base, config.r))
-    model.lora_config = config  # what save_adapter needs to write PEFT's modules_to_save and init
+    model.lora_config = config  # the config of the adapter in front (PEFT's modules_to_save and init when saved)
+    model.lora_adapters = AdapterSet({name: config}, (name,))
+    claim_head(model, model.lora_adapters, name, head_parameter_names(model, config.trainable))
     return names
 
 
@@ -98,20 +103,28 @@ def wrap_linears(
     return names
 
 
+def layer_kind(module: LoRALinear) -> str:
+    """"DoRA", "PiSSA" or "plain LoRA": the names used in messages, read from the layer's type."""
+    if isinstance(module, DoRALinear):
+        return "DoRA"
+    return "PiSSA" if isinstance(module, PiSSALinear) else "plain LoRA"
+
+
 def lora_layer_type(config: LoRAConfig) -> type[LoRALinear]:
     """LoRALinear, DoRALinear (use_dora) or PiSSALinear (init="pissa")."""
     return DoRALinear if config.use_dora else PiSSALinear if config.init == "pissa" else LoRALinear
 
 
-def lora_layer(base: nn.Module, config: LoRAConfig) -> LoRALinear:
-    """The layer ``config`` asks for around ``base`` (``lora_layer_type``); with ``freeze_a`` (LoRA-FA) A keeps its
-    random init and only B trains."""
+def lora_layer(base: nn.Module, config: LoRAConfig, name: str = DEFAULT_NAME) -> LoRALinear:
+    """The layer ``config`` asks for around ``base`` (``lora_layer_type``), its adapter named ``name``; with
+    ``freeze_a`` (LoRA-FA) A keeps its random init and only B trains."""
     if config.init == "pissa":
         layer = PiSSALinear(base, config.r, config.alpha, config.dropout, config.rslora)
     else:
         layer = lora_layer_type(config)(base, config.r, config.alpha, config.dropout, config.init, config.rslora)
     if config.freeze_a:
         layer.lora_A.requires_grad_(False)
+    layer.adapter_name, layer.active_adapters = name, (name,)
     return layer
 
 
@@ -160,9 +173,15 @@ def unmerge_lora(model: nn.Module) -> None:
         module.unmerge()
 
 
-def delta_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Module name → ΔW = scale · B A (out × in) for every LoRA layer of the model."""
-    return {name: module.delta_weight() for name, module in lora_modules(model).items()}
+def delta_weights(model: nn.Module, name: str | None = None) -> dict[str, torch.Tensor]:
+    """Module name → ΔW = scale · B A (out × in) for every LoRA layer of the model: of the active adapter(s) (their
+    sum, where several are active), or of the adapter ``name``."""
+    modules = lora_modules(model)
+    if name is None:
+        return {module_name: m.delta_weight() for module_name, m in modules.items() if m.active_adapters}
+    if modules:
+        adapter_set(model).check_known(name, "delta_weights")
+    return {module_name: m.delta_weight(name) for module_name, m in modules.items() if name in m.adapter_names}
 
 
 def weight_deltas(
@@ -197,12 +216,13 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def count_lora_parameters(model: nn.Module) -> int:
-    """Parameters in the LoRA factors and DoRA's magnitudes (the paper's "# Trainable Parameters": the task head not
-    counted). With ``freeze_a`` A is counted too, as the adapter stores it; ``count_method_parameters`` counts what
-    trains."""
+    """Parameters in the active adapters' LoRA factors and DoRA magnitudes (the paper's "# Trainable Parameters": the
+    task head not counted). With ``freeze_a`` A is counted too, as the adapter stores it; ``count_method_parameters``
+    counts what trains."""
     return sum(
-        m.lora_A.numel() + m.lora_B.numel() + (m.magnitude.numel() if isinstance(m, DoRALinear) else 0)
+        slot.lora_A.numel() + slot.lora_B.numel() + (slot.magnitude.numel() if isinstance(m, DoRALinear) else 0)
         for m in lora_modules(model).values()
+        for slot in m.active_slots()
     )
 
 
@@ -230,9 +250,10 @@ def lora_parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     groups: dict[str, list[nn.Parameter]] = {"A": [], "B": [], "magnitude": [], "other": []}
     role = {}
     for module in lora_modules(model).values():
-        role[id(module.lora_A)], role[id(module.lora_B)] = "A", "B"
-        if isinstance(module, DoRALinear):
-            role[id(module.magnitude)] = "magnitude"
+        for slot in map(module.slot, module.adapter_names):
+            role[id(slot.lora_A)], role[id(slot.lora_B)] = "A", "B"
+            if isinstance(module, DoRALinear):
+                role[id(slot.magnitude)] = "magnitude"
     for param in model.parameters():
         if param.requires_grad:
             groups[role.get(id(param), "other")].append(param)

@@ -65,8 +65,9 @@ class PiSSALinear(LoRALinear):
         self.register_buffer("lora_B_init", self.lora_B.detach().clone(), persistent=False)
         weight.copy_(weight.float() - self.scale * B @ A)
 
-    def delta_weight(self) -> torch.Tensor:
-        """ΔW = scale · (B A − B₀A₀) (out × in), detached: the update against the pretrained W, not against W_res."""
+    def delta_weight(self, name: str | None = None) -> torch.Tensor:
+        """ΔW = scale · (B A − B₀A₀) (out × in), detached: the update against the pretrained W, not against W_res.
+        A PiSSA layer holds one adapter, whose name ``name`` may give."""
         return (self.lora_B.detach() @ self.lora_A.detach() - self.lora_B_init @ self.lora_A_init) * self.scale
 
     def as_plain_lora(self) -> tuple[torch.Tensor, torch.Tensor, int, float]:

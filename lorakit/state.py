@@ -15,53 +15,67 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .adapters import add_adapter
 from .config import LoRAConfig, LoRAError
 from .dora import DoRALinear
-from .files import atomic_write, save_tensors, write_json  # noqa: F401  (atomic_write: its former home)
-from .inject import inject_lora, linear_module_names, lora_modules, matches
+from .files import save_tensors, write_json
+from .inject import inject_lora, layer_kind, linear_module_names, lora_modules
 from .layers import LoRALinear
 from .linear import features, is_conv1d, is_linear
 from .peft_format import A_KEY, B_KEY, CONFIG_NAME, MAGNITUDE_KEY, PREFIX, WEIGHTS_NAME, Adapter, read_adapter
 from .pissa import PiSSALinear
+from .registry import DEFAULT_NAME, AdapterSet, adapter_set, check_name, claim_head, head_values
 
 # PEFT's task_type from the model class's name (lorakit does not import transformers); None for a bare model.
 _TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM",
                "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS"}
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_path: str | None = None) -> Path:
-    """Write the model's LoRA factors (DoRA: and magnitudes) and trainable head to ``path`` (a folder), atomically
-    per file. A PiSSA model is written as the plain LoRA of rank 2r that loads on the unmodified pretrained model."""
-    modules = lora_modules(model)
-    if not modules:
+def save_adapter(
+    model: nn.Module, path: str | os.PathLike, base_model_name_or_path: str | None = None, name: str | None = None
+) -> Path:
+    """Write adapters with their trained heads, atomically per file: the adapter ``name`` into the folder ``path``,
+    or, without a name, every adapter of the model in PEFT's multi-adapter layout — "default" in ``path`` itself,
+    each other adapter in ``path/<name>`` (a model with one adapter, "default", is the folder of one adapter). A
+    PiSSA model is written as the plain LoRA of rank 2r that loads on the unmodified pretrained model."""
+    if not lora_modules(model):
         raise LoRAError("save_adapter: the model has no LoRA layers; call inject_lora first")
+    record, path = adapter_set(model), Path(path)
+    if name is not None:
+        record.check_known(name, "save_adapter")
+        return _save_one(model, record, path, name, base_model_name_or_path)
+    for adapter in record.names():
+        _save_one(model, record, path if adapter == DEFAULT_NAME else path / adapter, adapter, base_model_name_or_path)
+    return path
+
+
+def _save_one(model: nn.Module, record: AdapterSet, path: Path, name: str, base_model_name_or_path: str | None) -> Path:
+    modules = {n: m for n, m in lora_modules(model).items() if name in m.adapter_names}
     kinds = {layer_kind(m) for m in modules.values()}
     if len(kinds) > 1:
         raise LoRAError(f"save_adapter: the model mixes {' and '.join(sorted(kinds))} layers; PEFT's format holds one")
-    config: LoRAConfig | None = getattr(model, "lora_config", None)
+    config: LoRAConfig | None = record.configs.get(name)
 
     tensors, shapes = {}, set()
-    for name, module in modules.items():
+    for module_name, module in modules.items():
+        slot = module.slot(name)
         if isinstance(module, PiSSALinear):
             A, B, r, alpha = module.as_plain_lora()
         else:
-            A, B, r, alpha = module.lora_A.detach(), module.lora_B.detach(), module.r, module.alpha
-        shapes.add((r, alpha, module.rslora))
-        tensors[PREFIX + name + A_KEY] = A.contiguous().cpu()
-        tensors[PREFIX + name + B_KEY] = B.contiguous().cpu()
+            A, B, r, alpha = slot.lora_A.detach(), slot.lora_B.detach(), slot.r, slot.alpha
+        shapes.add((r, alpha, slot.rslora))
+        tensors[PREFIX + module_name + A_KEY] = A
+        tensors[PREFIX + module_name + B_KEY] = B
         if isinstance(module, DoRALinear):
-            tensors[PREFIX + name + MAGNITUDE_KEY] = module.magnitude.detach().contiguous().cpu()
+            tensors[PREFIX + module_name + MAGNITUDE_KEY] = slot.magnitude.detach()
     if len(shapes) > 1:
         raise LoRAError("save_adapter: LoRA layers differ in r, alpha or rslora; PEFT's format needs one of each")
     (r, alpha, rslora), first = shapes.pop(), next(iter(modules.values()))
-    modules_to_save = list(config.trainable) if config else []
-    for name, module in model.named_modules():
-        if modules_to_save and matches(name, modules_to_save):
-            for param_name, param in module.named_parameters():
-                tensors[f"{PREFIX}{name}.{param_name}"] = param.detach().contiguous().cpu()
+    tensors.update({PREFIX + key: value for key, value in head_values(model, record, name).items()})
+    modules_to_save = list(config.trainable) if config and record.head_keys.get(name) else []
 
     name_or_path = base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    dropout = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
+    dropout = first.slot(name).dropout
     # PEFT's init_lora_weights: "gaussian", or True for Kaiming A and for a converted PiSSA (PEFT writes True then).
     init = config.init if config else "gaussian"
     peft_config = {
@@ -70,7 +84,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_p
         "base_model_name_or_path": str(name_or_path) if name_or_path else None,
         "r": r,
         "lora_alpha": alpha,
-        "lora_dropout": dropout,
+        "lora_dropout": dropout.p if isinstance(dropout, nn.Dropout) else 0.0,
         "use_rslora": rslora,
         "use_dora": isinstance(first, DoRALinear),
         "init_lora_weights": "gaussian" if init == "gaussian" else True,
@@ -86,7 +100,6 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_p
     metadata = {"format": "pt", "lorakit_model_class": type(model).__name__}
     if isinstance(first, PiSSALinear):
         metadata["lorakit_pissa_rank"] = str(first.r)  # r' = 2r on disk: [A; A0], [B, -B0]
-    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_tensors(path / WEIGHTS_NAME, tensors, metadata)
     write_json(path / CONFIG_NAME, peft_config)
@@ -96,74 +109,97 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_p
 def task_type(model: nn.Module) -> str | None:
     """PEFT's ``task_type`` for a transformers model class: SEQ_CLS, CAUSAL_LM (``*ForCausalLM``, GPT-2's
     ``*LMHeadModel``), TOKEN_CLS, QUESTION_ANS, or None."""
-    name = type(model).__name__
-    return next((kind for suffix, kind in _TASK_TYPES.items() if name.endswith(suffix)), None)
+    model_class = type(model).__name__
+    return next((kind for suffix, kind in _TASK_TYPES.items() if model_class.endswith(suffix)), None)
 
 
-def layer_kind(module: LoRALinear) -> str:
-    """"DoRA", "PiSSA" or "plain LoRA": the names used in messages, read from the layer's type."""
-    if isinstance(module, DoRALinear):
-        return "DoRA"
-    return "PiSSA" if isinstance(module, PiSSALinear) else "plain LoRA"
+def load_adapter(model: nn.Module, path: str | os.PathLike, head: bool = True, name: str = DEFAULT_NAME) -> list[str]:
+    """Load an adapter into ``model`` as adapter ``name``, injecting LoRA first when the model has none. Returns the
+    adapted names.
 
-
-def load_adapter(model: nn.Module, path: str | os.PathLike, head: bool = True) -> list[str]:
-    """Load an adapter into ``model``, injecting LoRA first when the model has none. Returns the adapted names.
-
-    ``head=False`` loads the LoRA factors alone and leaves the model's own head (and other saved modules) as they
-    are: how one task starts from another task's adapter (the paper's MRPC, RTE and STS-B from MNLI).
-    Refuses, with one line naming the module, an adapter whose modules or shapes do not exist in this model, and
-    one of another kind (plain LoRA, DoRA, PiSSA) than the LoRA layers the model already has.
+    ``path`` is an adapter folder, or a folder in PEFT's multi-adapter layout whose subfolder ``name`` is one. Into a
+    model that holds an adapter ``name`` already, the factors are loaded in place (same modules and rank); a new
+    name adds an adapter, inactive until ``set_adapter`` (``lorakit.adapters``). ``head=False`` loads the LoRA factors
+    alone and leaves the model's own head (and other saved modules) as they are: how one task starts from another
+    task's adapter (the paper's MRPC, RTE and STS-B from MNLI). Refuses, with one line naming the module, an adapter
+    whose modules or shapes do not exist in this model, and one of another kind (plain LoRA, DoRA, PiSSA) than the
+    LoRA layers the model already has; a refused load changes nothing.
     """
+    check_name(name)
+    path = _adapter_folder(Path(path), name)
     adapter = read_adapter(path)
     if not head:
         adapter = replace(adapter, extra={})
     _check_fits(model, adapter, path)
-    existing = lora_modules(model)
-    if existing:
-        kinds = {layer_kind(m) for m in existing.values()}
-        if kinds != {adapter.kind}:
-            raise LoRAError(
-                f"adapter at {path} is a {adapter.kind} adapter, the model's LoRA layers are {'/'.join(sorted(kinds))}"
-                f"; load it into a model without LoRA, or one injected for {adapter.kind}"
-            )
-        if set(existing) != set(adapter.factors):
-            raise LoRAError(
-                f"adapter at {path} adapts {len(adapter.factors)} modules, the model's LoRA layers are "
-                f"{len(existing)} others; load it into a model without LoRA"
-            )
-        mismatched = [n for n, m in existing.items() if m.r != adapter.r or m.scale != adapter.scale]
-        if mismatched:
-            raise LoRAError(f"adapter at {path} has r={adapter.r}, the model's LoRA layer {mismatched[0]} differs")
+    if not lora_modules(model):
+        inject_lora(model, _config(adapter, tuple(adapter.config.get("modules_to_save") or ())), name)
+    elif name not in adapter_set(model).configs:
+        if adapter.kind == "PiSSA":
+            raise LoRAError(f"adapter at {path} is PEFT's unconverted PiSSA adapter, which rewrites W: load it into a "
+                            f"model without LoRA")
+        trainable = tuple(adapter.config.get("modules_to_save") or ()) if adapter.extra else ()
+        add_adapter(model, name, _config(adapter, trainable), adapter.factors, adapter.magnitudes, adapter.extra)
+        return sorted(adapter.factors)
     else:
-        init = adapter.config.get("init_lora_weights")
-        init = init if init in ("gaussian", "pissa") else "kaiming"
-        config = LoRAConfig(
-            r=adapter.r,
-            alpha=float(adapter.config["lora_alpha"]),
-            dropout=float(adapter.config.get("lora_dropout") or 0.0),
-            targets=tuple(adapter.factors),
-            init=init,
-            rslora=bool(adapter.config.get("use_rslora", False)),
-            trainable=tuple(adapter.config.get("modules_to_save") or ()),
-            use_dora=adapter.kind == "DoRA",
-        )
-        inject_lora(model, config)
-        model.lora_config = config
+        _check_replaces(model, adapter, path, name)
     modules = lora_modules(model)
     with torch.no_grad():
-        for name, (A, B) in adapter.factors.items():
-            module = modules[name]
-            if module.merged:
-                module.unmerge()
-            module.lora_A.copy_(A)
-            module.lora_B.copy_(B)
-            if name in adapter.magnitudes:
-                module.magnitude.copy_(adapter.magnitudes[name])
-        parameters = dict(model.named_parameters())
-        for key, tensor in adapter.extra.items():
-            parameters[key].copy_(tensor)
+        for module_name, (A, B) in adapter.factors.items():
+            module = modules[module_name]
+            module.unmerge()
+            slot = module.slot(name)
+            slot.lora_A.copy_(A)
+            slot.lora_B.copy_(B)
+            if module_name in adapter.magnitudes:
+                slot.magnitude.copy_(adapter.magnitudes[module_name])
+    claim_head(model, adapter_set(model), name, tuple(adapter.extra), adapter.extra)
     return sorted(adapter.factors)
+
+
+def _config(adapter: Adapter, trainable: tuple[str, ...]) -> LoRAConfig:
+    """The ``LoRAConfig`` that rebuilds ``adapter``."""
+    init = adapter.config.get("init_lora_weights")
+    return LoRAConfig(
+        r=adapter.r,
+        alpha=float(adapter.config["lora_alpha"]),
+        dropout=float(adapter.config.get("lora_dropout") or 0.0),
+        targets=tuple(adapter.factors),
+        init=init if init in ("gaussian", "pissa") else "kaiming",
+        rslora=bool(adapter.config.get("use_rslora") or False),
+        trainable=trainable,
+        use_dora=adapter.kind == "DoRA",
+    )
+
+
+def _adapter_folder(path: Path, name: str) -> Path:
+    """``path``, or ``path/name`` in PEFT's multi-adapter layout (adapters other than "default" in subfolders)."""
+    if name != DEFAULT_NAME and (path / name / CONFIG_NAME).is_file():
+        return path / name
+    if not (path / CONFIG_NAME).is_file() and path.is_dir():
+        held = sorted(sub.name for sub in path.iterdir() if (sub / CONFIG_NAME).is_file())
+        if held:
+            raise LoRAError(f"no adapter {name!r} at {path}: the folder holds adapters in subfolders {held} "
+                            f"(PEFT's multi-adapter layout); load one with name=<subfolder>")
+    return path
+
+
+def _check_replaces(model: nn.Module, adapter: Adapter, path: Path, name: str) -> None:
+    """An adapter loaded in place of the model's adapter ``name`` must be of its kind, modules and rank."""
+    existing = {n: m for n, m in lora_modules(model).items() if name in m.adapter_names}
+    kinds = {layer_kind(m) for m in existing.values()}
+    if kinds != {adapter.kind}:
+        raise LoRAError(
+            f"adapter at {path} is a {adapter.kind} adapter, the model's LoRA layers are {'/'.join(sorted(kinds))}"
+            f"; load it into a model without LoRA, or one injected for {adapter.kind}"
+        )
+    if set(existing) != set(adapter.factors):
+        raise LoRAError(
+            f"adapter at {path} adapts {len(adapter.factors)} modules, the model's LoRA layers are "
+            f"{len(existing)} others; load it into a model without LoRA, or under another name"
+        )
+    mismatched = [n for n, m in existing.items() if m.slot(name).r != adapter.r or m.slot(name).scale != adapter.scale]
+    if mismatched:
+        raise LoRAError(f"adapter at {path} has r={adapter.r}, the model's LoRA layer {mismatched[0]} differs")
 
 
 def _check_fits(model: nn.Module, adapter: Adapter, path) -> None:
