@@ -1,10 +1,12 @@
 """lorakit: LoRA (Hu et al. 2021, arXiv:2106.09685) in plain PyTorch.
 
-Wrap frozen ``nn.Linear`` layers with trainable low-rank factors, merge and unmerge exactly, read ΔW, and save
-adapters in HF PEFT's format. The variants a LoRA study compares against live beside it: DoRA (``dora``), PiSSA
-(``pissa``), LoRA-FA (``LoRAConfig.freeze_a``), Houlsby adapters (``bottleneck``) and BitFit (``bitfit``).
+Wrap frozen linear layers (``nn.Linear``, GPT-2's ``Conv1D``) with trainable low-rank factors, merge and unmerge
+exactly, read ΔW, and save adapters in HF PEFT's format; hold several named adapters on one model, switch between
+them and combine them (``adapters``). The variants a LoRA study compares against live beside it: DoRA (``dora``),
+PiSSA (``pissa``), LoRA-FA (``LoRAConfig.freeze_a``), Houlsby adapters (``bottleneck``) and BitFit (``bitfit``).
 """
 
+from .adapters import active_adapters, adapter_names, combine_adapters, delete_adapter, set_adapter
 from .bitfit import apply_bitfit, count_bitfit_parameters
 from .bottleneck import (
     ADAPTER_TARGETS,
@@ -23,6 +25,7 @@ from .inject import (
     count_method_parameters,
     count_parameters,
     delta_weights,
+    fan_in_fan_out_modules,
     freeze_except,
     inject_lora,
     linear_module_names,
@@ -32,9 +35,10 @@ from .inject import (
     unmerge_lora,
     weight_deltas,
 )
-from .layers import LoRALinear
+from .layers import LoRALinear, LoRASlot
 from .pissa import PiSSALinear
-from .state import Adapter, load_adapter, read_adapter, save_adapter
+from .peft_format import Adapter, read_adapter
+from .state import load_adapter, save_adapter
 
 __version__ = "0.1.0"
 
@@ -47,16 +51,22 @@ __all__ = [
     "LoRAConfig",
     "LoRAError",
     "LoRALinear",
+    "LoRASlot",
     "PiSSALinear",
     "TARGET_PRESETS",
+    "active_adapters",
     "adapter_modules",
+    "adapter_names",
     "apply_bitfit",
+    "combine_adapters",
     "count_adapter_parameters",
     "count_bitfit_parameters",
     "count_lora_parameters",
     "count_method_parameters",
     "count_parameters",
+    "delete_adapter",
     "delta_weights",
+    "fan_in_fan_out_modules",
     "freeze_except",
     "inject_adapters",
     "inject_lora",
@@ -71,6 +81,7 @@ __all__ = [
     "resolve_targets",
     "save_adapter",
     "save_bottleneck_adapters",
+    "set_adapter",
     "unmerge_lora",
     "weight_deltas",
 ]

@@ -15,27 +15,27 @@ HF PEFT has no Houlsby adapter, so these are saved in lorakit's own format: ``bo
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from .config import LoRAError
+from .files import load_tensors, read_json, save_tensors, write_json
 from .inject import matches, wrap_linears
-from .state import atomic_write
+from .linear import features, is_conv1d, is_linear, linear_forward
 
 CONFIG_NAME = "bottleneck_config.json"
 WEIGHTS_NAME = "bottleneck_model.safetensors"
 
 # The output projections of attention and FFN: BERT/RoBERTa/DeBERTa ("attention.output.dense" and "output.dense";
-# the second also matches the first) and LLaMA-style models ("o_proj", "down_proj").
-ADAPTER_TARGETS: tuple[str, ...] = ("attention.output.dense", "output.dense", "o_proj", "down_proj")
+# the second also matches the first), LLaMA-style models ("o_proj", "down_proj") and GPT-2 ("attn.c_proj",
+# "mlp.c_proj", Conv1D layers).
+ADAPTER_TARGETS: tuple[str, ...] = ("attention.output.dense", "output.dense", "o_proj", "down_proj", "attn.c_proj",
+                                    "mlp.c_proj")
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "silu": F.silu}
 
 
@@ -68,12 +68,13 @@ class AdapterLinear(nn.Module):
     ``adapter_up_bias`` as plain Parameters (no nn.Linear inside, so the model's Linear modules stay its own).
     """
 
-    def __init__(self, base: nn.Linear, size: int, activation: str = "gelu") -> None:
+    def __init__(self, base: nn.Module, size: int, activation: str = "gelu") -> None:
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise LoRAError(f"AdapterLinear wraps nn.Linear, got {type(base).__name__}")
-        self.in_features, self.out_features, self.size, self.activation = (
-            base.in_features, base.out_features, size, activation)
+        if not is_linear(base):
+            raise LoRAError(f"AdapterLinear wraps nn.Linear, got {type(base).__name__}; accepted: nn.Linear and "
+                            f"GPT-2's Conv1D")
+        (self.in_features, self.out_features), self.size, self.activation = features(base), size, activation
+        self.fan_in_fan_out = is_conv1d(base)
         self.act = ACTIVATIONS[activation]
         self.weight, self.bias = base.weight, base.bias
         self.weight.requires_grad_(False)
@@ -88,7 +89,7 @@ class AdapterLinear(nn.Module):
             nn.init.trunc_normal_(self.adapter_down, std=1e-3, a=-2e-3, b=2e-3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.linear(x, self.weight, self.bias)
+        h = linear_forward(x, self.weight, self.bias, self.fan_in_fan_out)
         return h + F.linear(self.act(F.linear(h, self.adapter_down, self.adapter_down_bias)), self.adapter_up,
                             self.adapter_up_bias)
 
@@ -126,30 +127,28 @@ def save_bottleneck_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
     for name, module in model.named_modules():
         if matches(name, config.trainable):
             tensors.update({f"{name}.{key}": p for key, p in module.named_parameters()})
-    tensors = {key: p.detach().contiguous().cpu() for key, p in tensors.items()}
     saved = {"adapter_type": "houlsby", "size": config.size, "activation": config.activation,
              "targets": sorted(modules), "modules_to_save": list(config.trainable)}
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(saved, indent=2) + "\n"))
+    save_tensors(path / WEIGHTS_NAME, tensors, {"format": "pt"})
+    write_json(path / CONFIG_NAME, saved)
     return path
 
 
 def load_bottleneck_adapters(model: nn.Module, path: str | os.PathLike, head: bool = True) -> list[str]:
     """Load adapters saved by ``save_bottleneck_adapters``, injecting them first when the model has none; returns the
-    adapted names. ``head=False`` leaves the model's head as it is. Nothing is changed when the adapters do not fit."""
+    adapted names. ``head=False`` leaves the model's head as it is. Nothing is changed when the adapters do not fit;
+    a malformed or altered file is one ``LoRAError`` naming it (``lorakit.files``)."""
     path = Path(path)
     if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
         lora = (path / "adapter_config.json").is_file()
         hint = " (found adapter_config.json: a LoRA adapter, for lorakit.load_adapter)" if lora else ""
         raise LoRAError(f"no Houlsby adapter at {path}: expected {CONFIG_NAME} and {WEIGHTS_NAME}{hint}")
-    saved = json.loads((path / CONFIG_NAME).read_text())
-    config = AdapterConfig(size=saved["size"], activation=saved["activation"], targets=tuple(saved["targets"]),
-                           trainable=tuple(saved["modules_to_save"]))
+    config = _saved_config(read_json(path / CONFIG_NAME), path / CONFIG_NAME)
     adapted = set(config.targets)
-    with safe_open(str(path / WEIGHTS_NAME), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys() if head or k.rpartition(".")[0] in adapted}
+    tensors, _ = load_tensors(path / WEIGHTS_NAME, keep=lambda key: head or key.rpartition(".")[0] in adapted)
+    _check_tensors(tensors, config, path / WEIGHTS_NAME)
 
     existing = adapter_modules(model)
     if existing and (set(existing) != adapted or any(
@@ -161,8 +160,8 @@ def load_bottleneck_adapters(model: nn.Module, path: str | os.PathLike, head: bo
         module_name, _, param = key.rpartition(".")
         if module_name in adapted and not existing:  # the Parameter appears once injected: check the projection
             module = modules.get(module_name)
-            fits = isinstance(module, nn.Linear) and module.out_features == saved_width(tensors, module_name)
-            shape = "absent" if module is None else f"{getattr(module, 'out_features', '?')} wide"
+            fits = module is not None and is_linear(module) and features(module)[1] == saved_width(tensors, module_name)
+            shape = "absent" if module is None else f"{features(module)[1]} wide" if is_linear(module) else "not linear"
         else:
             fits = key in parameters and parameters[key].shape == tensor.shape
             shape = f"{tuple(parameters[key].shape)}" if key in parameters else "absent"
@@ -176,6 +175,45 @@ def load_bottleneck_adapters(model: nn.Module, path: str | os.PathLike, head: bo
         for key, tensor in tensors.items():
             parameters[key].copy_(tensor)
     return sorted(adapted)
+
+
+def _saved_config(saved: dict, file: Path) -> AdapterConfig:
+    """The ``AdapterConfig`` a saved ``bottleneck_config.json`` describes; a missing or mistyped key names the file."""
+    if saved.get("adapter_type") != "houlsby":
+        raise LoRAError(f"{file}: adapter_type is {saved.get('adapter_type')!r}; accepted: 'houlsby'")
+    missing = [key for key in ("size", "activation", "targets", "modules_to_save") if key not in saved]
+    if missing:
+        raise LoRAError(f"{file} has no {', '.join(map(repr, missing))}; a Houlsby adapter config needs size, "
+                        f"activation, targets and modules_to_save")
+    for key in ("targets", "modules_to_save"):
+        if not isinstance(saved[key], list):
+            raise LoRAError(f"{file}: {key} must be a list of module names, got {saved[key]!r}")
+    try:
+        return AdapterConfig(size=saved["size"], activation=saved["activation"], targets=tuple(saved["targets"]),
+                             trainable=tuple(saved["modules_to_save"]))
+    except LoRAError as err:
+        raise LoRAError(f"{file}: {err}") from None
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], config: AdapterConfig, file: Path) -> None:
+    """Every adapted module has its four floating-point tensors, shaped for one width d and ``config.size``."""
+    for key, tensor in tensors.items():
+        if not tensor.dtype.is_floating_point:
+            raise LoRAError(f"{file}: {key} has dtype {str(tensor.dtype).removeprefix('torch.')}; accepted: floating "
+                            f"point")
+    for name in config.targets:
+        up = tensors.get(f"{name}.adapter_up")
+        if up is None or up.dim() != 2:
+            found = "missing" if up is None else f"{tuple(up.shape)}"
+            raise LoRAError(f"{file}: {name}.adapter_up is {found}, expected (d, {config.size}) for size {config.size}")
+        width = up.shape[0]
+        shapes = {"adapter_down": (config.size, width), "adapter_down_bias": (config.size,),
+                  "adapter_up": (width, config.size), "adapter_up_bias": (width,)}
+        for param, shape in shapes.items():
+            tensor = tensors.get(f"{name}.{param}")
+            if tensor is None or tuple(tensor.shape) != shape:
+                found = "missing" if tensor is None else f"{tuple(tensor.shape)}"
+                raise LoRAError(f"{file}: {name}.{param} is {found}, expected {shape} for size {config.size}")
 
 
 def saved_width(tensors: dict[str, torch.Tensor], module_name: str) -> int:

@@ -15,21 +15,32 @@ class LoRAError(ValueError):
 
 
 # One letter per attention projection (the paper's W_q, W_k, W_v, W_o). Each letter lists the module-name aliases of
-# the architectures we run: BERT/RoBERTa ("query"), DeBERTa-v2 ("query_proj") and LLaMA-style models ("q_proj").
+# the architectures we run: BERT/RoBERTa ("query"), DeBERTa-v2 ("query_proj"), LLaMA-style models ("q_proj") and GPT-2.
 # A name matches a module whose full name equals it or ends with "." + it, so "attention.output.dense" picks W_o of
-# BERT/RoBERTa/DeBERTa without catching the MLP's "output.dense".
+# BERT/RoBERTa/DeBERTa without catching the MLP's "output.dense", and "attn.c_proj" GPT-2's W_o without "mlp.c_proj".
+# GPT-2 fuses W_q, W_k and W_v into one Conv1D, "c_attn" (d -> 3d): each of q, k, v names it, so "qv" on GPT-2 adapts
+# all three (PEFT's GPT-2 default), with r·(d + 3d) parameters per layer, the count of the paper's separate W_q and
+# W_v adapters, r·2·(d + d).
+_FUSED_QKV = "c_attn"
 _PROJECTIONS: dict[str, tuple[str, ...]] = {
-    "q": ("query", "query_proj", "q_proj"),
-    "k": ("key", "key_proj", "k_proj"),
-    "v": ("value", "value_proj", "v_proj"),
-    "o": ("attention.output.dense", "o_proj"),
+    "q": ("query", "query_proj", "q_proj", _FUSED_QKV),
+    "k": ("key", "key_proj", "k_proj", _FUSED_QKV),
+    "v": ("value", "value_proj", "v_proj", _FUSED_QKV),
+    "o": ("attention.output.dense", "o_proj", "attn.c_proj"),
 }
-_MLP: tuple[str, ...] = ("intermediate.dense", "output.dense")
+# The MLP's linear layers: BERT/RoBERTa/DeBERTa, LLaMA-style gated MLPs, GPT-2 (Conv1D).
+_MLP: tuple[str, ...] = ("intermediate.dense", "output.dense", "gate_proj", "up_proj", "down_proj", "mlp.c_fc",
+                         "mlp.c_proj")
+
+
+def _projection_names(letters: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name for letter in "qkvo" if letter in letters for name in _PROJECTIONS[letter]))
+
 
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
-    "qv": _PROJECTIONS["q"] + _PROJECTIONS["v"],
-    "qkvo": tuple(name for letter in "qkvo" for name in _PROJECTIONS[letter]),
-    "all": tuple(name for letter in "qkvo" for name in _PROJECTIONS[letter]) + _MLP,
+    "qv": _projection_names("qv"),
+    "qkvo": _projection_names("qkvo"),
+    "all": _projection_names("qkvo") + _MLP,
 }
 
 INITS = ("gaussian", "kaiming", "pissa")
@@ -38,15 +49,16 @@ INITS = ("gaussian", "kaiming", "pissa")
 def resolve_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
     """Turn a preset or a list of module names into module names.
 
-    Presets: ``"all"`` (attention + MLP linears), or any string of the letters q, k, v, o (``"q"``, ``"qk"``, ``"qv"``,
-    ``"qkvo"``, ...) naming attention projections. A sequence of names is returned as given.
+    Presets: ``"all"`` (every linear layer of attention and MLP), or any string of the letters q, k, v, o (``"q"``,
+    ``"qk"``, ``"qv"``, ``"qkvo"``, ...) naming attention projections, for BERT, RoBERTa, DeBERTa-v2, LLaMA-style and
+    GPT-2 module names. A sequence of names is returned as given.
     """
     if isinstance(targets, str):
         if targets in TARGET_PRESETS:
             return TARGET_PRESETS[targets]
         letters = targets.lower()
         if letters and set(letters) <= set(_PROJECTIONS) and len(set(letters)) == len(letters):
-            return tuple(name for letter in "qkvo" if letter in letters for name in _PROJECTIONS[letter])
+            return _projection_names(letters)
         raise LoRAError(
             f"unknown target preset {targets!r}; accepted: 'all', any combination of the letters q, k, v, o "
             f"(e.g. 'qv', 'qkvo'), or a list of module names"

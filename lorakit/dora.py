@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import LoRALinear
+from .linear import linear_forward
 
 
 class DoRALinear(LoRALinear):
@@ -47,14 +48,16 @@ class DoRALinear(LoRALinear):
             self.magnitude.copy_(self.weight_norm())
 
     @torch.no_grad()
-    def weight_norm(self, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """‖W₀ + scale·B A‖ per output row (out,), without gradient (DoRA §4.3). ``weight`` defaults to W₀."""
-        weight = self._base_weight() if weight is None else weight
-        return torch.linalg.vector_norm(torch.addmm(weight, self.lora_B, self.lora_A, alpha=self.scale), dim=1)
+    def weight_norm(self, weight: torch.Tensor | None = None, slot: nn.Module | None = None) -> torch.Tensor:
+        """‖W₀ + scale·B A‖ per output row (out,), without gradient (DoRA §4.3). ``weight`` defaults to W₀, ``slot``
+        (whose A, B) to the adapter in front."""
+        weight = self.base_weight() if weight is None else weight
+        slot = self if slot is None else slot
+        return torch.linalg.vector_norm(torch.addmm(weight, slot.lora_B, slot.lora_A, alpha=slot.scale), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)
-        if self.merged:
+        out = linear_forward(x, self.weight, self.bias, self.fan_in_fan_out)
+        if self.merged or not self.active_adapters:  # DoRA layers serve one adapter at a time: the one in front
             return out
         g = self.magnitude / self.weight_norm()
         dropped = self.training and isinstance(self.dropout, nn.Dropout)
@@ -63,34 +66,35 @@ class DoRALinear(LoRALinear):
         # W₀x is recovered from the base output instead of a second GEMM with W₀; with dropout active the LoRA path
         # sees dropout(x), and so must the W₀ term it rescales (PEFT's convention, so training matches PEFT's).
         if dropped:
-            base = F.linear(h, self.weight)
+            base = linear_forward(h, self.weight, None, self.fan_in_fan_out)
         else:
             base = out - self.bias if self.bias is not None else out
         # out + (g − 1)·W₀x + g·scale·BAx: at init g = 1 exactly and B = 0, so this is the base output bit for bit.
         return out + (g - 1) * base + g * lora
 
-    def merged_weight(self) -> torch.Tensor:
-        """W' = g ⊙ (W₀ + scale·B A) (out × in), detached."""
-        weight = self._base_weight()
-        direction = torch.addmm(weight, self.lora_B.detach(), self.lora_A.detach(), alpha=self.scale)
-        return (self.magnitude.detach() / self.weight_norm(weight)).unsqueeze(1) * direction
+    def merged_weight(self, name: str | None = None) -> torch.Tensor:
+        """W' = g ⊙ (W₀ + scale·B A) (out × in), detached, for the adapter in front or the adapter ``name``."""
+        slot = self if name is None else self.slot(name)
+        weight = self.base_weight()
+        direction = torch.addmm(weight, slot.lora_B.detach(), slot.lora_A.detach(), alpha=slot.scale)
+        return (slot.magnitude.detach() / self.weight_norm(weight, slot)).unsqueeze(1) * direction
 
-    def delta_weight(self) -> torch.Tensor:
-        """ΔW = W' − W₀ (out × in), detached: what ``merge()`` adds to W₀."""
-        return self.merged_weight() - self._base_weight()
+    def delta_weight(self, name: str | None = None) -> torch.Tensor:
+        """ΔW = W' − W₀ (out × in), detached: what ``merge()`` adds to W₀ (zero with no adapter active), or the
+        ΔW of the adapter ``name``."""
+        if name is None and not self.active_adapters:
+            return torch.zeros_like(self.base_weight())
+        return self.merged_weight(name) - self.base_weight()
 
     @torch.no_grad()
     def merge(self) -> None:
         """Replace W₀ by W' for inference; a no-op when already merged."""
         if self.merged:
             return
-        merged = self.merged_weight().to(self.weight.dtype)
         self._unmerged_weight = self.weight.detach().clone()
-        self.weight.copy_(merged)
+        if self.active_adapters:
+            self.weight.copy_(self.stored(self.merged_weight().to(self.weight.dtype)))
         self.merged = True
-
-    def _base_weight(self) -> torch.Tensor:
-        return (self._unmerged_weight if self.merged else self.weight).detach()
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", dora=True"

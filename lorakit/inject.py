@@ -10,7 +10,9 @@ from torch import nn
 from .config import LoRAConfig, LoRAError
 from .dora import DoRALinear
 from .layers import LoRALinear
+from .linear import is_conv1d, is_linear
 from .pissa import PiSSALinear
+from .registry import DEFAULT_NAME, AdapterSet, adapter_set, check_name, claim_head, head_parameter_names
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
@@ -22,12 +24,15 @@ def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def linear_module_names(model: nn.Module, include_head: bool = False, head: Iterable[str] = ("classifier",)) -> list[str]:
-    """Names of the ``nn.Linear`` layers of a model (LoRA-wrapped ones included), the task head left out by default."""
+def linear_module_names(
+    model: nn.Module, include_head: bool = False, head: Iterable[str] = ("classifier", "lm_head")
+) -> list[str]:
+    """Names of the linear layers of a model (``nn.Linear`` and GPT-2's ``Conv1D``, LoRA-wrapped ones included), the
+    task head (a classifier, a causal LM's ``lm_head``) left out by default."""
     head = tuple(head)
     names = []
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, LoRALinear)) or _inside_lora(model, name):
+        if not (is_linear(module) or isinstance(module, LoRALinear)) or _inside_lora(model, name):
             continue
         if not include_head and matches_any_prefix(name, head):
             continue
@@ -44,33 +49,52 @@ def _inside_lora(model: nn.Module, name: str) -> bool:
     return False
 
 
-def inject_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
-    """Replace every ``nn.Linear`` whose name matches ``config.targets`` with a ``LoRALinear`` (``DoRALinear``,
-    ``PiSSALinear``: see ``lora_layer``), in place.
+def fan_in_fan_out_modules(model: nn.Module) -> list[str]:
+    """Names of the linear layers whose weight is stored in × out (GPT-2's ``Conv1D``, LoRA-wrapped or not): pass
+    them to ``weight_deltas`` so a full fine-tune's ΔW is out × in like LoRA's."""
+    return [name for name, module in model.named_modules()
+            if is_conv1d(module) or (isinstance(module, LoRALinear) and module.fan_in_fan_out)]
+
+
+def inject_lora(model: nn.Module, config: LoRAConfig, name: str = DEFAULT_NAME) -> list[str]:
+    """Replace every linear layer (``nn.Linear``, GPT-2's ``Conv1D``) whose name matches ``config.targets`` with a
+    ``LoRALinear`` (``DoRALinear``, ``PiSSALinear``: see ``lora_layer``), in place, holding one adapter, ``name``
+    (PEFT's "default" unless given; more arrive with ``load_adapter(..., name=...)``).
 
     Every parameter is frozen except the LoRA factors and those of the modules in ``config.trainable`` (the task head).
     Returns the replaced module names, in model order.
     """
     if lora_modules(model):
         raise LoRAError("model already has LoRA layers; inject into a fresh model, or load_adapter to replace them")
-    names = wrap_linears(model, config.target_names, config.trainable, lambda base: lora_layer(base, config))
-    model.lora_config = config  # what save_adapter needs to write PEFT's modules_to_save and init
+    check_name(name)
+    names = wrap_linears(model, config.target_names, config.trainable, lambda base: lora_layer(base, config, name),
+                         check=lambda base: lora_layer_type(config).check(base, config.r))
+    model.lora_config = config  # the config of the adapter in front (PEFT's modules_to_save and init when saved)
+    model.lora_adapters = AdapterSet({name: config}, (name,))
+    claim_head(model, model.lora_adapters, name, head_parameter_names(model, config.trainable))
     return names
 
 
-def wrap_linears(model: nn.Module, patterns: tuple[str, ...], trainable: tuple[str, ...], wrap) -> list[str]:
-    """Replace each ``nn.Linear`` matching ``patterns`` outside the ``trainable`` modules by ``wrap(linear)``, after
-    freezing every parameter but those of ``trainable`` (so the wrappers' new parameters start trainable). Returns
-    the names, in model order; no match is a one-line error listing the model's Linear modules."""
+def wrap_linears(
+    model: nn.Module, patterns: tuple[str, ...], trainable: tuple[str, ...], wrap, check=None
+) -> list[str]:
+    """Replace each linear layer (``nn.Linear``, GPT-2's ``Conv1D``) matching ``patterns`` outside the ``trainable``
+    modules by ``wrap(linear)``, after freezing every parameter but those of ``trainable`` (so the wrappers' new
+    parameters start trainable). ``check(linear)`` raises for a layer ``wrap`` would refuse, and runs on every layer
+    first, so a refusal changes nothing. Returns the names, in model order; no match is a one-line error listing the
+    model's linear modules."""
     names = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and matches(name, patterns) and not matches_any_prefix(name, trainable)
+        if is_linear(module) and matches(name, patterns) and not matches_any_prefix(name, trainable)
     ]
     if not names:
         shown = ", ".join(_collapse_layer_indices(linear_module_names(model, include_head=True)))
         raise LoRAError(f"no nn.Linear module matches targets {list(patterns)}; the model's Linear modules are: "
                         f"{shown}")
+    for name in names:
+        if check is not None:
+            check(model.get_submodule(name))
     freeze_except(model, trainable)
     for name in names:
         parent_name, _, child = name.rpartition(".")
@@ -79,17 +103,28 @@ def wrap_linears(model: nn.Module, patterns: tuple[str, ...], trainable: tuple[s
     return names
 
 
-def lora_layer(base: nn.Linear, config: LoRAConfig) -> LoRALinear:
-    """The layer ``config`` asks for around ``base``: LoRALinear, DoRALinear (use_dora) or PiSSALinear (init="pissa");
-    with ``freeze_a`` (LoRA-FA) A keeps its random init and only B trains."""
-    if config.use_dora:
-        layer = DoRALinear(base, config.r, config.alpha, config.dropout, config.init, config.rslora)
-    elif config.init == "pissa":
+def layer_kind(module: LoRALinear) -> str:
+    """"DoRA", "PiSSA" or "plain LoRA": the names used in messages, read from the layer's type."""
+    if isinstance(module, DoRALinear):
+        return "DoRA"
+    return "PiSSA" if isinstance(module, PiSSALinear) else "plain LoRA"
+
+
+def lora_layer_type(config: LoRAConfig) -> type[LoRALinear]:
+    """LoRALinear, DoRALinear (use_dora) or PiSSALinear (init="pissa")."""
+    return DoRALinear if config.use_dora else PiSSALinear if config.init == "pissa" else LoRALinear
+
+
+def lora_layer(base: nn.Module, config: LoRAConfig, name: str = DEFAULT_NAME) -> LoRALinear:
+    """The layer ``config`` asks for around ``base`` (``lora_layer_type``), its adapter named ``name``; with
+    ``freeze_a`` (LoRA-FA) A keeps its random init and only B trains."""
+    if config.init == "pissa":
         layer = PiSSALinear(base, config.r, config.alpha, config.dropout, config.rslora)
     else:
-        layer = LoRALinear(base, config.r, config.alpha, config.dropout, config.init, config.rslora)
+        layer = lora_layer_type(config)(base, config.r, config.alpha, config.dropout, config.init, config.rslora)
     if config.freeze_a:
         layer.lora_A.requires_grad_(False)
+    layer.adapter_name, layer.active_adapters = name, (name,)
     return layer
 
 
@@ -138,15 +173,27 @@ def unmerge_lora(model: nn.Module) -> None:
         module.unmerge()
 
 
-def delta_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Module name → ΔW = scale · B A (out × in) for every LoRA layer of the model."""
-    return {name: module.delta_weight() for name, module in lora_modules(model).items()}
+def delta_weights(model: nn.Module, name: str | None = None) -> dict[str, torch.Tensor]:
+    """Module name → ΔW = scale · B A (out × in) for every LoRA layer of the model: of the active adapter(s) (their
+    sum, where several are active), or of the adapter ``name``."""
+    modules = lora_modules(model)
+    if name is None:
+        return {module_name: m.delta_weight() for module_name, m in modules.items() if m.active_adapters}
+    if modules:
+        adapter_set(model).check_known(name, "delta_weights")
+    return {module_name: m.delta_weight(name) for module_name, m in modules.items() if name in m.adapter_names}
 
 
 def weight_deltas(
-    base_state_dict: Mapping[str, torch.Tensor], tuned_state_dict: Mapping[str, torch.Tensor], names: Iterable[str]
+    base_state_dict: Mapping[str, torch.Tensor],
+    tuned_state_dict: Mapping[str, torch.Tensor],
+    names: Iterable[str],
+    fan_in_fan_out: Iterable[str] = (),
 ) -> dict[str, torch.Tensor]:
-    """Module name → ΔW = W_ft − W₀ for a full fine-tune, the same shape of answer as ``delta_weights``."""
+    """Module name → ΔW = W_ft − W₀ (out × in) for a full fine-tune, the same shape of answer as ``delta_weights``.
+    The modules in ``fan_in_fan_out`` store W as in × out (GPT-2's ``Conv1D``: ``fan_in_fan_out_modules``), and
+    their ΔW is transposed to out × in."""
+    transposed = set(fan_in_fan_out)
     deltas = {}
     for name in names:
         key = f"{name}.weight"
@@ -156,7 +203,8 @@ def weight_deltas(
         base, tuned = base_state_dict[key], tuned_state_dict[key]
         if base.shape != tuned.shape:
             raise LoRAError(f"weight_deltas: {key!r} has shape {tuple(base.shape)} in base, {tuple(tuned.shape)} tuned")
-        deltas[name] = tuned.detach().float() - base.detach().float()
+        delta = tuned.detach().float() - base.detach().float()
+        deltas[name] = delta.t().contiguous() if name in transposed else delta
     return deltas
 
 
@@ -168,12 +216,13 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def count_lora_parameters(model: nn.Module) -> int:
-    """Parameters in the LoRA factors and DoRA's magnitudes (the paper's "# Trainable Parameters": the task head not
-    counted). With ``freeze_a`` A is counted too, as the adapter stores it; ``count_method_parameters`` counts what
-    trains."""
+    """Parameters in the active adapters' LoRA factors and DoRA magnitudes (the paper's "# Trainable Parameters": the
+    task head not counted). With ``freeze_a`` A is counted too, as the adapter stores it; ``count_method_parameters``
+    counts what trains."""
     return sum(
-        m.lora_A.numel() + m.lora_B.numel() + (m.magnitude.numel() if isinstance(m, DoRALinear) else 0)
+        slot.lora_A.numel() + slot.lora_B.numel() + (slot.magnitude.numel() if isinstance(m, DoRALinear) else 0)
         for m in lora_modules(model).values()
+        for slot in m.active_slots()
     )
 
 
@@ -201,9 +250,10 @@ def lora_parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     groups: dict[str, list[nn.Parameter]] = {"A": [], "B": [], "magnitude": [], "other": []}
     role = {}
     for module in lora_modules(model).values():
-        role[id(module.lora_A)], role[id(module.lora_B)] = "A", "B"
-        if isinstance(module, DoRALinear):
-            role[id(module.magnitude)] = "magnitude"
+        for slot in map(module.slot, module.adapter_names):
+            role[id(slot.lora_A)], role[id(slot.lora_B)] = "A", "B"
+            if isinstance(module, DoRALinear):
+                role[id(slot.magnitude)] = "magnitude"
     for param in model.parameters():
         if param.requires_grad:
             groups[role.get(id(param), "other")].append(param)

@@ -20,6 +20,7 @@ from torch import nn
 
 from .config import LoRAError
 from .layers import LoRALinear
+from .linear import features, is_linear
 
 
 class PiSSALinear(LoRALinear):
@@ -29,14 +30,19 @@ class PiSSALinear(LoRALinear):
     buffers: the SVD of the pretrained W gives them again, so a state dict holds the same keys as plain LoRA's.
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False) -> None:
-        if isinstance(base, nn.Linear) and 2 * r > min(base.in_features, base.out_features):
-            raise LoRAError(
-                f"init='pissa' needs 2r <= min(in, out) = {min(base.in_features, base.out_features)} for a "
-                f"{base.out_features}x{base.in_features} linear layer (its adapter is saved as a LoRA of rank 2r), "
-                f"got r={r}"
-            )
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False) -> None:
         super().__init__(base, r, alpha, dropout, "pissa", rslora)
+
+    @classmethod
+    def check(cls, base: nn.Module, r: int) -> None:
+        """LoRALinear's checks, and 2r <= min(in, out): the adapter is saved as a LoRA of rank 2r."""
+        if is_linear(base) and 2 * r > min(features(base)):
+            in_features, out_features = features(base)
+            raise LoRAError(
+                f"init='pissa' needs 2r <= min(in, out) = {min(in_features, out_features)} for a "
+                f"{out_features}x{in_features} linear layer (its adapter is saved as a LoRA of rank 2r), got r={r}"
+            )
+        super().check(base, r)
 
     @torch.no_grad()
     def reset_lora_parameters(self, init: str = "pissa") -> None:
@@ -48,7 +54,8 @@ class PiSSALinear(LoRALinear):
             self.lora_A.copy_(self.lora_A_init)
             self.lora_B.copy_(self.lora_B_init)
             return
-        U, S, Vh = torch.linalg.svd(self.weight.float(), full_matrices=False)
+        weight = self.base_weight()  # a view: the residual below is written into the stored weight
+        U, S, Vh = torch.linalg.svd(weight.float(), full_matrices=False)
         root = torch.sqrt(S[: self.r] / self.scale)
         A = root.unsqueeze(1) * Vh[: self.r]
         B = U[:, : self.r] * root
@@ -56,10 +63,11 @@ class PiSSALinear(LoRALinear):
         self.lora_B.copy_(B)
         self.register_buffer("lora_A_init", self.lora_A.detach().clone(), persistent=False)
         self.register_buffer("lora_B_init", self.lora_B.detach().clone(), persistent=False)
-        self.weight.copy_(self.weight.float() - self.scale * B @ A)
+        weight.copy_(weight.float() - self.scale * B @ A)
 
-    def delta_weight(self) -> torch.Tensor:
-        """ΔW = scale · (B A − B₀A₀) (out × in), detached: the update against the pretrained W, not against W_res."""
+    def delta_weight(self, name: str | None = None) -> torch.Tensor:
+        """ΔW = scale · (B A − B₀A₀) (out × in), detached: the update against the pretrained W, not against W_res.
+        A PiSSA layer holds one adapter, whose name ``name`` may give."""
         return (self.lora_B.detach() @ self.lora_A.detach() - self.lora_B_init @ self.lora_A_init) * self.scale
 
     def as_plain_lora(self) -> tuple[torch.Tensor, torch.Tensor, int, float]:

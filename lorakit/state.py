@@ -1,135 +1,98 @@
-"""Adapters on disk in HF PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
+"""A model's adapter to and from disk in HF PEFT's format (``lorakit.peft_format``).
 
-Keys are ``base_model.model.<module>.lora_A.weight`` / ``.lora_B.weight``, DoRA adds ``.lora_magnitude_vector``
-(out,) and ``"use_dora": true`` in the config; the trained head is saved the way PEFT saves ``modules_to_save``
-(``base_model.model.<module>.<param>``). A PiSSA model is saved as the plain LoRA of rank 2r that applies its update to
-the unmodified pretrained W (``PiSSALinear.as_plain_lora``, PEFT's ``path_initial_model_for_weight_conversion``).
-An adapter written here loads with ``peft.PeftModel.from_pretrained`` and one written by PEFT loads here. Nothing is
-ever unpickled.
+The trained head is saved the way PEFT saves ``modules_to_save``. A PiSSA model is saved as the plain LoRA of rank 2r
+that applies its update to the unmodified pretrained W (``PiSSALinear.as_plain_lora``, PEFT's
+``path_initial_model_for_weight_conversion``). An adapter written here loads with ``peft.PeftModel.from_pretrained``
+and one written by PEFT loads here.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Mapping
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from .config import LoRAConfig, LoRAError, lora_scale
+from .adapters import add_adapter
+from .config import LoRAConfig, LoRAError
 from .dora import DoRALinear
-from .inject import inject_lora, linear_module_names, lora_modules, matches
+from .files import save_tensors, write_json
+from .inject import inject_lora, layer_kind, linear_module_names, lora_modules
 from .layers import LoRALinear
+from .linear import features, is_conv1d, is_linear
+from .peft_format import A_KEY, B_KEY, CONFIG_NAME, MAGNITUDE_KEY, PREFIX, WEIGHTS_NAME, Adapter, read_adapter
 from .pissa import PiSSALinear
+from .registry import DEFAULT_NAME, AdapterSet, adapter_set, check_name, claim_head, head_values
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-PREFIX = "base_model.model."
-_A, _B, _M = ".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"
-# PEFT inits that change the base weights when PEFT builds the adapter: such an adapter only reproduces its model on
-# that changed base. lorakit rebuilds the one it implements ("pissa"), and refuses the others.
-_MUTATING_INITS = ("pissa_niter_", "olora", "corda", "loftq", "lora_ga")
+# PEFT's task_type from the model class's name (lorakit does not import transformers); None for a bare model.
+_TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM",
+               "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS"}
 
 
-@dataclass
-class Adapter:
-    """An adapter read from disk without a model: its PEFT config, LoRA factors, DoRA magnitudes and extra (head)
-    tensors."""
-
-    config: dict
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A: r x in, B: out x r)
-    scale: float
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # "<module>.<param>" -> tensor (modules_to_save)
-    magnitudes: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> m (out,), DoRA only
-
-    @property
-    def r(self) -> int:
-        return int(self.config["r"])
-
-    @property
-    def kind(self) -> str:
-        """"DoRA", "PiSSA" (PEFT's unconverted PiSSA adapter, for a residual base) or "plain LoRA"."""
-        if self.config.get("use_dora"):
-            return "DoRA"
-        return "PiSSA" if self.config.get("init_lora_weights") == "pissa" else "plain LoRA"
-
-    def delta_weights(self, base_weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Module name → ΔW (out × in), fp32: scale · B A, or for DoRA m ⊙ (W₀ + scale·B A)/‖W₀ + scale·B A‖ − W₀,
-        which needs ``base_weights`` (module name → W₀)."""
-        if self.kind == "PiSSA":
-            raise LoRAError(
-                "this adapter was saved by PEFT with init 'pissa' unconverted: its ΔW against the pretrained W needs "
-                "the initial factors; load_adapter it into the model and use delta_weights(model)"
-            )
-        deltas = {name: (B.float() @ A.float()) * self.scale for name, (A, B) in self.factors.items()}
-        if self.kind == "plain LoRA":
-            return deltas
-        missing = [name for name in deltas if base_weights is None or name not in base_weights]
-        if missing:
-            raise LoRAError(f"a DoRA adapter's ΔW depends on W₀: pass base_weights with {missing[0]!r} (and the rest)")
-        for name, delta in deltas.items():
-            base = base_weights[name].detach().float()
-            direction = base + delta
-            norm = torch.linalg.vector_norm(direction, dim=1, keepdim=True)
-            deltas[name] = self.magnitudes[name].float().unsqueeze(1) * direction / norm - base
-        return deltas
-
-
-def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_path: str | None = None) -> Path:
-    """Write the model's LoRA factors (DoRA: and magnitudes) and trainable head to ``path`` (a folder), atomically
-    per file. A PiSSA model is written as the plain LoRA of rank 2r that loads on the unmodified pretrained model."""
-    modules = lora_modules(model)
-    if not modules:
+def save_adapter(
+    model: nn.Module, path: str | os.PathLike, base_model_name_or_path: str | None = None, name: str | None = None
+) -> Path:
+    """Write adapters with their trained heads, atomically per file: the adapter ``name`` into the folder ``path``,
+    or, without a name, every adapter of the model in PEFT's multi-adapter layout — "default" in ``path`` itself,
+    each other adapter in ``path/<name>`` (a model with one adapter, "default", is the folder of one adapter). A
+    PiSSA model is written as the plain LoRA of rank 2r that loads on the unmodified pretrained model."""
+    if not lora_modules(model):
         raise LoRAError("save_adapter: the model has no LoRA layers; call inject_lora first")
+    record, path = adapter_set(model), Path(path)
+    if name is not None:
+        record.check_known(name, "save_adapter")
+        return _save_one(model, record, path, name, base_model_name_or_path)
+    for adapter in record.names():
+        _save_one(model, record, path if adapter == DEFAULT_NAME else path / adapter, adapter, base_model_name_or_path)
+    return path
+
+
+def _save_one(model: nn.Module, record: AdapterSet, path: Path, name: str, base_model_name_or_path: str | None) -> Path:
+    modules = {n: m for n, m in lora_modules(model).items() if name in m.adapter_names}
     kinds = {layer_kind(m) for m in modules.values()}
     if len(kinds) > 1:
         raise LoRAError(f"save_adapter: the model mixes {' and '.join(sorted(kinds))} layers; PEFT's format holds one")
-    config: LoRAConfig | None = getattr(model, "lora_config", None)
+    config: LoRAConfig | None = record.configs.get(name)
 
     tensors, shapes = {}, set()
-    for name, module in modules.items():
+    for module_name, module in modules.items():
+        slot = module.slot(name)
         if isinstance(module, PiSSALinear):
             A, B, r, alpha = module.as_plain_lora()
         else:
-            A, B, r, alpha = module.lora_A.detach(), module.lora_B.detach(), module.r, module.alpha
-        shapes.add((r, alpha, module.rslora))
-        tensors[PREFIX + name + _A] = A.contiguous().cpu()
-        tensors[PREFIX + name + _B] = B.contiguous().cpu()
+            A, B, r, alpha = slot.lora_A.detach(), slot.lora_B.detach(), slot.r, slot.alpha
+        shapes.add((r, alpha, slot.rslora))
+        tensors[PREFIX + module_name + A_KEY] = A
+        tensors[PREFIX + module_name + B_KEY] = B
         if isinstance(module, DoRALinear):
-            tensors[PREFIX + name + _M] = module.magnitude.detach().contiguous().cpu()
+            tensors[PREFIX + module_name + MAGNITUDE_KEY] = slot.magnitude.detach()
     if len(shapes) > 1:
         raise LoRAError("save_adapter: LoRA layers differ in r, alpha or rslora; PEFT's format needs one of each")
     (r, alpha, rslora), first = shapes.pop(), next(iter(modules.values()))
-    modules_to_save = list(config.trainable) if config else []
-    for name, module in model.named_modules():
-        if modules_to_save and matches(name, modules_to_save):
-            for param_name, param in module.named_parameters():
-                tensors[f"{PREFIX}{name}.{param_name}"] = param.detach().contiguous().cpu()
+    tensors.update({PREFIX + key: value for key, value in head_values(model, record, name).items()})
+    modules_to_save = list(config.trainable) if config and record.head_keys.get(name) else []
 
     name_or_path = base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    dropout = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
+    dropout = first.slot(name).dropout
     # PEFT's init_lora_weights: "gaussian", or True for Kaiming A and for a converted PiSSA (PEFT writes True then).
     init = config.init if config else "gaussian"
     peft_config = {
         "peft_type": "LORA",
-        "task_type": "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else None,
+        "task_type": task_type(model),
         "base_model_name_or_path": str(name_or_path) if name_or_path else None,
         "r": r,
         "lora_alpha": alpha,
-        "lora_dropout": dropout,
+        "lora_dropout": dropout.p if isinstance(dropout, nn.Dropout) else 0.0,
         "use_rslora": rslora,
         "use_dora": isinstance(first, DoRALinear),
         "init_lora_weights": "gaussian" if init == "gaussian" else True,
         "target_modules": sorted(modules),
         "modules_to_save": modules_to_save or None,
         "bias": "none",
-        "fan_in_fan_out": False,
+        # PEFT's flag for GPT-2's Conv1D (W stored in × out); A and B have the same shapes either way.
+        "fan_in_fan_out": any(m.fan_in_fan_out for m in modules.values()),
         "inference_mode": True,
         "rank_pattern": {},
         "alpha_pattern": {},
@@ -137,152 +100,130 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model_name_or_p
     metadata = {"format": "pt", "lorakit_model_class": type(model).__name__}
     if isinstance(first, PiSSALinear):
         metadata["lorakit_pissa_rank"] = str(first.r)  # r' = 2r on disk: [A; A0], [B, -B0]
-    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(peft_config, indent=2) + "\n"))
+    save_tensors(path / WEIGHTS_NAME, tensors, metadata)
+    write_json(path / CONFIG_NAME, peft_config)
     return path
 
 
-def layer_kind(module: LoRALinear) -> str:
-    """"DoRA", "PiSSA" or "plain LoRA": the names used in messages, read from the layer's type."""
-    if isinstance(module, DoRALinear):
-        return "DoRA"
-    return "PiSSA" if isinstance(module, PiSSALinear) else "plain LoRA"
+def task_type(model: nn.Module) -> str | None:
+    """PEFT's ``task_type`` for a transformers model class: SEQ_CLS, CAUSAL_LM (``*ForCausalLM``, GPT-2's
+    ``*LMHeadModel``), TOKEN_CLS, QUESTION_ANS, or None."""
+    model_class = type(model).__name__
+    return next((kind for suffix, kind in _TASK_TYPES.items() if model_class.endswith(suffix)), None)
 
 
-def read_adapter(path: str | os.PathLike) -> Adapter:
-    """Read an adapter folder (lorakit's or PEFT's) into tensors, checking it is a LoRA or DoRA adapter lorakit can
-    rebuild."""
-    path = Path(path)
-    config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-    if not config_file.is_file():
-        raise LoRAError(f"no adapter at {path}: expected {CONFIG_NAME} and {WEIGHTS_NAME} in that folder")
-    if not weights_file.is_file():
-        pickled = (path / "adapter_model.bin").is_file()
-        hint = " (found adapter_model.bin: pickled weights are refused; re-save it with safetensors)" if pickled else ""
-        raise LoRAError(f"no {WEIGHTS_NAME} in {path}{hint}")
-    config = json.loads(config_file.read_text())
-    if config.get("peft_type") != "LORA":
-        raise LoRAError(f"adapter at {path} is peft_type={config.get('peft_type')!r}; only LORA adapters are supported")
-    unsupported = [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform") if config.get(k)]
-    if config.get("bias", "none") != "none" or config.get("fan_in_fan_out"):
-        unsupported += ["bias" if config.get("bias", "none") != "none" else "fan_in_fan_out"]
-    if unsupported:
-        raise LoRAError(f"adapter at {path} uses {', '.join(unsupported)}, which lorakit does not support")
-    init = config.get("init_lora_weights")
-    if isinstance(init, str) and init.startswith(_MUTATING_INITS):
-        raise LoRAError(
-            f"adapter at {path} has init_lora_weights={init!r}, which needs the base weights PEFT changed at init; "
-            f"accepted: True, False, 'gaussian', 'pissa' (or re-save it with path_initial_model_for_weight_conversion)"
-        )
+def load_adapter(model: nn.Module, path: str | os.PathLike, head: bool = True, name: str = DEFAULT_NAME) -> list[str]:
+    """Load an adapter into ``model`` as adapter ``name``, injecting LoRA first when the model has none. Returns the
+    adapted names.
 
-    factors: dict[str, list] = {}
-    extra, magnitudes = {}, {}
-    with safe_open(str(weights_file), framework="pt") as f:
-        for key in f.keys():
-            name = key.removeprefix(PREFIX)
-            if name.endswith(_A) or name.endswith(_B):
-                module, which = name[: -len(_A)], 0 if name.endswith(_A) else 1
-                factors.setdefault(module, [None, None])[which] = f.get_tensor(key)
-            elif name.endswith(_M):
-                magnitudes[name[: -len(_M)]] = f.get_tensor(key)
-            else:
-                extra[name] = f.get_tensor(key)
-    incomplete = [name for name, (A, B) in factors.items() if A is None or B is None]
-    if config.get("use_dora"):
-        incomplete += [f"{name} (no {_M[1:]})" for name in factors if name not in magnitudes]
-    elif magnitudes:
-        raise LoRAError(f"adapter at {path} holds {_M[1:]} tensors but its config does not set use_dora: true")
-    if incomplete or not factors:
-        raise LoRAError(f"adapter at {path} is incomplete: {'no LoRA tensors' if not factors else incomplete}")
-    r = int(config["r"])
-    for name, (A, B) in factors.items():
-        if A.shape[0] != r or B.shape[1] != r:
-            raise LoRAError(f"adapter at {path}: {name} has rank {A.shape[0]}, config says r={r}")
-    scale = lora_scale(r, float(config["lora_alpha"]), bool(config.get("use_rslora", False)))
-    return Adapter(config, {n: (A, B) for n, (A, B) in factors.items()}, scale, extra, magnitudes)
-
-
-def load_adapter(model: nn.Module, path: str | os.PathLike, head: bool = True) -> list[str]:
-    """Load an adapter into ``model``, injecting LoRA first when the model has none. Returns the adapted names.
-
-    ``head=False`` loads the LoRA factors alone and leaves the model's own head (and other saved modules) as they
-    are: how one task starts from another task's adapter (the paper's MRPC, RTE and STS-B from MNLI).
-    Refuses, with one line naming the module, an adapter whose modules or shapes do not exist in this model, and
-    one of another kind (plain LoRA, DoRA, PiSSA) than the LoRA layers the model already has.
+    ``path`` is an adapter folder, or a folder in PEFT's multi-adapter layout whose subfolder ``name`` is one. Into a
+    model that holds an adapter ``name`` already, the factors are loaded in place (same modules and rank); a new
+    name adds an adapter, inactive until ``set_adapter`` (``lorakit.adapters``). ``head=False`` loads the LoRA factors
+    alone and leaves the model's own head (and other saved modules) as they are: how one task starts from another
+    task's adapter (the paper's MRPC, RTE and STS-B from MNLI). Refuses, with one line naming the module, an adapter
+    whose modules or shapes do not exist in this model, and one of another kind (plain LoRA, DoRA, PiSSA) than the
+    LoRA layers the model already has; a refused load changes nothing.
     """
+    check_name(name)
+    path = _adapter_folder(Path(path), name)
     adapter = read_adapter(path)
     if not head:
         adapter = replace(adapter, extra={})
     _check_fits(model, adapter, path)
-    existing = lora_modules(model)
-    if existing:
-        kinds = {layer_kind(m) for m in existing.values()}
-        if kinds != {adapter.kind}:
-            raise LoRAError(
-                f"adapter at {path} is a {adapter.kind} adapter, the model's LoRA layers are {'/'.join(sorted(kinds))}"
-                f"; load it into a model without LoRA, or one injected for {adapter.kind}"
-            )
-        if set(existing) != set(adapter.factors):
-            raise LoRAError(
-                f"adapter at {path} adapts {len(adapter.factors)} modules, the model's LoRA layers are "
-                f"{len(existing)} others; load it into a model without LoRA"
-            )
-        mismatched = [n for n, m in existing.items() if m.r != adapter.r or m.scale != adapter.scale]
-        if mismatched:
-            raise LoRAError(f"adapter at {path} has r={adapter.r}, the model's LoRA layer {mismatched[0]} differs")
+    if not lora_modules(model):
+        inject_lora(model, _config(adapter, tuple(adapter.config.get("modules_to_save") or ())), name)
+    elif name not in adapter_set(model).configs:
+        if adapter.kind == "PiSSA":
+            raise LoRAError(f"adapter at {path} is PEFT's unconverted PiSSA adapter, which rewrites W: load it into a "
+                            f"model without LoRA")
+        trainable = tuple(adapter.config.get("modules_to_save") or ()) if adapter.extra else ()
+        add_adapter(model, name, _config(adapter, trainable), adapter.factors, adapter.magnitudes, adapter.extra)
+        return sorted(adapter.factors)
     else:
-        init = adapter.config.get("init_lora_weights")
-        init = init if init in ("gaussian", "pissa") else "kaiming"
-        config = LoRAConfig(
-            r=adapter.r,
-            alpha=float(adapter.config["lora_alpha"]),
-            dropout=float(adapter.config.get("lora_dropout") or 0.0),
-            targets=tuple(adapter.factors),
-            init=init,
-            rslora=bool(adapter.config.get("use_rslora", False)),
-            trainable=tuple(adapter.config.get("modules_to_save") or ()),
-            use_dora=adapter.kind == "DoRA",
-        )
-        inject_lora(model, config)
-        model.lora_config = config
+        _check_replaces(model, adapter, path, name)
     modules = lora_modules(model)
     with torch.no_grad():
-        for name, (A, B) in adapter.factors.items():
-            module = modules[name]
-            if module.merged:
-                module.unmerge()
-            module.lora_A.copy_(A)
-            module.lora_B.copy_(B)
-            if name in adapter.magnitudes:
-                module.magnitude.copy_(adapter.magnitudes[name])
-        parameters = dict(model.named_parameters())
-        for key, tensor in adapter.extra.items():
-            parameters[key].copy_(tensor)
+        for module_name, (A, B) in adapter.factors.items():
+            module = modules[module_name]
+            module.unmerge()
+            slot = module.slot(name)
+            slot.lora_A.copy_(A)
+            slot.lora_B.copy_(B)
+            if module_name in adapter.magnitudes:
+                slot.magnitude.copy_(adapter.magnitudes[module_name])
+    claim_head(model, adapter_set(model), name, tuple(adapter.extra), adapter.extra)
     return sorted(adapter.factors)
+
+
+def _config(adapter: Adapter, trainable: tuple[str, ...]) -> LoRAConfig:
+    """The ``LoRAConfig`` that rebuilds ``adapter``."""
+    init = adapter.config.get("init_lora_weights")
+    return LoRAConfig(
+        r=adapter.r,
+        alpha=float(adapter.config["lora_alpha"]),
+        dropout=float(adapter.config.get("lora_dropout") or 0.0),
+        targets=tuple(adapter.factors),
+        init=init if init in ("gaussian", "pissa") else "kaiming",
+        rslora=bool(adapter.config.get("use_rslora") or False),
+        trainable=trainable,
+        use_dora=adapter.kind == "DoRA",
+    )
+
+
+def _adapter_folder(path: Path, name: str) -> Path:
+    """``path``, or ``path/name`` in PEFT's multi-adapter layout (adapters other than "default" in subfolders)."""
+    if name != DEFAULT_NAME and (path / name / CONFIG_NAME).is_file():
+        return path / name
+    if not (path / CONFIG_NAME).is_file() and path.is_dir():
+        held = sorted(sub.name for sub in path.iterdir() if (sub / CONFIG_NAME).is_file())
+        if held:
+            raise LoRAError(f"no adapter {name!r} at {path}: the folder holds adapters in subfolders {held} "
+                            f"(PEFT's multi-adapter layout); load one with name=<subfolder>")
+    return path
+
+
+def _check_replaces(model: nn.Module, adapter: Adapter, path: Path, name: str) -> None:
+    """An adapter loaded in place of the model's adapter ``name`` must be of its kind, modules and rank."""
+    existing = {n: m for n, m in lora_modules(model).items() if name in m.adapter_names}
+    kinds = {layer_kind(m) for m in existing.values()}
+    if kinds != {adapter.kind}:
+        raise LoRAError(
+            f"adapter at {path} is a {adapter.kind} adapter, the model's LoRA layers are {'/'.join(sorted(kinds))}"
+            f"; load it into a model without LoRA, or one injected for {adapter.kind}"
+        )
+    if set(existing) != set(adapter.factors):
+        raise LoRAError(
+            f"adapter at {path} adapts {len(adapter.factors)} modules, the model's LoRA layers are "
+            f"{len(existing)} others; load it into a model without LoRA, or under another name"
+        )
+    mismatched = [n for n, m in existing.items() if m.slot(name).r != adapter.r or m.slot(name).scale != adapter.scale]
+    if mismatched:
+        raise LoRAError(f"adapter at {path} has r={adapter.r}, the model's LoRA layer {mismatched[0]} differs")
 
 
 def _check_fits(model: nn.Module, adapter: Adapter, path) -> None:
     named = dict(model.named_modules())
     for name, (A, B) in adapter.factors.items():
         module = named.get(name)
-        if module is None or not hasattr(module, "in_features"):
+        if module is None or not (is_linear(module) or isinstance(module, LoRALinear)):
             linears = linear_module_names(model, include_head=True)
             raise LoRAError(
                 f"adapter at {path} was saved for another model: it adapts {name!r}, which this "
                 f"{type(model).__name__} does not have (its Linear modules start with {linears[:3]})"
             )
-        if (module.out_features, module.in_features) != (B.shape[0], A.shape[1]):
+        in_features, out_features = features(module) if is_linear(module) else (module.in_features, module.out_features)
+        if (out_features, in_features) != (B.shape[0], A.shape[1]):
             raise LoRAError(
                 f"adapter at {path} was saved for another model: {name} is {B.shape[0]}x{A.shape[1]} in the adapter, "
-                f"{module.out_features}x{module.in_features} in this {type(model).__name__}"
+                f"{out_features}x{in_features} in this {type(model).__name__}"
             )
         magnitude = adapter.magnitudes.get(name)
-        if magnitude is not None and tuple(magnitude.shape) != (module.out_features,):
+        if magnitude is not None and tuple(magnitude.shape) != (out_features,):
             raise LoRAError(
-                f"adapter at {path}: {name}{_M} has shape {tuple(magnitude.shape)}, expected ({B.shape[0]},)"
+                f"adapter at {path}: {name}{MAGNITUDE_KEY} has shape {tuple(magnitude.shape)}, expected ({B.shape[0]},)"
             )
+    _check_fan_in_fan_out(model, adapter, path)
     parameters = dict(model.named_parameters())
     for key, tensor in adapter.extra.items():
         if key not in parameters:
@@ -294,12 +235,18 @@ def _check_fits(model: nn.Module, adapter: Adapter, path) -> None:
             )
 
 
-def atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _check_fan_in_fan_out(model: nn.Module, adapter: Adapter, path) -> None:
+    """PEFT's ``fan_in_fan_out`` says the adapted layers store W as in × out (GPT-2's Conv1D). A and B have the same
+    shapes either way, so the flag only tells which model the adapter was made for: when all its layers are of one
+    kind, the flag must say that kind (an adapter over both kinds cannot, and is taken as it is)."""
+    stored = {name: is_conv1d(m) or (isinstance(m, LoRALinear) and m.fan_in_fan_out)
+              for name, m in model.named_modules() if name in adapter.factors}
+    flag = bool(adapter.config.get("fan_in_fan_out", False))
+    if len(set(stored.values())) == 1 and flag != next(iter(stored.values())):
+        name = next(iter(stored))
+        kind = "GPT-2's Conv1D (weight stored in x out)" if stored[name] else "an nn.Linear (weight stored out x in)"
+        raise LoRAError(
+            f"adapter at {path} has fan_in_fan_out={str(flag).lower()}, but {name} is {kind} in this "
+            f"{type(model).__name__}: it was saved for another model; "
+            f"accepted: fan_in_fan_out true for Conv1D layers, false for nn.Linear"
+        )

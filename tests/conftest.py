@@ -26,6 +26,24 @@ def tiny_roberta(num_labels: int = 2, seed: int = 0) -> RobertaForSequenceClassi
     return RobertaForSequenceClassification(config).eval()
 
 
+def tiny_llama(seed: int = 0):
+    """A 2-layer LlamaForCausalLM with grouped-query attention (k/v 32 -> 16), like SmolLM2 in miniature."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**TINY, num_key_value_heads=1, max_position_embeddings=64)).eval()
+
+
+def tiny_gpt2(seed: int = 0):
+    """A 2-layer GPT2LMHeadModel: its attention and MLP are transformers' Conv1D (W stored in x out)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=TINY["vocab_size"], n_positions=64,
+                        bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(config).eval()
+
+
 @pytest.fixture(params=["bert", "roberta"])
 def tiny_model(request):
     return tiny_bert() if request.param == "bert" else tiny_roberta()

@@ -62,6 +62,6 @@ def test_wrapping_a_non_linear():
 
 
 def test_presets():
-    assert resolve_targets("qv") == ("query", "query_proj", "q_proj", "value", "value_proj", "v_proj")
+    assert resolve_targets("qv") == ("query", "query_proj", "q_proj", "c_attn", "value", "value_proj", "v_proj")
     assert resolve_targets("vq") == resolve_targets("qv")
     assert resolve_targets(["a.b", "c"]) == ("a.b", "c")
