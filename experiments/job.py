@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from experiments import store
+from experiments import checkpoint, store
 from experiments.config import identity, launcher_threads
 from experiments.tracking import NullLogger, make_logger
 from experiments.train import train
@@ -58,14 +58,21 @@ def _run_locked(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group
         aside = store.set_aside(run_dir, "a rerun with another config")
         log.warning("%s: stored results were made with another config; set aside in %s while it trains again",
                     name, aside.name)
+    checkpoints = run_dir / checkpoint.FOLDER
+    if checkpoints.is_dir() and not checkpoint.matches(checkpoints, identity(resolved)):
+        log.warning("%s: its checkpoint was made with another config; starting from step 0", name)
+        store.remove(checkpoints)
     store.clear_run(run_dir)
     store.write_config(run_dir, cfg)
+    checkpoints.mkdir(exist_ok=True)
+    checkpoint.write_identity(checkpoints, identity(resolved))
 
     logger, exit_code = NullLogger(), 1
     try:
         logger = make_logger(cfg.execution.wandb, group, name, resolved, run_dir)
-        metrics = train(cfg, out_dir=run_dir / store.STAGING, logger=logger, name=name)
+        metrics = train(cfg, out_dir=run_dir / store.STAGING, logger=logger, name=name, checkpoints=checkpoints)
         store.publish(run_dir, metrics)
+        store.remove(checkpoints)
         store.drop_superseded(run_dir)
         exit_code = 0
         return {"name": name, "status": "complete", "skipped": False, "best": metrics["best"]}

@@ -101,6 +101,7 @@ KEYS: dict[str, Accepts] = {
     "execution.device": Accepts(str, choices=("auto", "cpu", "cuda")),
     "execution.progress": Accepts(str, choices=("auto", True, False)),
     "execution.log_every": POSITIVE_INT,
+    "execution.checkpoint_every": NATURAL,
     "execution.wandb.mode": Accepts(str, choices=("offline", "online", "disabled")),
 }
 

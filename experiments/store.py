@@ -106,10 +106,16 @@ def clear_run(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     leftovers = [p for p in run_dir.iterdir() if any(p.name.startswith(f".{name}.") for name in RUN_FILES)]
     for path in [run_dir / name for name in RUN_FILES] + leftovers:
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+        remove(path)
+
+
+def remove(path: Path) -> None:
+    """Remove a file or folder if it is there."""
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def set_aside(run_dir: Path, reason: str) -> Path:

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 import lorakit
-from experiments import probes
+from experiments import checkpoint, probes
 from experiments.config import ConfigError, validate
 from experiments.data import eval_loader, load_tokenized, train_loader
 from experiments.methods import get_method
@@ -46,11 +46,14 @@ class Diverged(RuntimeError):
     """The training loss grew past ``train.divergence_factor`` times its first logged value."""
 
 
-def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | None = None, name: str = "default") -> dict:
+def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | None = None, name: str = "default",
+          checkpoints: Path | None = None) -> dict:
     """Fine-tune, evaluate after every epoch, probe, and return the run's metrics (metrics.json, docs/CONTRACTS.md).
 
     With ``out_dir`` (and ``save: true``) the method's files and ΔW are written there. ``logger`` receives per-step
-    loss and learning rate, per-epoch metrics and a summary.
+    loss and learning rate, per-epoch metrics and a summary. With ``checkpoints`` (a folder) the training state is
+    saved there every ``execution.checkpoint_every`` steps, and a state found there is resumed from
+    (experiments/checkpoint.py).
     """
     validate(cfg)
     method = get_method(cfg.method.name)
@@ -87,13 +90,30 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     scheduler = linear_schedule(optimizer, math.ceil(hp.warmup_ratio * total_steps), total_steps)
 
     show_progress = sys.stderr.isatty() if execution.progress == "auto" else bool(execution.progress)
-    epochs, loss_curve, window = [], [], []
-    step, train_seconds, train_examples, last_line = 0, 0.0, 0, time.perf_counter()
-    for epoch in range(1, hp.epochs + 1):
+    progress = {"epoch": 1, "batches_done": 0, "step": 0, "epochs": [], "loss_curve": [], "window": [],
+                "train_seconds": 0.0, "train_examples": 0}
+    generator = _generator(train_batches)
+    resumed = checkpoint.load(checkpoints) if checkpoints else None
+    if resumed:
+        checkpoint.restore(resumed, model, optimizer, scheduler)
+        progress = resumed["progress"]
+        generator.set_state(resumed["epoch_generator"])
+        log.info("%s: resumed from its checkpoint at step %d (epoch %d)", name, progress["step"], progress["epoch"])
+    epochs, loss_curve, window = progress["epochs"], progress["loss_curve"], progress["window"]
+    step, train_seconds, train_examples = progress["step"], progress["train_seconds"], progress["train_examples"]
+    last_line, rng_pending = time.perf_counter(), resumed is not None
+    for epoch in range(progress["epoch"], hp.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
+        epoch_generator = generator.get_state()  # the epoch's data order, before iterating draws it
+        skip = progress["batches_done"] if epoch == progress["epoch"] else 0
         bar = tqdm(train_batches, f"{name} epoch {epoch}/{hp.epochs}", disable=not show_progress, leave=False)
-        for batch in bar:
+        for index, batch in enumerate(bar):
+            if index < skip:  # done before the checkpoint; the data order is the same
+                continue
+            if rng_pending:  # dropout's masks from here on as in the uninterrupted run
+                checkpoint.restore_rng(resumed)
+                rng_pending = False
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast:
                 loss = model(**batch).loss
@@ -116,12 +136,20 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
                 bar.set_postfix(loss=f"{point['loss']:.4f}")
                 window = []
                 _check_divergence(loss_curve, hp.divergence_factor)
+            if checkpoints and execution.checkpoint_every and step % execution.checkpoint_every == 0:
+                progress = {"epoch": epoch, "batches_done": index + 1, "step": step, "epochs": epochs,
+                            "loss_curve": loss_curve, "window": window, "train_examples": train_examples,
+                            "train_seconds": train_seconds + time.perf_counter() - epoch_start}
+                checkpoint.save(checkpoints, model, optimizer, scheduler, progress, epoch_generator)
             if not show_progress and time.perf_counter() - last_line > PROGRESS_SECONDS:
                 seconds = train_seconds + time.perf_counter() - epoch_start
                 log.info("%s step %d/%d (epoch %d), loss %.4f, %.0f examples/s", name, step, total_steps, epoch,
                          loss.item(), train_examples / seconds)
                 last_line = time.perf_counter()
         bar.close()
+        if rng_pending:  # the checkpoint was the epoch's last step
+            checkpoint.restore_rng(resumed)
+            rng_pending = False
         train_seconds += time.perf_counter() - epoch_start
 
         predictions = predict(model, eval_batches, device, autocast)
@@ -230,6 +258,12 @@ def collapse_flags(predictions: dict, task: DictConfig) -> list[str]:
         if constant:
             flags.append(f"constant predictions on {split}: the model predicts the same output for every example")
     return flags
+
+
+def _generator(loader) -> torch.Generator:
+    """The generator that orders a training loader's batches (experiments/data.py ``train_loader``)."""
+    sampler = loader.batch_sampler
+    return getattr(sampler, "generator", None) or loader.generator
 
 
 def _check_divergence(loss_curve: list[dict], factor: float) -> None:

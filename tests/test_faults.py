@@ -61,3 +61,48 @@ def test_a_run_killed_at_any_write_leaves_nothing_usable_and_resumes(tiny_overri
         leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".") and p.name != ".hydra"]
         assert leftovers == [], (steps[kill_at], leftovers)
         assert (run_dir / store.ADAPTER).is_dir() and (run_dir / store.DELTAS).is_file()
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_with_the_metrics_of_an_uninterrupted_one(tiny_overrides, tmp_path,
+                                                                                            monkeypatch):
+    from experiments import train as train_module
+
+    cfg = make(tiny_overrides + ["execution.checkpoint_every=3"])  # 2 epochs of 4 steps: checkpoints at 3 and 6
+    whole = run_job(cfg, tmp_path / "whole", name="whole", group="t")
+    real_check = train_module._check_divergence
+
+    def kill_at_step_7(loss_curve, factor):  # after the checkpoint of step 6, in the second epoch
+        real_check(loss_curve, factor)
+        if loss_curve[-1]["step"] >= 7:
+            raise Killed("step 7")
+
+    monkeypatch.setattr(train_module, "_check_divergence", kill_at_step_7)
+    monkeypatch.setattr(train_module, "PROGRESS_SECONDS", 0)
+    cfg = make(tiny_overrides + ["execution.checkpoint_every=3", "execution.log_every=1"])
+    with pytest.raises(Killed):
+        run_job(cfg, tmp_path / "killed", name="killed", group="t")
+    assert (tmp_path / "killed" / ".checkpoint" / "state.pt").is_file()
+    monkeypatch.setattr(train_module, "_check_divergence", real_check)
+    status = run_job(cfg, tmp_path / "killed", name="killed", group="t")
+    assert status["status"] == "complete" and not (tmp_path / "killed" / ".checkpoint").exists()
+
+    import json
+
+    first, resumed = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("whole", "killed"))
+    assert resumed["epochs"] == first["epochs"]  # the same dev metrics, to the last digit
+    assert resumed["truncation"] == first["truncation"]
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(tiny_overrides, tmp_path, monkeypatch, caplog):
+    from experiments import train as train_module
+
+    def kill(loss_curve, factor):
+        raise Killed("at the first logged step")
+
+    monkeypatch.setattr(train_module, "_check_divergence", kill)
+    with pytest.raises(Killed):
+        run_job(make(tiny_overrides + ["execution.checkpoint_every=1"]), tmp_path / "run", name="run", group="t")
+    monkeypatch.undo()
+    other = make(tiny_overrides + ["execution.checkpoint_every=1", "train.lr=1e-3", "train.epochs=1"])
+    assert run_job(other, tmp_path / "run", name="run", group="t")["status"] == "complete"
+    assert "its checkpoint was made with another config; starting from step 0" in caplog.text
