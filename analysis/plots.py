@@ -80,7 +80,7 @@ def plot_subspace_grids(data: SubspaceGrids, zoom: int | None = None) -> Figure:
 def plot_metric_vs_rank(runs: pd.DataFrame) -> Figure:
     """Table 6 as a plot: median metric (×100) vs r per target set, min–max over seeds shaded, full FT dashed."""
     lora = runs[(runs["method"] == "lora") & runs["rank"].notna()]
-    tasks = [t for t in PAPER_TASK_ORDER if t in set(lora["task"])] + sorted(set(lora["task"]) - set(PAPER_TASK_ORDER))
+    tasks = _by_task(lora)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.0 * len(tasks), 3.2), squeeze=False, layout="constrained")
     for ax, task in zip(axes[0], tasks):
         on_task = lora[lora["task"] == task]
@@ -95,11 +95,8 @@ def plot_metric_vs_rank(runs: pd.DataFrame) -> Figure:
         ax.set_xscale("log", base=2)
         ranks = sorted(int(r) for r in on_task["rank"].unique())
         ax.set_xticks(ranks, [str(r) for r in ranks])
-        ax.set_xlabel("LoRA rank r")
-        ax.set_ylabel(f"{on_task['metric'].iloc[0]} ×100 (best epoch)")
-        ax.set_title(f"{task}: metric vs rank (median over seeds, band = min–max)", fontsize=9)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        _label_task_panel(ax, "LoRA rank r", f"{on_task['metric'].iloc[0]} ×100 (best epoch)",
+                          f"{task}: metric vs rank (median over seeds, band = min–max)")
     return fig
 
 
@@ -213,6 +210,16 @@ def _by_task(frame: pd.DataFrame) -> list[str]:
     return [t for t in PAPER_TASK_ORDER if t in present] + sorted(present - set(PAPER_TASK_ORDER))
 
 
+def _label_task_panel(ax, xlabel: str, ylabel: str, title: str, legend_fontsize: int = 7) -> None:
+    """How each one-task panel (metric vs rank, truncation, forgetting) ends: axis labels, a 9-point title, the
+    legend and a light grid."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=legend_fontsize)
+    ax.grid(alpha=0.3)
+
+
 def plot_truncation(points: pd.DataFrame, summary: pd.DataFrame) -> Figure:
     """Metric (×100) vs truncation rank k per configuration, median over seeds with the min–max band; the
     untruncated median as a marker at the right and the head-only baseline dotted."""
@@ -232,11 +239,8 @@ def plot_truncation(points: pd.DataFrame, summary: pd.DataFrame) -> Figure:
         if len(baseline):
             ax.axhline(baseline.iloc[0], color="0.4", ls=":", lw=1, label="head-only baseline")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("truncation rank k (★: untruncated)")
-        ax.set_ylabel(f"{on_task['metric'].iloc[0]} ×100")
-        ax.set_title(f"{task}: metric with ΔW cut to rank k (median, band = min–max over seeds)", fontsize=9)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        _label_task_panel(ax, "truncation rank k (★: untruncated)", f"{on_task['metric'].iloc[0]} ×100",
+                          f"{task}: metric with ΔW cut to rank k (median, band = min–max over seeds)")
     return fig
 
 
@@ -255,9 +259,7 @@ def plot_forgetting(frame: pd.DataFrame) -> Figure:
                         color=f"C{i % 10}", label=row["method"])  # fmt: skip
         ax.axvline(0, color="0.5", lw=0.8)
         probe = on_task["probe"].dropna()
-        ax.set_xlabel(f"forgetting ×100 ({probe.iloc[0] if len(probe) else 'probe'} before − after)")
-        ax.set_ylabel(f"{y} ×100 ({on_task['metric'].iloc[0]})")
-        ax.set_title(f"{task}: learning vs forgetting (median, bars = min–max over seeds)", fontsize=9)
-        ax.legend(fontsize=6)
-        ax.grid(alpha=0.3)
+        _label_task_panel(ax, f"forgetting ×100 ({probe.iloc[0] if len(probe) else 'probe'} before − after)",
+                          f"{y} ×100 ({on_task['metric'].iloc[0]})",
+                          f"{task}: learning vs forgetting (median, bars = min–max over seeds)", legend_fontsize=6)
     return fig

@@ -28,24 +28,14 @@ class DoRALinear(LoRALinear):
     unlike LoRA's is not of rank r (the rescaling of the rows touches all of W₀).
     """
 
-    def __init__(
-        self,
-        base: nn.Linear,
-        r: int,
-        alpha: float,
-        dropout: float = 0.0,
-        init: str = "gaussian",
-        rslora: bool = False,
-    ) -> None:
-        super().__init__(base, r, alpha, dropout, init, rslora)
-        self.magnitude = nn.Parameter(self.weight_norm())
-
     @torch.no_grad()
     def reset_lora_parameters(self, init: str = "gaussian") -> None:
         """A random, B = 0 and m = ‖W₀‖, so the adapted model starts as the pretrained one."""
         super().reset_lora_parameters(init)
-        if "magnitude" in self._parameters:  # absent while LoRALinear.__init__ runs; set by __init__ then
+        if "magnitude" in self._parameters:
             self.magnitude.copy_(self.weight_norm())
+        else:  # the first call, from LoRALinear.__init__: the constructor is LoRALinear's, magnitude is made here
+            self.magnitude = nn.Parameter(self.weight_norm())
 
     @torch.no_grad()
     def weight_norm(self, weight: torch.Tensor | None = None, slot: nn.Module | None = None) -> torch.Tensor:
@@ -86,15 +76,9 @@ class DoRALinear(LoRALinear):
             return torch.zeros_like(self.base_weight())
         return self.merged_weight(name) - self.base_weight()
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Replace W₀ by W' for inference; a no-op when already merged."""
-        if self.merged:
-            return
-        self._unmerged_weight = self.weight.detach().clone()
-        if self.active_adapters:
-            self.weight.copy_(self.stored(self.merged_weight().to(self.weight.dtype)))
-        self.merged = True
+    def _fold_into_weight(self) -> None:
+        """Replace W₀ by W' (``merge()`` calls this under no_grad, with W₀ kept aside and an adapter active)."""
+        self.weight.copy_(self.stored(self.merged_weight().to(self.weight.dtype)))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", dora=True"

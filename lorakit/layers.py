@@ -136,8 +136,13 @@ class LoRALinear(nn.Module):
             return
         self._unmerged_weight = self.weight.detach().clone()
         if self.active_adapters:
-            self.weight.add_(self.stored(self.lora_weight()).to(self.weight.dtype))
+            self._fold_into_weight()
         self.merged = True
+
+    def _fold_into_weight(self) -> None:
+        """Add Σ scale · B A to W (``merge()`` calls this under no_grad, with W₀ kept aside and an adapter active);
+        DoRA replaces it."""
+        self.weight.add_(self.stored(self.lora_weight()).to(self.weight.dtype))
 
     @torch.no_grad()
     def unmerge(self) -> None:

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import low_rank, one_thread  # noqa: F401 (one_thread: an autouse fixture)
 
 from analysis.maths import (
     best_rank_k,
@@ -22,20 +23,6 @@ from analysis.maths import (
     truncate_deltas,
     truncation_error,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small SVDs on a shared machine: OpenMP threads make them many times slower, not faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def low_rank(out: int, inp: int, r: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(out, r, generator=gen) @ torch.randn(r, inp, generator=gen)
 
 
 # ---------------------------------------------------------------------------------------------------- truncation

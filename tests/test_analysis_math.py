@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from helpers import low_rank, one_thread  # noqa: F401 (one_thread: an autouse fixture)
 
 from analysis import (
     delta_overlap,
@@ -19,24 +20,10 @@ from analysis import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small SVDs on a shared machine: OpenMP threads make them many times slower, not faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def orthonormal(d: int, k: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(d, k, generator=gen, dtype=torch.float64))
     return q
-
-
-def low_rank(out: int, inp: int, r: int, seed: int, dtype=torch.float32) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(out, r, generator=gen) @ torch.randn(r, inp, generator=gen)).to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------- subspace similarity

@@ -5,6 +5,7 @@ import peft
 import pytest
 import torch
 from conftest import TINY, tiny_bert, tiny_llama
+from helpers import perturb_trainable
 
 from lorakit import (
     LoRAConfig,
@@ -26,20 +27,11 @@ from lorakit import (
 )
 
 
-def perturb(model, seed, std=0.05):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=generator) * std)
-    return model
-
-
 def saved(path, seed, **config):
     """A trained-looking tiny BERT adapter with its classifier, saved to ``path``."""
     model = tiny_bert()
     inject_lora(model, LoRAConfig(**{"r": 2, "alpha": 4, "targets": "qv", **config}))
-    save_adapter(perturb(model, seed), path)
+    save_adapter(perturb_trainable(model, seed), path)
     return path
 
 

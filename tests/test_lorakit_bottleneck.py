@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_bert, tiny_roberta
+from helpers import perturb_trainable
 from torch import nn
 
 from lorakit import (
@@ -23,15 +24,6 @@ from lorakit import (
     save_adapter,
     save_bottleneck_adapters,
 )
-
-
-def perturb_trainable(model, seed=3, std=0.05):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=generator) * std)
-    return model
 
 
 def adapted(make, size=8, **config):

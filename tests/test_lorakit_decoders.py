@@ -7,6 +7,7 @@ import peft
 import pytest
 import torch
 from conftest import TINY, tiny_bert, tiny_gpt2, tiny_llama, tiny_roberta
+from helpers import perturb_trainable
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
 from lorakit import (
@@ -35,16 +36,6 @@ def tiny_deberta():
 @pytest.fixture
 def tokens():
     return torch.randint(3, TINY["vocab_size"], (2, 10), generator=torch.Generator().manual_seed(0))
-
-
-def perturb(model, seed=3, std=0.05):
-    """Move every trainable parameter, as training would, so ΔW ≠ 0 and the adapter matters."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=generator) * std)
-    return model
 
 
 # Per layer: the modules each preset adapts, by the last part(s) of their names.
@@ -102,7 +93,7 @@ def test_conv1d_identity_merge_and_delta_out_by_in(tokens, kind):
     atol = 0 if not kind else 2e-5  # PiSSA's residual W - BA is W only up to rounding
     torch.testing.assert_close(model(tokens).logits, expected, atol=atol, rtol=0)
 
-    perturb(model)
+    perturb_trainable(model)
     stored = {name: m.weight.detach().clone() for name, m in lora_modules(model).items()}
     pretrained = tiny_gpt2().state_dict()
     unmerged = model(tokens).logits
@@ -118,7 +109,7 @@ def test_conv1d_identity_merge_and_delta_out_by_in(tokens, kind):
 
 
 def test_full_fine_tune_deltas_are_out_by_in_for_conv1d():
-    base, tuned = tiny_gpt2(), perturb(tiny_gpt2())
+    base, tuned = tiny_gpt2(), perturb_trainable(tiny_gpt2())
     names = linear_module_names(base)
     deltas = weight_deltas(base.state_dict(), tuned.state_dict(), names, fan_in_fan_out=fan_in_fan_out_modules(base))
     c_attn = "transformer.h.0.attn.c_attn"
@@ -146,7 +137,7 @@ def test_lorakit_decoder_adapter_loads_in_peft_with_equal_logits(tmp_path, token
 def test_peft_decoder_adapter_loads_in_lorakit_with_equal_logits(tmp_path, tokens, make, targets, use_dora):
     config = peft.LoraConfig(r=2, lora_alpha=8, target_modules=targets, task_type="CAUSAL_LM", use_dora=use_dora,
                              fan_in_fan_out=make is tiny_gpt2)
-    peft_model = perturb(peft.get_peft_model(make(), config)).eval()
+    peft_model = perturb_trainable(peft.get_peft_model(make(), config)).eval()
     expected = peft_model(tokens).logits
     peft_model.save_pretrained(tmp_path)
 
@@ -160,7 +151,7 @@ def test_peft_decoder_adapter_loads_in_lorakit_with_equal_logits(tmp_path, token
 def injected(make, targets, use_dora=False):
     model = make()
     inject_lora(model, LoRAConfig(r=2, alpha=4, targets=targets, trainable=(), use_dora=use_dora))
-    return perturb(model)
+    return perturb_trainable(model)
 
 
 @pytest.mark.parametrize("make, saved, message", [

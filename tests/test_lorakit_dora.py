@@ -7,6 +7,7 @@ import peft
 import pytest
 import torch
 from conftest import tiny_bert, tiny_roberta
+from helpers import assert_peft_round_trip, minilm_classifier, minilm_inputs, perturb_trainable
 from safetensors.torch import load_file
 from torch import nn
 
@@ -25,16 +26,6 @@ from lorakit import (
     save_adapter,
     unmerge_lora,
 )
-
-
-def perturb_trainable(model, seed=3, std=0.05):
-    """Move every trainable parameter (factors, magnitudes, head), as training would."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=generator) * std)
-    return model
 
 
 def dora_model(make, **config):
@@ -205,21 +196,8 @@ def test_parameter_counts_include_the_magnitudes(tiny_model):
 
 
 def test_real_minilm_dora_roundtrip_through_peft(tmp_path, minilm_path):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    def load():
-        return AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2).eval()
-
-    inputs = AutoTokenizer.from_pretrained(minilm_path)(["a gripping, funny film", "tedious"], padding=True,
-                                                        return_tensors="pt")
-    model = load()
+    inputs = minilm_inputs(minilm_path)
+    model = minilm_classifier(minilm_path)
     inject_lora(model, LoRAConfig(r=8, alpha=16, targets="qv", use_dora=True))
     perturb_trainable(model, std=0.02)
-    expected = model(**inputs).logits
-    save_adapter(model, tmp_path, base_model_name_or_path=str(minilm_path))
-    peft_model = peft.PeftModel.from_pretrained(load(), tmp_path).eval()
-    torch.testing.assert_close(peft_model(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
-    peft_model.save_pretrained(tmp_path / "from_peft")
-    again = load()
-    load_adapter(again, tmp_path / "from_peft")
-    torch.testing.assert_close(again(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
+    assert_peft_round_trip(model, inputs, model(**inputs).logits, minilm_path, tmp_path)

@@ -9,6 +9,7 @@ import peft
 import pytest
 import torch
 from conftest import tiny_bert
+from helpers import perturb_trainable
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -31,27 +32,18 @@ LORA_CONFIG, LORA_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 HOULSBY_CONFIG, HOULSBY_WEIGHTS = "bottleneck_config.json", "bottleneck_model.safetensors"
 
 
-def perturbed(model):
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=generator) * 0.05)
-    return model
-
-
 @pytest.fixture
 def lora_dir(tmp_path):
     model = tiny_bert()
     inject_lora(model, LoRAConfig(r=2, alpha=4, targets="qv"))
-    return save_adapter(perturbed(model), tmp_path / "lora")
+    return save_adapter(perturb_trainable(model), tmp_path / "lora")
 
 
 @pytest.fixture
 def houlsby_dir(tmp_path):
     model = tiny_bert()
     inject_adapters(model, AdapterConfig(size=4))
-    return save_bottleneck_adapters(perturbed(model), tmp_path / "houlsby")
+    return save_bottleneck_adapters(perturb_trainable(model), tmp_path / "houlsby")
 
 
 def refused(load, path, file, message):

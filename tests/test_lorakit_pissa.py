@@ -7,6 +7,7 @@ import peft
 import pytest
 import torch
 from conftest import tiny_bert, tiny_roberta
+from helpers import minilm_classifier, minilm_inputs, perturb_trainable
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
@@ -24,16 +25,6 @@ from lorakit import (
     save_adapter,
     unmerge_lora,
 )
-
-
-def perturb_factors(model, seed=3, std=0.05):
-    """Move A, B and the head as training would."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=generator) * std)
-    return model
 
 
 def pissa_model(make, **config):
@@ -75,7 +66,7 @@ def test_identity_at_init_merge_and_delta(tiny_model, batch):
     inject_lora(tiny_model, LoRAConfig(r=4, alpha=8, targets="all", init="pissa"))
     torch.testing.assert_close(tiny_model(**batch).logits, expected, atol=1e-5, rtol=0)
 
-    perturb_factors(tiny_model)
+    perturb_trainable(tiny_model)
     W_res = {n: m.weight.detach().clone() for n, m in lora_modules(tiny_model).items()}
     unmerged = tiny_model(**batch).logits
     merge_lora(tiny_model)
@@ -96,7 +87,7 @@ def test_state_dict_keys_are_those_of_plain_lora(tiny_model):
 
 @pytest.mark.parametrize("make, rslora", [(tiny_bert, False), (tiny_roberta, False), (tiny_bert, True)])
 def test_saved_adapter_is_rank_2r_lora_for_the_unmodified_model(tmp_path, batch, make, rslora):
-    model = perturb_factors(pissa_model(make, rslora=rslora))
+    model = perturb_trainable(pissa_model(make, rslora=rslora))
     expected = model(**batch).logits
     save_adapter(model, tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -123,7 +114,7 @@ def test_conversion_equals_peft_path_initial_model_for_weight_conversion(tmp_pat
     peft_model = peft.get_peft_model(tiny_bert(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
                                                                   init_lora_weights="pissa", task_type="SEQ_CLS"))
     peft_model.save_pretrained(tmp_path / "init")
-    perturb_factors(peft_model)
+    perturb_trainable(peft_model)
     peft_model.save_pretrained(tmp_path / "peft", path_initial_model_for_weight_conversion=str(tmp_path / "init"))
 
     ours = pissa_model(tiny_bert, targets="qv")
@@ -150,7 +141,7 @@ def test_peft_unconverted_pissa_adapter_rebuilds_the_residual(tmp_path, batch, m
     """A PEFT adapter saved with init_lora_weights="pissa" needs the residual base; lorakit rebuilds it as PEFT does."""
     peft_model = peft.get_peft_model(make(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
                                                              init_lora_weights="pissa", task_type="SEQ_CLS"))
-    perturb_factors(peft_model).eval()
+    perturb_trainable(peft_model).eval()
     expected = peft_model(**batch).logits
     peft_model.save_pretrained(tmp_path)
     model = make()
@@ -162,7 +153,7 @@ def test_peft_unconverted_pissa_adapter_rebuilds_the_residual(tmp_path, batch, m
 
 
 def test_plain_adapter_into_a_pissa_model_is_refused(tmp_path):
-    save_adapter(perturb_factors(pissa_model(tiny_bert)), tmp_path)
+    save_adapter(perturb_trainable(pissa_model(tiny_bert)), tmp_path)
     with pytest.raises(LoRAError, match="is a plain LoRA adapter, the model's LoRA layers are PiSSA; load it into a "
                                         "model without LoRA"):
         load_adapter(pissa_model(tiny_bert), tmp_path)
@@ -174,22 +165,16 @@ def test_rank_must_leave_room_for_2r():
 
 
 def test_real_minilm_pissa_adapter_loads_on_the_pretrained_model_in_peft(tmp_path, minilm_path):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    def load():
-        return AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2).eval()
-
-    inputs = AutoTokenizer.from_pretrained(minilm_path)(["a gripping, funny film", "tedious"], padding=True,
-                                                        return_tensors="pt")
-    model = load()
+    inputs = minilm_inputs(minilm_path)
+    model = minilm_classifier(minilm_path)
     base_logits = model(**inputs).logits
     inject_lora(model, LoRAConfig(r=8, alpha=16, targets="qv", init="pissa"))
     torch.testing.assert_close(model(**inputs).logits, base_logits, atol=1e-4, rtol=1e-4)
-    perturb_factors(model, std=0.02)
+    perturb_trainable(model, std=0.02)
     expected = model(**inputs).logits
     assert not torch.allclose(expected, base_logits, atol=1e-3)
     save_adapter(model, tmp_path, base_model_name_or_path=str(minilm_path))
     with safe_open(str(tmp_path / "adapter_model.safetensors"), framework="pt") as f:
         assert f.metadata()["lorakit_pissa_rank"] == "8"
-    peft_model = peft.PeftModel.from_pretrained(load(), tmp_path).eval()
+    peft_model = peft.PeftModel.from_pretrained(minilm_classifier(minilm_path), tmp_path).eval()
     torch.testing.assert_close(peft_model(**inputs).logits, expected, atol=1e-4, rtol=1e-4)

@@ -6,7 +6,8 @@ import peft
 import pytest
 import torch
 from conftest import tiny_bert, tiny_roberta
-from safetensors.torch import load_file, save_file
+from helpers import assert_peft_round_trip, minilm_classifier, minilm_inputs, perturb_trainable
+from safetensors.torch import load_file
 
 from lorakit import LoRAConfig, LoRAError, delta_weights, inject_lora, load_adapter, lora_modules, read_adapter, save_adapter
 
@@ -15,12 +16,7 @@ from lorakit import LoRAConfig, LoRAError, delta_weights, inject_lora, load_adap
 def trained_lorakit_model(make, config, seed=3):
     model = make()
     inject_lora(model, config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=generator) * 0.05)
-    return model
+    return perturb_trainable(model, seed)
 
 
 @pytest.mark.parametrize("make", [tiny_bert, tiny_roberta])
@@ -146,15 +142,8 @@ def test_loading_unmerges_first(tmp_path, batch):
 
 
 def test_real_minilm_roundtrip_through_peft(tmp_path, minilm_path):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    def load():
-        return AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2).eval()
-
-    inputs = AutoTokenizer.from_pretrained(minilm_path)(
-        ["a gripping, funny film", "tedious and far too long"], padding=True, return_tensors="pt"
-    )
-    model = load()
+    inputs = minilm_inputs(minilm_path, ["a gripping, funny film", "tedious and far too long"])
+    model = minilm_classifier(minilm_path)
     torch.manual_seed(0)
     model.classifier.reset_parameters()
     base_logits = model(**inputs).logits
@@ -166,13 +155,7 @@ def test_real_minilm_roundtrip_through_peft(tmp_path, minilm_path):
             module.lora_B.normal_(std=0.02)
     expected = model(**inputs).logits
     assert not torch.allclose(expected, base_logits)
-    save_adapter(model, tmp_path, base_model_name_or_path=str(minilm_path))
-    peft_model = peft.PeftModel.from_pretrained(load(), tmp_path).eval()
-    torch.testing.assert_close(peft_model(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
-    peft_model.save_pretrained(tmp_path / "from_peft")
-    again = load()
-    load_adapter(again, tmp_path / "from_peft")
-    torch.testing.assert_close(again(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
+    assert_peft_round_trip(model, inputs, expected, minilm_path, tmp_path)
 
 
 def test_factors_alone_start_another_task(tmp_path):
