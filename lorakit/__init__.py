@@ -33,6 +33,7 @@ from .inject import (
     weight_deltas,
 )
 from .layers import LoRALinear
+from .nf4 import NF4LoRALinear, dequantize, quantize_base, weight_bytes
 from .pissa import PiSSALinear
 from .state import Adapter, load_adapter, read_adapter, save_adapter
 
@@ -47,6 +48,7 @@ __all__ = [
     "LoRAConfig",
     "LoRAError",
     "LoRALinear",
+    "NF4LoRALinear",
     "PiSSALinear",
     "TARGET_PRESETS",
     "adapter_modules",
@@ -57,6 +59,7 @@ __all__ = [
     "count_method_parameters",
     "count_parameters",
     "delta_weights",
+    "dequantize",
     "freeze_except",
     "inject_adapters",
     "inject_lora",
@@ -67,10 +70,12 @@ __all__ = [
     "lora_parameter_groups",
     "lora_scale",
     "merge_lora",
+    "quantize_base",
     "read_adapter",
     "resolve_targets",
     "save_adapter",
     "save_bottleneck_adapters",
     "unmerge_lora",
+    "weight_bytes",
     "weight_deltas",
 ]
