@@ -79,21 +79,22 @@ def quantize_base(model: nn.Module, names: str | Sequence[str] | None = None) ->
     modules = lora_modules(model)
     if not modules:
         raise LoRAError("quantize_base: the model has no LoRA layers; call inject_lora first, then quantize its base")
-    selected = select(modules, names)
+    selected = _select(modules, names)
     for name, module in selected.items():
         check_quantizable(name, module)
     to_nf4 = _torchao_to_nf4()
     for module in selected.values():
         if isinstance(module, NF4LoRALinear):
             continue
-        module.weight = nn.Parameter(to_nf4(module.weight.detach(), BLOCK_SIZE, SCALER_BLOCK_SIZE), requires_grad=False)
+        quantized = to_nf4(module.weight.detach().contiguous(), BLOCK_SIZE, SCALER_BLOCK_SIZE)
+        module.weight = nn.Parameter(quantized, requires_grad=False)
         # The class changes in place (as torch.nn.utils.parametrize does) rather than the module being replaced, so
         # lora_A, lora_B and the bias stay the very Parameters an optimizer may already hold.
         module.__class__ = NF4LoRALinear
     return list(selected)
 
 
-def select(modules: dict[str, LoRALinear], names: str | Sequence[str] | None) -> dict[str, LoRALinear]:
+def _select(modules: dict[str, LoRALinear], names: str | Sequence[str] | None) -> dict[str, LoRALinear]:
     if names is None:
         return modules
     patterns = resolve_targets(names)
@@ -111,7 +112,7 @@ def check_quantizable(name: str, module: LoRALinear) -> None:
     if type(module) is not LoRALinear:
         raise LoRAError(
             f"quantize_base: {name} is a {type(module).__name__}; the NF4 base is implemented for plain LoRA layers "
-            f"(DoRA's norms and PiSSA's residual read W₀ in ways this does not cover)"
+            f"(DoRA reads W₀ densely for its norms; a PiSSA adapter is saved against the unquantized W)"
         )
     if module.merged:
         raise LoRAError(f"quantize_base: {name} is merged (its weight holds W₀ + ΔW); unmerge_lora first")
