@@ -36,6 +36,7 @@ from .inject import (
     weight_deltas,
 )
 from .layers import LoRALinear, LoRASlot
+from .nf4 import NF4LoRALinear, dequantize, quantize_base, weight_bytes
 from .pissa import PiSSALinear
 from .peft_format import Adapter, read_adapter
 from .state import load_adapter, save_adapter
@@ -52,6 +53,7 @@ __all__ = [
     "LoRAError",
     "LoRALinear",
     "LoRASlot",
+    "NF4LoRALinear",
     "PiSSALinear",
     "TARGET_PRESETS",
     "active_adapters",
@@ -66,6 +68,7 @@ __all__ = [
     "count_parameters",
     "delete_adapter",
     "delta_weights",
+    "dequantize",
     "fan_in_fan_out_modules",
     "freeze_except",
     "inject_adapters",
@@ -77,11 +80,13 @@ __all__ = [
     "lora_parameter_groups",
     "lora_scale",
     "merge_lora",
+    "quantize_base",
     "read_adapter",
     "resolve_targets",
     "save_adapter",
     "save_bottleneck_adapters",
     "set_adapter",
     "unmerge_lora",
+    "weight_bytes",
     "weight_deltas",
 ]
