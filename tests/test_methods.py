@@ -100,10 +100,32 @@ def test_pissa_run_starts_from_the_top_singular_directions(trained):
     assert json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["r"] == 4  # saved as plain LoRA of 2r
 
 
+def test_qlora_trains_the_factors_on_a_4_bit_base(tiny_overrides, tiny_model_dir, tmp_path):
+    pytest.importorskip("torchao")
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    wide = tmp_path / "bert-128"  # NF4's blocks need out·in divisible by 16384: 128x128 attention projections
+    config = BertConfig(vocab_size=AutoTokenizer.from_pretrained(tiny_model_dir).vocab_size, hidden_size=128,
+                        num_hidden_layers=1, num_attention_heads=2, intermediate_size=128, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(wide)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(wide)
+    overrides = tiny_overrides + [f"model.path={wide}", "train.epochs=1", "quantize=nf4"]
+    status = run_job(make(overrides), tmp_path / "qlora", name="qlora", group="t")
+    assert status["status"] == "complete", status
+    metrics = json.loads((tmp_path / "qlora" / "metrics.json").read_text())
+    assert metrics["run"]["quantize"] == "nf4" and metrics["method_params"] == 2 * (2 * 128 + 128 * 2)
+    assert metrics["truncation"][0]["k"] == 0  # ΔW against the dequantized W₀, merged and cut like any LoRA's
+    failed = run_job(make(tiny_overrides + ["quantize=nf4"]), tmp_path / "narrow", name="narrow", group="t")
+    assert "is 32x32 (1024 weights); NF4" in failed["error"]  # the tiny 32-wide model cannot be quantized
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
         (["method=prefix"], None),
+        (["quantize=nf4", "method=dora"], "quantize=nf4 keeps W₀ frozen in 4 bits; method=dora"),
+        (["quantize=int3"], "quantize='int3' is not accepted: quantize must be none | nf4"),
         (["loraplus_ratio=-1"], "loraplus_ratio=-1 is not accepted: loraplus_ratio must be a number > 0"),
         (["freeze_a=true", "init=pissa"], "freeze_a=True does not combine with init='pissa'"),
         (["method=adapter", "adapter_size=0"], "adapter_size=0 is not accepted: adapter_size must be an integer ≥ 1"),

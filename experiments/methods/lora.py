@@ -1,6 +1,7 @@
 """LoRA (Hu et al. 2021) through lorakit, with the variants that change only how the factors start or learn:
 ``init=pissa`` (Meng et al. 2024), ``freeze_a=true`` (LoRA-FA, Zhu et al. 2024: only B trains) and
-``loraplus_ratio=λ`` (LoRA+, Hayou et al. 2024: B learns at λ × A's rate). DoRA extends it (experiments/methods/dora.py).
+``loraplus_ratio=λ`` (LoRA+, Hayou et al. 2024: B learns at λ × A's rate), and ``quantize=nf4`` (QLoRA, Dettmers et al.
+2023: the frozen W₀ in 4-bit NormalFloat). DoRA extends it (experiments/methods/dora.py).
 """
 
 from __future__ import annotations
@@ -31,15 +32,20 @@ class LoRA(Method):
         "dropout": Accepts(float, low=0, high=1, high_open=True),
         "loraplus_ratio": POSITIVE,
         "freeze_a": FLAG,
+        "quantize": Accepts(str, choices=("none", "nf4")),
     }
     has_delta = True
     use_dora = False
 
     def check(self, cfg: DictConfig) -> None:
         try:
-            self.config(cfg)
+            config = self.config(cfg)
         except lorakit.LoRAError as err:
             raise ConfigError(str(err)) from None
+        if cfg.method.quantize == "nf4" and (config.use_dora or config.init == "pissa"):
+            raise ConfigError(f"quantize=nf4 keeps W₀ frozen in 4 bits; method={self.name} init={config.init} changes "
+                              f"it (DoRA's norm, PiSSA's residual); accepted: quantize=nf4 with method=lora and init "
+                              f"gaussian or kaiming")
 
     def config(self, cfg: DictConfig) -> lorakit.LoRAConfig:
         """The run's ``lorakit.LoRAConfig``: the one place the method's keys become library arguments."""
@@ -50,6 +56,11 @@ class LoRA(Method):
 
     def prepare(self, model: nn.Module, cfg: DictConfig) -> list[str]:
         adapted = lorakit.inject_lora(model, self.config(cfg))
+        if cfg.method.quantize == "nf4":  # QLoRA: ΔW and merge are against the dequantized W₀
+            try:
+                lorakit.quantize_base(model)
+            except lorakit.LoRAError as err:
+                raise ConfigError(str(err)) from None
         self.init_adapter = find_init_adapter(cfg.method.init_from, cfg.seed)
         if self.init_adapter is not None:  # the factors only: the head is new (another task, maybe another label count)
             lorakit.load_adapter(model, self.init_adapter, head=False)
