@@ -81,6 +81,12 @@ def test_run_folder_names_hold_the_overrides_of_the_identity(override_dirname, m
     assert OmegaConf.create({"n": f"${{lorakit.run_name:'{override_dirname}',{method}}}"}).n == name
 
 
+def test_targets_may_be_a_list_of_module_names():
+    validate(make(["targets=[query,value]"]))
+    with pytest.raises(ConfigError, match="targets must be a preset or a non-empty list of module names"):
+        validate(make(["targets=[]"]))
+
+
 def test_identity_is_the_config_without_execution_and_unread_method_keys():
     from experiments.config import identity
 

@@ -23,10 +23,9 @@ from experiments.store import ADAPTER, ADAPTER_INIT, atomic_path, find_init_adap
 @register
 class LoRA(Method):
     name = "lora"
-    accepts = {
+    accepts = {  # and targets, a preset or a list of module names: checked by lorakit in check()
         "rank": POSITIVE_INT,
         "alpha": POSITIVE,
-        "targets": Accepts(str, nullable=False),  # or a list of module names: checked by lorakit in check()
         "init": Accepts(str, choices=("gaussian", "kaiming", "pissa")),
         "rslora": FLAG,
         "dropout": Accepts(float, low=0, high=1, high_open=True),
