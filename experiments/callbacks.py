@@ -9,6 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from experiments import distributed
 from experiments.config import ConfigError, validate
 from experiments.store import TABLE, unwritable, write_run_table
 
@@ -39,7 +40,7 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Write the runs table and a one-line summary; the entry point exits 1 when any run did not complete."""
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
+        if not sweep_dir.is_dir() or not distributed.is_main():
             return
         table = write_run_table(sweep_dir)
         counts = table["status"].value_counts().to_dict() if len(table) else {}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from experiments import checkpoint, store
+from experiments import checkpoint, distributed, store
 from experiments.config import identity, launcher_threads
 from experiments.tracking import NullLogger, make_logger
 from experiments.train import train
@@ -45,8 +45,24 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str, group: str) -> dict:
     """Train into ``run_dir`` unless a complete run of the same config is there; return a status dict."""
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    if distributed.active():  # one run on several processes: process 0 keeps the folder, the others only train
+        return _run_shared(cfg, resolved, run_dir, name, group)
     with store.run_lock(run_dir):  # a parallel job with the same folder (a duplicate full fine-tune) waits, then skips
         return _run_locked(cfg, resolved, run_dir, name, group)
+
+
+def _run_shared(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group: str) -> dict:
+    """Under DDP: every process reads the folder's state before process 0 changes anything, so all agree on skipping
+    and on resuming; then process 0 runs the usual job and the others train alongside without writing."""
+    skip = store.is_complete(run_dir) and identity(store.stored_config(run_dir) or {}) == identity(resolved)
+    resume = checkpoint.matches(run_dir / checkpoint.FOLDER, identity(resolved))
+    distributed.barrier()
+    if distributed.is_main():
+        return _run_locked(cfg, resolved, run_dir, name, group)
+    if skip:
+        return {"name": name, "status": "complete", "skipped": True, "best": {}}
+    metrics = train(cfg, out_dir=None, name=name, checkpoints=run_dir / checkpoint.FOLDER if resume else None)
+    return {"name": name, "status": "complete", "skipped": False, "best": metrics["best"]}
 
 
 def _run_locked(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group: str) -> dict:

@@ -12,8 +12,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from experiments import distributed
 from experiments.callbacks import SweepCallback
-from experiments.config import moved_keys, register_resolvers
+from experiments.config import ConfigError, moved_keys, register_resolvers
 from experiments.search import register_optuna_schema
 from experiments.job import run_hydra_job
 
@@ -27,7 +28,11 @@ def main(cfg: DictConfig) -> float:
 
 
 def cli() -> None:
-    sys.argv[1:] = moved_keys(sys.argv[1:])
+    try:
+        sys.argv[1:] = distributed.setup(moved_keys(sys.argv[1:]))
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        sys.exit(1)
     main()
     if SweepCallback.failed:
         print(f"[lorakit] failed: {', '.join(SweepCallback.failed)} (see FAILED in each folder)", file=sys.stderr)

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 import lorakit
-from experiments import checkpoint, probes
+from experiments import checkpoint, distributed, probes
 from experiments.config import ConfigError, validate
 from experiments.data import eval_loader, load_tokenized, train_loader
 from experiments.methods import get_method
@@ -61,6 +61,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     started = time.perf_counter()
     task, hp, execution = cfg.task, cfg.train, cfg.execution
     device, autocast = _device(execution)
+    distributed.check_batch(hp.batch_size)
 
     # Data: tokenized once per (task, tokenizer, max length, subset) and cached; batches padded to their longest.
     model_path = resolve_model_path(cfg.model)
@@ -79,6 +80,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     adapted = method.prepare(model, cfg)
     _warn_if_untrained_pooler_is_frozen(model, cfg, name)
     model.to(device)
+    trained = distributed.wrap(model, device)  # what the loop calls: DDP's wrapper over several processes
     trainable_params, total_params = lorakit.count_parameters(model)
     method_params = method.method_params(model, cfg)
 
@@ -103,7 +105,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     step, train_seconds, train_examples = progress["step"], progress["train_seconds"], progress["train_examples"]
     last_line, rng_pending = time.perf_counter(), resumed is not None
     for epoch in range(progress["epoch"], hp.epochs + 1):
-        model.train()
+        trained.train()
         epoch_start = time.perf_counter()
         epoch_generator = generator.get_state()  # the epoch's data order, before iterating draws it
         skip = progress["batches_done"] if epoch == progress["epoch"] else 0
@@ -114,9 +116,13 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
             if rng_pending:  # dropout's masks from here on as in the uninterrupted run
                 checkpoint.restore_rng(resumed)
                 rng_pending = False
+            examples = len(batch["labels"])
+            batch = distributed.shard(batch)
+            if batch is None:  # a final batch too small to share: every process skips it
+                continue
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast:
-                loss = model(**batch).loss
+                loss = trained(**batch).loss
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1} (epoch {epoch}); lower the learning rate")
             loss.backward()
@@ -127,7 +133,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            train_examples += len(batch["labels"])
+            train_examples += examples
             window.append(loss.item())
             if step % execution.log_every == 0 or step == total_steps:
                 point = {"step": step, "loss": float(np.mean(window)), "lr": lr}
@@ -136,7 +142,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
                 bar.set_postfix(loss=f"{point['loss']:.4f}")
                 window = []
                 _check_divergence(loss_curve, hp.divergence_factor)
-            if checkpoints and execution.checkpoint_every and step % execution.checkpoint_every == 0:
+            if checkpoints and execution.checkpoint_every and step % execution.checkpoint_every == 0 and distributed.is_main():
                 progress = {"epoch": epoch, "batches_done": index + 1, "step": step, "epochs": epochs,
                             "loss_curve": loss_curve, "window": window, "train_examples": train_examples,
                             "train_seconds": train_seconds + time.perf_counter() - epoch_start}
@@ -280,7 +286,7 @@ def _device(execution: DictConfig) -> tuple[torch.device, object]:
     if execution.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("execution.device=cuda but torch sees no CUDA device; use execution.device=auto or cpu")
     cuda = execution.device == "cuda" or (execution.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda else "cpu")
+    device = distributed.device(torch.device("cuda" if cuda else "cpu"))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         return device, torch.autocast("cuda", dtype=torch.bfloat16)
