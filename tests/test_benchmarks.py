@@ -186,3 +186,19 @@ def test_gpu_check_accepts_a_complete_sweep_and_names_an_incomplete_run(tmp_path
         gpu_check.check_runs(tmp_path)
     with pytest.raises(SystemExit, match="no runs table"):
         gpu_check.check_runs(tmp_path / "missing")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU this would run the whole check")
+def test_gpu_check_without_a_gpu_stops_after_naming_the_machine(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(GPU_CHECK), "--out", str(tmp_path)], capture_output=True, text=True, env=env)
+    summary = (tmp_path / "summary.md").read_text()
+    assert done.returncode == 1, done.stdout + done.stderr
+    machine = next(line for line in summary.splitlines() if line.startswith("| machine |"))
+    if "**failed** (exit 1)" in machine:
+        assert "no usable GPU" in (tmp_path / "machine.log").read_text()
+    else:  # a loaded CPU machine can spend the step's 30 s importing torch
+        assert "**timed out** (30 s)" in machine, machine
+    assert "not run: the machine step failed" in summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["machine.log", "summary.md"]
