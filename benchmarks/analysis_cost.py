@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with share.measure():
         result: dict[str, Any] = {
             "benchmark": "analysis_cost",
-            "machine": common.machine_info(device),
+            "machine": common.machine_info(device, args.dtype),
             "settings": {"model": args.model, "r": args.r, "repeats": args.repeats,
                          "note": "analysis computes in float64 on the CPU"},
             "phi_grid": {"shape": f"{args.r}x{args.r}", "module": one,

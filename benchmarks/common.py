@@ -46,23 +46,46 @@ def add_workload_args(parser: argparse.ArgumentParser) -> None:
 
 def add_machine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="bf16: autocast, weights and optimizer stay fp32; auto: bf16 on a GPU, fp32 on a CPU")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads, set explicitly and recorded")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
 
 
 def setup(args: argparse.Namespace) -> str:
-    """Fix the thread count and pick the device; returns ``"cpu"`` or ``"cuda"``."""
+    """Fix the thread count, pick the device and settle ``args.dtype``; returns ``"cpu"`` or ``"cuda"``."""
     torch.set_num_threads(args.threads)
     if args.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no GPU")
-    return args.device
+    else:
+        device = args.device
+    if args.dtype == "auto":
+        args.dtype = "bf16" if device == "cuda" else "fp32"
+    return device
 
 
-def amp(device: str):
-    """bf16 autocast on a GPU (weights and optimizer stay fp32); plain fp32 on the CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
+def amp(device: str, dtype: str):
+    """``dtype="bf16"``: bf16 autocast on that device (weights and optimizer stay fp32, as in experiments/); fp32
+    otherwise."""
+    return torch.autocast(device, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+
+# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s; matched against the device name.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}
+
+
+def bf16_peak_tflops(device: str, override: float | None = None) -> dict[str, Any]:
+    """The peak that model FLOPs utilisation divides by: ``override`` (``--peak-tflops``), else the data-sheet value
+    for this GPU, else none (a CPU, or a GPU not in ``BF16_PEAK_TFLOPS``: MFU is then not reported)."""
+    if override:
+        return {"tflops": override, "source": "--peak-tflops"}
+    name = torch.cuda.get_device_name() if device == "cuda" else None
+    for key, tflops in BF16_PEAK_TFLOPS.items():
+        if name and key in name:
+            return {"tflops": tflops, "source": f"NVIDIA data sheet, dense bf16, {key} (device: {name})"}
+    return {"tflops": None, "source": f"no bf16 peak known for {name or 'a CPU'}; pass --peak-tflops"}
 
 
 def cpu_model() -> str:
@@ -75,7 +98,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info(device: str) -> dict[str, Any]:
+def machine_info(device: str, dtype: str) -> dict[str, Any]:
     import peft
     import transformers
 
@@ -88,7 +111,7 @@ def machine_info(device: str) -> dict[str, Any]:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "device": device,
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
-        "precision": "bf16 autocast" if device == "cuda" else "fp32",
+        "precision": "bf16 autocast" if dtype == "bf16" else "fp32",
         "python": platform.python_version(),
         "versions": {
             "torch": torch.__version__,
@@ -289,7 +312,8 @@ def run_isolated(fn: Callable[..., Any], *args: Any) -> Any:
         context.set_forkserver_preload(_PRELOAD)
     else:
         context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
+    # One task per pool, whose worker exits when the pool shuts down (max_tasks_per_child would need Python 3.11).
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(fn, *args).result()
 
 

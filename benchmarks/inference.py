@@ -44,7 +44,7 @@ def time_variants(name: str, variants: list[Variant], args: argparse.Namespace, 
 
     @torch.inference_mode()
     def forward(v: Variant) -> None:
-        with common.amp(device):
+        with common.amp(device, args.dtype):
             models[v](**batch)
 
     times: dict[Variant, list[float]] = {v: [] for v in variants}
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants = variants_for(args.ranks, args.targets)
     result: dict[str, Any] = {
         "benchmark": "inference",
-        "machine": common.machine_info(device),
+        "machine": common.machine_info(device, args.dtype),
         "settings": {"batch": args.batch, "seq_len": args.seq_len, "warmup_rounds": args.warmup,
                      "timed_rounds": args.rounds, "alpha": 16.0,
                      "time": "median over rounds of one forward per variant, rounds alternating order"},

@@ -27,7 +27,7 @@ SST2_TRAIN = 67_349
 
 
 def glue_dir(given: Path | None) -> Path:
-    candidates = [given] if given else [Path(p) for p in filter(None, [os.environ.get("LORAKIT_GLUE_DIR")])]
+    candidates = [given] if given else [Path(p) for p in filter(None, [os.environ.get("GLUE_DIR")])]
     candidates += [common.REPO / "shared" / "glue", common.REPO.parent / "shared" / "glue"]
     for path in candidates:
         if (path / "sst2" / "train.parquet").is_file():
@@ -63,7 +63,7 @@ def run_method(variant: Variant, ids: list[list[int]], labels: torch.Tensor, arg
                device: str) -> dict[str, Any]:
     model, adapted = build_variant(args.model, variant, init="gaussian", alpha=args.alpha)
     model.to(device).train()
-    step, pad_id = make_step(model, device, lr=args.lr), model.config.pad_token_id
+    step, pad_id = make_step(model, device, args.dtype, lr=args.lr), model.config.pad_token_id
     starts = range(0, len(ids), args.batch)
     elapsed, examples, tokens = 0.0, 0, 0
     with common.PeakMemory(device) as memory:
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     full_epoch = examples is None or examples >= SST2_TRAIN
     result: dict[str, Any] = {
         "benchmark": "sst2_epoch",
-        "machine": common.machine_info(device),
+        "machine": common.machine_info(device, args.dtype),
         "settings": {"model": args.model, "r": args.r, "targets": args.targets, "alpha": args.alpha, "lr": args.lr,
                      "batch": args.batch, "max_len": args.max_len, "warmup_steps": args.warmup_steps,
                      "examples": len(ids), "scope": "full epoch" if full_epoch else

@@ -138,3 +138,13 @@ def tiny_overrides(tiny_model_dir, tiny_glue_dir, tmp_path) -> list[str]:
 def offline_env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
             "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skipped, saying so, where torch sees no GPU (pyproject registers the marker)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="marker gpu: needs CUDA, and torch.cuda.is_available() is False")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)

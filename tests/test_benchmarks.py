@@ -4,12 +4,18 @@ timings belong to the benchmark's output, not to a test."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from benchmarks import run_all
+from benchmarks import common, gpu_check, run_all, train_step
 from benchmarks.models import Variant, build_base, build_variant, check_same_adaptation
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +98,107 @@ def test_unequal_adaptation_is_refused() -> None:
     pf = build_variant("tiny", Variant("peft", 4, "all"))
     with pytest.raises(AssertionError, match="adapted"):
         check_same_adaptation(lk, pf, "tiny")
+
+
+def forward_flops(config, batch: int, seq: int) -> int:
+    """Matmul FLOPs of a BERT classifier's forward pass: the encoder's linears and attention on every token, the
+    pooler and classifier on the [CLS] tokens (2 FLOPs per multiply-add)."""
+    d, inner, layers, tokens = config.hidden_size, config.intermediate_size, config.num_hidden_layers, batch * seq
+    linears = layers * (4 * d * d + 2 * d * inner) * tokens
+    attention = layers * 2 * tokens * seq * d  # Q·Kᵀ and softmax·V
+    head = (d * d + d * config.num_labels) * batch
+    return 2 * (linears + attention + head)
+
+
+def test_train_step_counts_model_flops(out: Path) -> None:
+    variants = load(out, "train_step")["models"]["tiny"]["variants"]
+    flops = {label: v["utilisation"]["flops_per_step"] for label, v in variants.items()}
+    # Full fine-tuning: forward, then the input and the weight gradient of every product, each as costly: 3x forward.
+    assert flops["full"] == 3 * forward_flops(build_base("tiny").config, batch=4, seq=16)
+    # LoRA skips the frozen weights' gradients; both libraries do the same arithmetic.
+    assert flops["full"] > flops["lorakit r=4 all"] > flops["lorakit r=4 qv"] > 0
+    assert flops["lorakit r=4 qv"] == flops["peft r=4 qv"] and flops["lorakit r=4 all"] == flops["peft r=4 all"]
+    assert all(v["utilisation"]["mfu"] is None for v in variants.values())  # fp32 on a CPU: no bf16 peak
+
+
+def test_utilisation_is_flops_over_time_over_peak() -> None:
+    assert train_step.utilisation(2 * 10**12, 1000.0, 4.0) == {"flops_per_step": 2 * 10**12, "tflops_per_s": 2.0,
+                                                              "mfu": 0.5}
+    assert train_step.utilisation(10**12, 1000.0, None)["mfu"] is None
+
+
+def test_bf16_peak_comes_from_the_device_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, tflops in (("NVIDIA H200", 989.0), ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),
+                         ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA GeForce RTX 4090", None)):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda name=name: name)
+        peak = common.bf16_peak_tflops("cuda")
+        assert peak["tflops"] == tflops and (name in peak["source"] or tflops is None), peak
+    assert common.bf16_peak_tflops("cpu")["tflops"] is None
+    assert common.bf16_peak_tflops("cpu", 123.0) == {"tflops": 123.0, "source": "--peak-tflops"}
+
+
+@pytest.mark.slow
+def test_train_step_in_bf16_reports_mfu(tmp_path: Path) -> None:
+    """The GPU check's bf16 path, on the CPU (bf16 autocast there too), with a stated peak."""
+    result = train_step.main(["--models", "tiny", "--batch", "4", "--seq-len", "16", "--ranks", "4", "--targets", "qv",
+                              "--steps", "2", "--warmup", "1", "--mem-steps", "0", "--device", "cpu", "--dtype", "bf16",
+                              "--threads", "1", "--peak-tflops", "0.5", "--out", str(tmp_path)])
+    assert result["machine"]["precision"] == "bf16 autocast" and result["settings"]["dtype"] == "bf16"
+    assert result["settings"]["peak_tflops"] == {"tflops": 0.5, "source": "--peak-tflops"}
+    row = result["models"]["tiny"]["comparisons"][0]
+    for u in row["utilisation"].values():
+        assert u["mfu"] == pytest.approx(u["tflops_per_s"] / 0.5, abs=2e-3) and u["mfu"] > 0
+    assert row["targets_met"]["mfu"] is None  # the MFU target is RoBERTa-base's
+    assert row["time_vs_peft_bound"] == 1.0  # on a CPU (issue 5); 0.90 on a GPU (issue 15)
+    assert "MFU against a peak of 0.5 TFLOP/s" in (tmp_path / "train_step_cpu.md").read_text()
+
+
+GPU_CHECK = REPO / "benchmarks" / "gpu_check.sh"
+
+
+def test_gpu_check_refuses_an_unknown_option() -> None:
+    done = subprocess.run(["bash", str(GPU_CHECK), "--bogus"], capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown option --bogus" in done.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_checks_every_command_and_catches_a_bad_one(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
+    good = subprocess.run(["bash", str(GPU_CHECK), "--dry-run"], capture_output=True, text=True, env=env)
+    assert good.returncode == 0, good.stdout + good.stderr
+    for step in ("machine", "gpu_tests", "fast_tests", "main_job", "train_step_bf16"):
+        assert f"[{step}, at most" in good.stdout
+    assert good.stdout.count("  ok: ") == 3 and "FAILED" not in good.stdout
+    assert "--dtype' 'bf16'" in good.stdout and "'train.max_train_samples=2000'" in good.stdout
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    bad = subprocess.run(["bash", str(GPU_CHECK), "--dry-run", "no_such_key=1"], capture_output=True, text=True,
+                         env=env)
+    assert bad.returncode == 1 and "FAILED: main job overrides compose" in bad.stdout, bad.stdout
+    assert bad.stdout.count("  ok: ") == 2
+
+
+def test_gpu_check_accepts_a_complete_sweep_and_names_an_incomplete_run(tmp_path: Path) -> None:
+    header = "name,status,metric,best_accuracy,wall_time_s,train_examples_per_s,device\n"
+    (tmp_path / "runs.csv").write_text(header + "rank=8,complete,accuracy,0.84,30.5,900,cuda\n")
+    assert gpu_check.check_runs(tmp_path) == "rank=8: complete, best accuracy 0.8400, 30.5 s, 900 train examples/s on cuda"
+    (tmp_path / "runs.csv").write_text(header + "rank=8,failed,accuracy,,,,cuda\n")
+    with pytest.raises(SystemExit, match="not complete: rank=8"):
+        gpu_check.check_runs(tmp_path)
+    with pytest.raises(SystemExit, match="no runs table"):
+        gpu_check.check_runs(tmp_path / "missing")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU this would run the whole check")
+def test_gpu_check_without_a_gpu_stops_after_naming_the_machine(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(GPU_CHECK), "--out", str(tmp_path)], capture_output=True, text=True, env=env)
+    summary = (tmp_path / "summary.md").read_text()
+    assert done.returncode == 1, done.stdout + done.stderr
+    machine = next(line for line in summary.splitlines() if line.startswith("| machine |"))
+    if "**failed** (exit 1)" in machine:
+        assert "no usable GPU" in (tmp_path / "machine.log").read_text()
+    else:  # a loaded CPU machine can spend the step's 30 s importing torch
+        assert "**timed out** (30 s)" in machine, machine
+    assert "not run: the machine step failed" in summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["machine.log", "summary.md"]
