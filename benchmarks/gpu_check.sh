@@ -36,10 +36,7 @@ PY=${PYTHON:-python}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline WANDB_SILENT=true TOKENIZERS_PARALLELISM=false
 OUT_DIR=$(realpath -m "$OUT_DIR")
 
-# Until the lead's `execution:` block is in conf/sweep.yaml, `device` is a top-level key.
-DEVICE_KEY=device
-grep -q '^execution:' conf/sweep.yaml && DEVICE_KEY=execution.device
-MAIN_JOB=(rank=8 train.max_train_samples=2000 train.epochs=1 "$DEVICE_KEY=cuda" "hydra.sweep.dir=$OUT_DIR/main_job"
+MAIN_JOB=(rank=8 train.max_train_samples=2000 train.epochs=1 execution.device=cuda "hydra.sweep.dir=$OUT_DIR/main_job"
           "${EXTRA[@]}")
 BENCH=(--device cuda --dtype bf16 --models roberta-base,minilm --batch 32 --seq-len 128 --out "$OUT_DIR/benchmarks")
 
