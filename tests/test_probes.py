@@ -50,7 +50,7 @@ def test_forgetting_on_a_model_without_the_skill_is_one_line(tiny_overrides):
 
 
 def test_truncation_at_zero_removes_the_update_and_leaves_the_model_as_it_was(batch):
-    from tests.conftest import tiny_bert
+    from conftest import tiny_bert
 
     model = tiny_bert()
     lorakit.inject_lora(model, lorakit.LoRAConfig(r=4, alpha=8, targets="qv"))
