@@ -86,8 +86,15 @@ def test_every_import_is_declared():
 
 
 def test_lorakit_needs_torch_and_safetensors_only():
+    """torchao, QLoRA's NF4 tensor, is the one optional extra (the `qlora` extra), imported inside lorakit/nf4.py's
+    functions alone, so `import lorakit` never needs it."""
     lorakit_files = sorted((ROOT / "lorakit").rglob("*.py"))
-    assert set(third_party(imported_modules(lorakit_files))) == {"torch", "safetensors"}
+    core = [f for f in lorakit_files if f.name != "nf4.py"]
+    assert set(third_party(imported_modules(core))) == {"torch", "safetensors"}
+    assert set(third_party(imported_modules([ROOT / "lorakit" / "nf4.py"]))) <= {"torch", "torchao"}
+    assert "torchao" in PROJECT["optional-dependencies"]["qlora"][0]
+    nf4_top_level = [line for line in (ROOT / "lorakit" / "nf4.py").read_text().splitlines() if line.startswith(("import", "from"))]
+    assert not any("torchao" in line for line in nf4_top_level)
 
 
 def test_requirements_admit_the_users_stack():
