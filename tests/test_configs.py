@@ -116,6 +116,7 @@ def test_launchers_compose(launcher, target):
         assert {"partition", "gpus_per_node", "timeout_min", "array_parallelism"} <= set(cfg.hydra.launcher)
 
 
+@pytest.mark.slow  # a Python process per command
 def test_slurm_composes_from_the_command_line():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     cmd = [sys.executable, "-m", "experiments.sweep", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "rank=4"]
@@ -125,6 +126,7 @@ def test_slurm_composes_from_the_command_line():
     assert "SlurmLauncher" in hydra.stdout and "partition: gpu" in hydra.stdout
 
 
+@pytest.mark.slow  # a Python process per command
 def test_unknown_model_lists_the_options():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     cmd = [sys.executable, "-m", "experiments.sweep", "model=gpt5", "--cfg", "job"]
@@ -214,6 +216,7 @@ def test_paper_table2_starts_mrpc_rte_stsb_from_mnli():
         assert cfg.init_from.dir == cfg.hydra.sweep.dir == "multirun/table2_paper/roberta_base"
 
 
+@pytest.mark.slow  # a Python process per command
 def test_paper_variants_start_from_the_command_line():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     for preset in [p for p in PRESETS if p.endswith("_paper")]:

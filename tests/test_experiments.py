@@ -18,6 +18,7 @@ from experiments.models import load_tokenizer
 from experiments.train import train
 
 register_resolvers()
+pytestmark = pytest.mark.slow  # each test trains the tiny model: the slow tier
 
 
 def make(overrides):

@@ -11,6 +11,8 @@ import pytest
 
 from experiments.config import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # sweeps and runs end to end: the slow tier
+
 
 @pytest.fixture()
 def sweep(tiny_model_dir, tiny_glue_dir, tmp_path, offline_env):

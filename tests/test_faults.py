@@ -12,6 +12,8 @@ from experiments.job import run_job
 register_resolvers()
 REAL_REPLACE = os.replace
 
+pytestmark = pytest.mark.slow  # sweeps and runs end to end: the slow tier
+
 
 class Killed(BaseException):
     """Stands for SIGKILL: not an Exception, so run_job's failure handling does not see it."""
@@ -36,7 +38,6 @@ def renames(monkeypatch, kill_at: int | None) -> list[str]:
     return done
 
 
-@pytest.mark.slow
 def test_a_run_killed_at_any_write_leaves_nothing_usable_and_resumes(tiny_overrides, tmp_path, monkeypatch):
     cfg = make(tiny_overrides + ["train.epochs=1"])
     run_job(cfg, tmp_path / "warm", name="warm", group="t")  # fills the tokenization cache, which writes too

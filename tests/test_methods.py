@@ -12,6 +12,7 @@ from experiments.config import CONF_DIR, ConfigError, register_resolvers
 from experiments.job import run_job
 
 register_resolvers()
+pytestmark = pytest.mark.slow  # each test trains the tiny model: the slow tier
 
 
 def make(overrides):
