@@ -27,11 +27,11 @@ def _flag(value: object) -> bool:
 
 def config_label(row: pd.Series, vary: dict[str, bool] | None = None) -> str:
     """One name per configuration: 'full FT', 'head only', 'BitFit', 'Adapter (size=64)', 'LoRA (r=8, Wq, Wv)',
-    'DoRA (r=8, Wq, Wv, rsLoRA)', ...; ``vary`` ({"alpha": True, "init": True}) adds what differs between the
+    'DoRA (r=8, Wq, Wv, rsLoRA)', 'QLoRA (r=8, Wq, Wv)' (LoRA on an NF4 base), ...; ``vary`` ({"alpha": True, "init": True}) adds what differs between the
     runs shown. A run on shuffled labels (a control) says so."""
     vary = vary or {}
     method = row["method"]
-    name = METHOD_NAMES.get(method, str(method))
+    name = "QLoRA" if method == "lora" and row.get("quantize") == "nf4" else METHOD_NAMES.get(method, str(method))
     parts = []
     if method in ("lora", "dora") or (method not in METHOD_NAMES and _set(row.get("rank"))):
         parts += [f"r={int(row['rank'])}" if _set(row.get("rank")) else "r=?", targets_label(row.get("targets"))]

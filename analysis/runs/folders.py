@@ -22,7 +22,7 @@ _MARKERS = ("COMPLETE", "FAILED", "metrics.json", "config.yaml")
 
 COLUMNS = (
     "label", "sweep", "name", "task", "method", "model", "model_path", "rank", "alpha", "targets", "seed", "init",
-    "rslora", "use_dora", "loraplus_ratio", "freeze_a", "adapter_size", "shuffle_labels", "metric", "score",
+    "rslora", "use_dora", "loraplus_ratio", "freeze_a", "quantize", "adapter_size", "shuffle_labels", "metric", "score",
     "score_last", "best_epoch", "trainable_params", "method_params", "total_params", "forgetting",
     "forgetting_before", "forgetting_after", "forgetting_probe", "adapted_modules", "has_weights", "has_init",
     "has_truncation", "run_dir",
@@ -112,7 +112,8 @@ def _read_run(run_dir: Path) -> dict:
         "model_path": run.get("model_path"),
         **{key: run.get(key) for key in ("rank", "alpha", "targets")},
         "seed": run.get("seed", metrics.get("seed")),
-        **{key: run.get(key) for key in ("init", "rslora", "use_dora", "loraplus_ratio", "freeze_a", "adapter_size")},
+        **{key: run.get(key) for key in ("init", "rslora", "use_dora", "loraplus_ratio", "freeze_a", "quantize",
+                                           "adapter_size")},
         "shuffle_labels": bool(run.get("shuffle_labels") or False),
         "metric": metric,
         "score": best.get(metric, math.nan),
