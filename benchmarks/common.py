@@ -350,11 +350,15 @@ def write_result(out: Path, name: str, result: dict[str, Any], markdown: str) ->
 
 
 def run_cli(name: str, parser, run, render, argv: list[str] | None) -> dict[str, Any]:
-    """A benchmark's command line: parse, measure, write ``<out>/<name>_<device>.json`` and ``.md``, print the table."""
+    """A benchmark's command line: parse, measure, write ``<out>/<name>_<device>.json`` and ``.md``, print the table.
+
+    The file is named after the result's own ``"benchmark"`` where it records one, since options can change what was
+    measured (``train_step --dora`` writes ``train_step_dora_<device>``), and ``name`` otherwise.
+    """
     args = parser.parse_args(argv)
     result = run(args)
     markdown = render(result)
-    path = write_result(args.out, name, result, markdown)
+    path = write_result(args.out, result.get("benchmark", name), result, markdown)
     print(markdown, f"\nwritten: {path}", sep="\n")
     return result
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -63,7 +63,9 @@ def build_base(name: str, seed: int = 0) -> nn.Module:
 class Variant:
     """``method``: "base" (no adapter, frozen), "full" (every weight trains), "lorakit" or "peft".
 
-    ``replica`` > 0 is a second, identical instance: timed beside the first it measures the noise floor of a ratio.
+    ``dora``: the adapter is DoRA (Liu et al. 2024) instead of plain LoRA, in either library, with the same r, α,
+    targets and init. ``replica`` > 0 is a second, identical instance: timed beside the first it measures the noise
+    floor of a ratio.
     """
 
     method: str
@@ -71,15 +73,19 @@ class Variant:
     targets: str | None = None
     merged: bool = False
     replica: int = 0
+    dora: bool = False
 
     @property
     def label(self) -> str:
-        label = self.method if self.method in ("base", "full") else f"{self.method} r={self.r} {self.targets}"
+        if self.method in ("base", "full"):
+            label = self.method
+        else:
+            label = f"{self.method}{' dora' if self.dora else ''} r={self.r} {self.targets}"
         return label + (" merged" if self.merged else "") + (f" #{self.replica + 1}" if self.replica else "")
 
-    @property
-    def config(self) -> tuple[int | None, str | None]:
-        return self.r, self.targets
+    def twin(self, method: str) -> "Variant":
+        """The same adapter config (r, targets, DoRA or not, merged or not) in library ``method``, not a replica."""
+        return replace(self, method=method, replica=0)
 
 
 def target_names(targets: str) -> tuple[str, ...]:
@@ -109,14 +115,15 @@ def build_variant(
         model.requires_grad_(False)
     elif variant.method == "lorakit":
         config = lorakit.LoRAConfig(r=variant.r, alpha=alpha, dropout=0.0, targets=target_names(variant.targets),
-                                    init=init, trainable=("classifier",))
+                                    init=init, trainable=("classifier",), use_dora=variant.dora)
         adapted = list(lorakit.inject_lora(model, config))
     elif variant.method == "peft":
         import peft
 
         config = peft.LoraConfig(r=variant.r, lora_alpha=alpha, lora_dropout=0.0,
                                  target_modules=list(target_names(variant.targets)),
-                                 init_lora_weights=True if init == "kaiming" else init, modules_to_save=["classifier"])
+                                 init_lora_weights=True if init == "kaiming" else init, modules_to_save=["classifier"],
+                                 use_dora=variant.dora)
         with warnings.catch_warnings():  # a transformers deprecation that PEFT triggers, not ours to act on
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = peft.get_peft_model(model, config)
@@ -168,7 +175,10 @@ def accounting(model: nn.Module) -> dict[str, int]:
 
 def check_same_adaptation(lorakit_model: tuple[nn.Module, list[str]], peft_model: tuple[nn.Module, list[str]],
                           label: str) -> dict[str, Any]:
-    """Both libraries must adapt the same modules and train the same number of parameters, or the race is unfair."""
+    """Both libraries must adapt the same modules and train the same number of parameters, or the race is unfair.
+
+    The count also tells DoRA from plain LoRA: DoRA trains one magnitude per output feature of each adapted module.
+    """
     (lk, lk_names), (pf, pf_names) = lorakit_model, peft_model
     if sorted(lk_names) != sorted(pf_names):
         raise AssertionError(f"{label}: lorakit adapted {len(lk_names)} modules, PEFT {len(pf_names)}; "

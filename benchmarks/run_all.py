@@ -16,6 +16,8 @@ from . import analysis_cost, common, inference, sst2_epoch, train_step
 
 BENCHMARKS = {"train_step": train_step, "inference": inference, "analysis_cost": analysis_cost,
               "sst2_epoch": sst2_epoch}
+# What the README renders, in order: every benchmark above, and the DoRA rows (``train_step --dora``) after LoRA's.
+SECTIONS = {"train_step": train_step, "train_step_dora": train_step, **BENCHMARKS}
 TINY = {
     "train_step": ["--models", "tiny", "--batch", "4", "--seq-len", "16", "--ranks", "4", "--steps", "2",
                    "--warmup", "1"],
@@ -72,7 +74,7 @@ def write_readme(out: Path) -> Path:
         "## Targets (issue 5)",
         common.markdown_table(["target", "where", "measured", "met"], target_rows(results)),
     ]
-    for name, module in BENCHMARKS.items():
+    for name, module in SECTIONS.items():
         for device, result in results.get(name, {}).items():
             sections.append(module.render(result).replace("### ", f"## {device}: ", 1))
     notes = out / "NOTES.md"  # hand-written findings (profiles, caveats), kept across runs

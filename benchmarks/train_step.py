@@ -1,4 +1,6 @@
-"""Training-step time and peak memory: lorakit LoRA, HF PEFT LoRA (same config) and full fine-tuning.
+"""Training-step time and peak memory: lorakit LoRA, HF PEFT LoRA (same config) and full fine-tuning; with
+``--dora``, lorakit's DoRA against PEFT's (``use_dora=True`` in both, same r, α, targets and init) instead of LoRA,
+written as ``train_step_dora_<device>``.
 
 A step is forward + backward + AdamW step + zero_grad on one fixed batch. All variants of a model live in one process
 (frozen weights shared) and take their steps in turn — one step of each, then the next round in reverse order — so a
@@ -13,6 +15,7 @@ token against full fine-tuning's 6·N) plus the factors'.
     python -m benchmarks.train_step                       # MiniLM + RoBERTa-base, r 8/64, targets qv/all
     python -m benchmarks.train_step --models tiny --steps 2 --warmup 1 --out /tmp/bench
     python -m benchmarks.train_step --device cuda --dtype bf16 --models roberta-base,minilm   # the GPU check
+    python -m benchmarks.train_step --dora --models minilm --ranks 8 --targets qv --steps 5   # the DoRA rows
 """
 
 from __future__ import annotations
@@ -44,16 +47,17 @@ TIME_VS_PEFT_BOUND = {"cpu": 1.0, "cuda": 0.90}
 MFU_TARGET, MFU_TARGET_MODEL = 0.40, "roberta-base"  # of the chip's bf16 peak, for its LoRA step (issue 15)
 
 
-def variants_for(ranks: list[int], targets: list[str]) -> list[Variant]:
-    """Full FT, both libraries at every (r, targets), and a second PEFT instance of the first config (noise floor)."""
-    lora = [Variant(method, r, t) for r in ranks for t in targets for method in ("lorakit", "peft")]
-    return [Variant("full"), *lora, Variant("peft", ranks[0], targets[0], replica=1)]
+def variants_for(ranks: list[int], targets: list[str], dora: bool = False) -> list[Variant]:
+    """Full FT, both libraries at every (r, targets), and a second PEFT instance of the first config (noise floor);
+    every adapter LoRA, or every one DoRA."""
+    lora = [Variant(method, r, t, dora=dora) for r in ranks for t in targets for method in ("lorakit", "peft")]
+    return [Variant("full"), *lora, Variant("peft", ranks[0], targets[0], replica=1, dora=dora)]
 
 
 def noise_floor(variants: list[Variant], times: dict[Variant, list[float]]) -> dict[str, Any]:
     """The ratio between two identical instances timed side by side: how far from 1.00 noise alone moves a ratio."""
     copy = next(v for v in variants if v.replica)
-    original = Variant(copy.method, copy.r, copy.targets)
+    original = copy.twin(copy.method)
     medians = [common.summarize(times[v])["median_ms"] for v in (copy, original)]
     return {"variants": [copy.label, original.label], "ratio": common.ratio(*medians),
             "paired_ratio": common.paired_ratio(times[copy], times[original])}
@@ -123,8 +127,7 @@ def time_variants(name: str, variants: list[Variant], args: argparse.Namespace, 
     checks = {}
     for v in variants:
         if v.method == "lorakit" and not v.replica:
-            peft_twin = built[Variant("peft", v.r, v.targets)]
-            checks[v.config] = check_same_adaptation(built[v], peft_twin, f"{name} {v.label}")
+            checks[v] = check_same_adaptation(built[v], built[v.twin("peft")], f"{name} {v.label}")
     steps, account, flops = {}, {}, {}
     for v, (model, _) in built.items():
         model.to(device).train()
@@ -161,10 +164,10 @@ def compare(name: str, variants: list[Variant], timing: dict[str, Any], memory: 
 
     rows = []
     for lk in (v for v in variants if v.method == "lorakit" and not v.replica):
-        pf, full = Variant("peft", lk.r, lk.targets), Variant("full")
+        pf, full = lk.twin("peft"), Variant("full")
         rss, tensors = peaks("peak_mb", lk, pf, full), peaks("tensor_peak_mb", lk, pf, full)
         row = {
-            "model": name, "r": lk.r, "targets": lk.targets, **timing["checks"][lk.config],
+            "model": name, "r": lk.r, "targets": lk.targets, **timing["checks"][lk],
             "step_ms": {"lorakit": median[lk], "peft": median[pf], "full": median[full]},
             "lorakit_vs_peft_time": common.ratio(median[lk], median[pf]),
             "lorakit_vs_peft_time_paired": common.paired_ratio(times[lk], times[pf]),
@@ -198,16 +201,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gpu = device == "cuda"
     args.steps = args.steps if args.steps is not None else 20 if gpu else 3
     args.warmup = args.warmup if args.warmup is not None else 3 if gpu else 1
-    variants = variants_for(args.ranks, args.targets)
+    variants = variants_for(args.ranks, args.targets, args.dora)
     peak = common.bf16_peak_tflops(device, args.peak_tflops) if args.dtype == "bf16" else {
         "tflops": args.peak_tflops, "source": "--peak-tflops" if args.peak_tflops else "fp32 run: no bf16 peak applies"}
     child_args = {"threads": args.threads, "device": device, "dtype": args.dtype, "init": args.init, "batch": args.batch,
                   "seq_len": args.seq_len, "mem_steps": args.mem_steps, "pin_malloc": not args.default_malloc}
     result: dict[str, Any] = {
-        "benchmark": "train_step",
+        "benchmark": "train_step_dora" if args.dora else "train_step",
         "machine": common.machine_info(device, args.dtype),
         "settings": {"batch": args.batch, "seq_len": args.seq_len, "warmup_rounds": args.warmup,
                      "timed_rounds": args.steps, "memory_steps": args.mem_steps, "init": args.init,
+                     "adapter": "dora" if args.dora else "lora",
                      "alpha": 16.0, "dropout": 0.0, "optimizer": "torch.optim.AdamW(lr=1e-4), default implementation",
                      "dtype": args.dtype, "peak_tflops": peak,
                      "flops": "matmul + attention FLOPs of one step, torch.utils.flop_counter.FlopCounterMode",
@@ -221,7 +225,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         measured = [v for v in variants if not v.replica] if args.mem_steps else []
         memory = {v: common.run_isolated(measure_memory, name, v, child_args) for v in measured}
         result["models"][name] = {
-            "variants": {v.label: {"method": v.method, "r": v.r, "targets": v.targets,
+            "variants": {v.label: {"method": v.method, "r": v.r, "targets": v.targets, "dora": v.dora,
                                    "time": common.summarize(timing["times"][v]),
                                    "memory": memory.get(v), "accounting": timing["accounting"][v],
                                    "utilisation": utilisation(timing["flops"][v],
@@ -236,6 +240,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    dora = s.get("adapter") == "dora"  # results written before the DoRA rows have no "adapter": LoRA
+    adapter = "DoRA" if dora else "LoRA"
     times, memory, floors, flops = [], [], [], []
     for name, model in result["models"].items():
         full = model["variants"]["full"]
@@ -243,7 +250,8 @@ def render(result: dict[str, Any]) -> str:
         floors.append(f"{name}: {floor['variants'][0]} / {floor['variants'][1]} = {floor['ratio']} "
                       f"(paired {floor['paired_ratio']})")
         for c in model["comparisons"]:
-            static = model["variants"][f"lorakit r={c['r']} {c['targets']}"]["accounting"]["static_bytes"]
+            static = model["variants"][Variant("lorakit", c["r"], c["targets"], dora=dora).label]["accounting"][
+                "static_bytes"]
             times.append([name, f"r={c['r']} {c['targets']}", c["adapted_modules"], c["trainable_params"],
                           c["step_ms"]["lorakit"], c["step_ms"]["peft"], c["step_ms"]["full"],
                           f"{c['lorakit_vs_peft_time']:.3f} ({c['lorakit_vs_peft_time_paired']:.3f})",
@@ -256,22 +264,21 @@ def render(result: dict[str, Any]) -> str:
             flops.append([name, f"r={c['r']} {c['targets']}",
                           *(f"{u['flops_per_step'] / 1e9:,.1f} / {u['tflops_per_s']:.2f}"
                             + ("" if u["mfu"] is None else f" / {u['mfu']:.1%}") for u in c["utilisation"].values())])
-    s = result["settings"]
     peak = s.get("peak_tflops") or {}
     return "\n\n".join([
-        f"### Training step (batch {s['batch']} × {s['seq_len']}, median of {s['timed_rounds']} interleaved rounds "
+        f"### Training step{', DoRA' if dora else ''} (batch {s['batch']} × {s['seq_len']}, median of {s['timed_rounds']} interleaved rounds "
         f"after {s['warmup_rounds']} warm-up)",
         common.machine_line(result["machine"], result["cpu_share"]),
-        common.markdown_table(["model", "LoRA", "modules", "trainable", "lorakit ms", "PEFT ms", "full FT ms",
+        common.markdown_table(["model", adapter, "modules", "trainable", "lorakit ms", "PEFT ms", "full FT ms",
                                "lorakit/PEFT (paired)", "lorakit/full", "PEFT/full"], times),
         "Noise floor — two identical PEFT instances timed side by side: " + "; ".join(floors) + ".",
-        common.markdown_table(["model", "LoRA", "lorakit peak MB", "PEFT peak MB", "full peak MB", "lorakit/PEFT",
+        common.markdown_table(["model", adapter, "lorakit peak MB", "PEFT peak MB", "full peak MB", "lorakit/PEFT",
                                "lorakit tensors MB", "PEFT tensors MB", "full tensors MB", "static MB",
                                "full static MB", "saved vs full MB: peak / tensors (≥ grads+Adam)"], memory),
         f"Memory: {result['memory_note']}",
         f"Model FLOPs per step (GFLOP) / achieved TFLOP/s / MFU against a peak of {peak.get('tflops') or '–'} "
         f"TFLOP/s ({peak.get('source', 'not recorded')}); FLOPs: {s.get('flops', 'not recorded')}.",
-        common.markdown_table(["model", "LoRA", "lorakit", "PEFT", "full FT"], flops),
+        common.markdown_table(["model", adapter, "lorakit", "PEFT", "full FT"], flops),
     ])
 
 
@@ -282,6 +289,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None,
                    help="timed rounds, one step of every variant each (default 3 on a CPU, 20 on a GPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 1 on a CPU, 3 on a GPU)")
+    p.add_argument("--dora", action="store_true",
+                   help="DoRA in both libraries instead of LoRA (use_dora=True); writes train_step_dora_<device>")
     p.add_argument("--mem-steps", type=int, default=2, help="steps in each memory process (≥ 2); 0 skips memory")
     p.add_argument("--default-malloc", action="store_true", help="leave glibc's dynamic mmap threshold alone")
     p.add_argument("--peak-tflops", type=float, default=None,

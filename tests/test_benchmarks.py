@@ -100,6 +100,35 @@ def test_unequal_adaptation_is_refused() -> None:
         check_same_adaptation(lk, pf, "tiny")
 
 
+def test_dora_rows_race_lorakit_against_peft_on_the_same_config(tmp_path: Path) -> None:
+    """``--dora``: both libraries build DoRA at the same r, targets and init, and the rows come out as LoRA's do."""
+    result = train_step.main(["--dora", "--models", "tiny", "--batch", "2", "--seq-len", "8", "--ranks", "4",
+                              "--targets", "qv", "--steps", "2", "--warmup", "1", "--mem-steps", "0",
+                              "--device", "cpu", "--threads", "1", "--out", str(tmp_path)])
+    assert result["benchmark"] == "train_step_dora" and result["settings"]["adapter"] == "dora"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_step_dora_cpu.json", "train_step_dora_cpu.md"]
+    model = result["models"]["tiny"]
+    assert set(model["variants"]) == {"full", "lorakit dora r=4 qv", "peft dora r=4 qv", "peft dora r=4 qv #2"}
+    assert model["noise_floor"]["variants"] == ["peft dora r=4 qv #2", "peft dora r=4 qv"]
+    (row,) = model["comparisons"]
+    # 2 layers x (W_q, W_v); each: A (4 x 64), B (64 x 4) and DoRA's magnitude (64); plus the head (64 x 2 + 2).
+    assert row["adapted_modules"] == 4 and row["trainable_params"] == 4 * (2 * 4 * 64 + 64) + 130
+    assert row["lorakit_vs_peft_time_paired"] > 0 and row["step_ms"]["lorakit"] > 0 and row["step_ms"]["peft"] > 0
+    assert model["variants"]["lorakit dora r=4 qv"]["dora"] and not model["variants"]["full"]["dora"]
+    markdown = (tmp_path / "train_step_dora_cpu.md").read_text()
+    assert markdown.startswith("### Training step, DoRA (batch 2 × 8")
+    assert "| model | DoRA | modules |" in markdown and "| tiny | r=4 qv | 4 | 2,434 |" in markdown
+
+
+def test_dora_variants_adapt_alike_and_a_dora_lora_pair_is_refused() -> None:
+    state = build_base("tiny").state_dict()
+    lk, pf = (build_variant("tiny", Variant(m, 4, "all", dora=True), state) for m in ("lorakit", "peft"))
+    assert check_same_adaptation(lk, pf, "tiny") == {"adapted_modules": 12, "trainable_params": 8194}
+    plain = build_variant("tiny", Variant("peft", 4, "all"), state)
+    with pytest.raises(AssertionError, match="lorakit trains 8,194 parameters, PEFT 7,298"):
+        check_same_adaptation(lk, plain, "tiny")  # DoRA's magnitudes: 12 modules' output features, 896 in all
+
+
 def forward_flops(config, batch: int, seq: int) -> int:
     """Matmul FLOPs of a BERT classifier's forward pass: the encoder's linears and attention on every token, the
     pooler and classifier on the [CLS] tokens (2 FLOPs per multiply-add)."""
