@@ -176,6 +176,20 @@ def timed(fn: Callable[[], Any], device: str) -> float:
     return time.perf_counter() - start
 
 
+def time_in_turn(steps: dict, batch, warmup: int, rounds: int, device: str) -> dict[Any, list[float]]:
+    """Seconds per step of every variant, their steps taken in turn (the order reversed every other round, so no
+    variant always runs first after another) in one process, after ``warmup`` untimed rounds."""
+    keys = list(steps)
+    times: dict[Any, list[float]] = {key: [] for key in keys}
+    for _ in range(warmup):
+        for key in keys:
+            steps[key](batch)
+    for round_ in range(rounds):
+        for key in keys if round_ % 2 == 0 else keys[::-1]:
+            times[key].append(timed(lambda: steps[key](batch), device))
+    return times
+
+
 def summarize(seconds: Sequence[float]) -> dict[str, Any]:
     ms = [s * 1e3 for s in seconds]
     return {

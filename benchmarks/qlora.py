@@ -94,15 +94,8 @@ def time_bases(name: str, args: argparse.Namespace, device: str, share: common.C
     for label, model in models.items():
         model.train()
         steps[label] = make_step(model, device)
-    labels = list(models)
-    times: dict[str, list[float]] = {label: [] for label in labels}
     with share.measure():
-        for _ in range(args.warmup):
-            for label in labels:
-                steps[label](batch)
-        for round_ in range(args.steps):
-            for label in labels if round_ % 2 == 0 else labels[::-1]:
-                times[label].append(common.timed(lambda: steps[label](batch), device))
+        times = common.time_in_turn(steps, batch, args.warmup, args.steps, device)
     del models, steps
     gc.collect()
     return {"times": times, "bytes": bytes_, "error": error}

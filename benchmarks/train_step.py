@@ -133,14 +133,8 @@ def time_variants(name: str, variants: list[Variant], args: argparse.Namespace, 
         model.to(device).train()
         steps[v], account[v] = make_step(model, device, args.dtype), accounting(model)
         flops[v] = step_flops(steps[v], batch)
-    times: dict[Variant, list[float]] = {v: [] for v in variants}
     with share.measure():
-        for _ in range(args.warmup):
-            for v in variants:
-                steps[v](batch)
-        for round_ in range(args.steps):
-            for v in variants if round_ % 2 == 0 else variants[::-1]:
-                times[v].append(common.timed(lambda: steps[v](batch), device))
+        times = common.time_in_turn({v: steps[v] for v in variants}, batch, args.warmup, args.steps, device)
     del built, steps
     gc.collect()
     return {"times": times, "accounting": account, "checks": checks, "flops": flops}
