@@ -291,6 +291,24 @@ def pin_mmap_threshold(threshold: int = 64 * 1024) -> bool:
 _M_MMAP_THRESHOLD = -3
 
 
+def step_memory(step: Callable[[Any], None], batch: Any, steps: int, device: str, pinned: bool,
+                live: Callable[[], int]) -> dict[str, Any]:
+    """Take ``steps`` training steps and report the peaks (MB): ``peak_mb`` (RSS on a CPU, max_memory_allocated on a
+    GPU) and, on a CPU, ``tensor_peak_mb``: ``live()`` bytes at the start of the last step (the first that starts with
+    the optimizer state allocated) plus their peak growth within it, from the profiler."""
+    with PeakMemory(device) as memory:
+        for _ in range(steps - 1):
+            step(batch)
+        live_at_start = live()
+        with tensor_peak() if device == "cpu" else nullcontext({}) as trace:
+            step(batch)
+    result = {"peak_mb": round(memory.peak / MB, 1), "at_start_mb": round(memory.start / MB, 1),
+              "method": memory.method + (", glibc mmap threshold pinned to 64 KiB" if pinned else "")}
+    if trace:
+        result["tensor_peak_mb"] = round((live_at_start + trace["peak_growth"]) / MB, 1)
+    return result
+
+
 def live_bytes(tensors: Iterable[torch.Tensor]) -> int:
     """Bytes of the distinct storages behind ``tensors`` (views and shared storage counted once)."""
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}

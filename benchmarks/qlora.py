@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -108,17 +107,7 @@ def measure_memory(name: str, base: str, settings: dict[str, Any]) -> dict[str, 
     device = settings["device"]
     model = build(name, base, settings).to(device).train()
     step, batch = make_step(model, device), make_batch(model, settings["batch"], settings["seq_len"], device)
-    with common.PeakMemory(device) as memory:
-        for _ in range(settings["mem_steps"] - 1):
-            step(batch)
-        live = live_bytes(model, batch, step)
-        with common.tensor_peak() if device == "cpu" else nullcontext({}) as trace:
-            step(batch)
-    result = {"peak_mb": round(memory.peak / common.MB, 1), "at_start_mb": round(memory.start / common.MB, 1),
-              "method": memory.method + (", glibc mmap threshold pinned to 64 KiB" if pinned else "")}
-    if trace:
-        result["tensor_peak_mb"] = round((live + trace["peak_growth"]) / common.MB, 1)
-    return result
+    return common.step_memory(step, batch, settings["mem_steps"], device, pinned, lambda: live_bytes(model, batch, step))
 
 
 def live_bytes(model: nn.Module, batch: dict[str, torch.Tensor], step) -> int:
@@ -135,7 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = {**vars(args), "device": device, "out": str(args.out)}
     result: dict[str, Any] = {
         "benchmark": "qlora",
-        "machine": common.machine_info(device),
+        "machine": common.machine_info(device, args.dtype),
         "settings": {"batch": args.batch, "seq_len": args.seq_len, "r": args.r, "alpha": 16.0, "dropout": 0.0,
                      "targets": args.targets, "init": args.init, "warmup_rounds": args.warmup,
                      "timed_rounds": args.steps, "memory_steps": args.mem_steps,

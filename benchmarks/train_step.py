@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-from contextlib import nullcontext
 from typing import Any, Callable
 
 import torch
@@ -100,17 +99,8 @@ def measure_memory(name: str, variant: Variant, args: dict[str, Any]) -> dict[st
     model.to(device).train()
     step = make_step(model, device, args["dtype"])
     batch = make_batch(model, args["batch"], args["seq_len"], device)
-    with common.PeakMemory(device) as memory:
-        for _ in range(args["mem_steps"] - 1):
-            step(batch)
-        live = common.live_bytes([*model.parameters(), *model.buffers(), *batch.values(), *optimizer_state(step)])
-        with common.tensor_peak() if device == "cpu" else nullcontext({}) as trace:
-            step(batch)
-    result = {"peak_mb": round(memory.peak / common.MB, 1), "at_start_mb": round(memory.start / common.MB, 1),
-              "method": memory.method + (", glibc mmap threshold pinned to 64 KiB" if pinned else "")}
-    if trace:
-        result["tensor_peak_mb"] = round((live + trace["peak_growth"]) / common.MB, 1)
-    return result
+    live = lambda: common.live_bytes([*model.parameters(), *model.buffers(), *batch.values(), *optimizer_state(step)])
+    return common.step_memory(step, batch, args["mem_steps"], device, pinned, live)
 
 
 def optimizer_state(step: Callable) -> list[torch.Tensor]:

@@ -231,3 +231,17 @@ def test_gpu_check_without_a_gpu_stops_after_naming_the_machine(tmp_path: Path) 
         assert "**timed out** (30 s)" in machine, machine
     assert "not run: the machine step failed" in summary
     assert sorted(p.name for p in tmp_path.iterdir()) == ["machine.log", "summary.md"]
+
+
+@pytest.mark.slow
+def test_qlora_benchmark_runs_end_to_end_on_minilm(tmp_path: Path) -> None:
+    """One step of each base on the real MiniLM (NF4 needs its 384-wide layers), memory from fresh processes."""
+    pytest.importorskip("torchao")
+    from benchmarks import qlora
+
+    qlora.main(["--models", "minilm", "--steps", "1", "--warmup", "0", "--mem-steps", "2", "--batch", "2",
+                "--seq-len", "16", "--threads", "1", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "qlora_cpu.json").read_text())
+    minilm = result["models"]["minilm"]
+    assert result["machine"]["precision"] and minilm["adapted_w0_ratio"] <= 0.35 and minilm["target_w0_ratio_met"]
+    assert set(minilm["memory"]) == {"fp32", "nf4"} and all(m["peak_mb"] > 0 for m in minilm["memory"].values())
