@@ -47,14 +47,9 @@ def time_variants(name: str, variants: list[Variant], args: argparse.Namespace, 
         with common.amp(device, args.dtype):
             models[v](**batch)
 
-    times: dict[Variant, list[float]] = {v: [] for v in variants}
+    steps = {v: (lambda _, v=v: forward(v)) for v in variants}
     with share.measure():
-        for _ in range(args.warmup):
-            for v in variants:
-                forward(v)
-        for round_ in range(args.rounds):
-            for v in variants if round_ % 2 == 0 else variants[::-1]:
-                times[v].append(common.timed(lambda: forward(v), device))
+        times = common.time_in_turn(steps, batch, args.warmup, args.rounds, device)
     del models
     gc.collect()
     return times
