@@ -54,7 +54,7 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str, group: str) -> dict:
 def _run_shared(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group: str) -> dict:
     """Under DDP: every process reads the folder's state before process 0 changes anything, so all agree on skipping
     and on resuming; then process 0 runs the usual job and the others train alongside without writing."""
-    skip = store.is_complete(run_dir) and identity(store.stored_config(run_dir) or {}) == identity(resolved)
+    skip = _same_run_complete(run_dir, resolved)
     resume = checkpoint.matches(run_dir / checkpoint.FOLDER, identity(resolved))
     distributed.barrier()
     if distributed.is_main():
@@ -65,12 +65,17 @@ def _run_shared(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group
     return {"name": name, "status": "complete", "skipped": False, "best": metrics["best"]}
 
 
+def _same_run_complete(run_dir: Path, resolved: dict) -> bool:
+    """Whether ``run_dir`` holds a complete run of the same identity (experiments/config.py): one to skip."""
+    return store.is_complete(run_dir) and identity(store.stored_config(run_dir) or {}) == identity(resolved)
+
+
 def _run_locked(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group: str) -> dict:
+    if _same_run_complete(run_dir, resolved):
+        log.info("%s: complete results exist, skipped", name)
+        metrics = json.loads((run_dir / store.METRICS).read_text())
+        return {"name": name, "status": "complete", "skipped": True, "best": metrics["best"]}
     if store.is_complete(run_dir):
-        if identity(store.stored_config(run_dir) or {}) == identity(resolved):
-            log.info("%s: complete results exist, skipped", name)
-            metrics = json.loads((run_dir / store.METRICS).read_text())
-            return {"name": name, "status": "complete", "skipped": True, "best": metrics["best"]}
         aside = store.set_aside(run_dir, "a rerun with another config")
         log.warning("%s: stored results were made with another config; set aside in %s while it trains again",
                     name, aside.name)
