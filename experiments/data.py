@@ -255,13 +255,16 @@ class LengthGroupedBatches:
             yield batches[i]
 
 
-def train_loader(split: TokenizedSplit, batch_size: int, pad_id: int, seed: int, group_by_length: bool) -> DataLoader:
-    """Shuffled by a generator seeded from the run's seed, so the order is the seed's and nothing else's."""
+def train_loader(split: Dataset, batch_size: int, pad_id: int, seed: int, group_by_length: bool,
+                 collate=None) -> DataLoader:
+    """Shuffled by a generator seeded from the run's seed, so the order is the seed's and nothing else's. ``split``
+    has ``lengths()``; ``collate`` makes a batch of its items (default: ``PadCollator``)."""
     generator = torch.Generator().manual_seed(seed)
+    collate = collate or PadCollator(pad_id)
     if group_by_length:
         batches = LengthGroupedBatches(split.lengths(), batch_size, generator)
-        return DataLoader(split, batch_sampler=batches, collate_fn=PadCollator(pad_id))
-    return DataLoader(split, batch_size, shuffle=True, generator=generator, collate_fn=PadCollator(pad_id))
+        return DataLoader(split, batch_sampler=batches, collate_fn=collate)
+    return DataLoader(split, batch_size, shuffle=True, generator=generator, collate_fn=collate)
 
 
 def eval_loader(split: TokenizedSplit, batch_size: int, pad_id: int) -> DataLoader:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -115,6 +114,7 @@ def _get(cfg: DictConfig, key: str) -> Any:
 
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError, one line, for any value a run could only fail on later."""
+    from experiments import families
     from experiments.methods import get_method
 
     task = cfg.task.name
@@ -127,9 +127,4 @@ def check_config(cfg: DictConfig) -> None:
     for key, accepts in method.accepts.items():
         accepts.check(key if key in typed else f"method.{key}", cfg.method[key])
     method.check(cfg)
-    data_dir = cfg.execution.data_dir
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise ConfigError(
-            f"data folder {data_dir} does not exist; expected <dir>/<task>/train.parquet and validation.parquet "
-            f"(the layout of ../shared/glue); set it with execution.data_dir=... or the GLUE_DIR environment variable"
-        )
+    families.for_run(cfg).check(cfg)  # the task and model agree; the family's data is where it is looked for

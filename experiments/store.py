@@ -24,9 +24,10 @@ from lorakit.state import CONFIG_NAME
 
 CONFIG, METRICS, DELTAS = "config.yaml", "metrics.json", "delta_weights.safetensors"
 ADAPTER, ADAPTER_INIT, BOTTLENECK = "adapter", "adapter_init", "bottleneck_adapters"
+GENERATIONS = "generations.jsonl"  # a causal-LM run's outputs on its eval inputs
 COMPLETE, FAILED, SUPERSEDED = "COMPLETE", "FAILED", "SUPERSEDED"
 STAGING = ".partial"  # a run's files until it completes: nothing usable-looking sits in an unfinished run folder
-RUN_FILES = (CONFIG, METRICS, ADAPTER, ADAPTER_INIT, BOTTLENECK, DELTAS, COMPLETE, FAILED, "wandb", STAGING)
+RUN_FILES = (CONFIG, METRICS, ADAPTER, ADAPTER_INIT, BOTTLENECK, DELTAS, GENERATIONS, COMPLETE, FAILED, "wandb", STAGING)
 TABLE = "runs"
 log = logging.getLogger(__name__)
 _UMASK = os.umask(0o022)

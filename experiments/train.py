@@ -1,7 +1,9 @@
-"""One run: fine-tune a pretrained encoder on a GLUE task with one method, evaluate every epoch, then probe the result.
+"""One run: fine-tune a pretrained model on a task with one method, evaluate every epoch, then probe the result.
 
-``train(cfg)`` reads top to bottom and never asks which method it runs (experiments/methods/): the method prepares the
-model, names its optimizer groups, counts its parameters, gives ΔW and saves its files. It knows nothing of Hydra's
+``train(cfg)`` reads top to bottom and never asks which method or task family it runs: the method
+(experiments/methods/) prepares the model, names its optimizer groups, counts its parameters, gives ΔW and saves its
+files; the family (experiments/families/: GLUE classification, causal-LM generation) loads the model and the data and
+evaluates each epoch. It knows nothing of Hydra's
 launcher or the run folder's markers: the sweep entry (experiments/job.py) calls it, and tests call it directly.
 """
 
@@ -25,12 +27,10 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 import lorakit
-from experiments import checkpoint, distributed, probes
+from experiments import checkpoint, distributed, families, probes
 from experiments.config import ConfigError, validate
-from experiments.data import eval_loader, load_tokenized, train_loader
 from experiments.methods import get_method
-from experiments.metrics import glue_metrics
-from experiments.models import load_model, load_tokenizer, resolve_model_path, untrained_pooler
+from experiments.models import resolve_model_path, untrained_pooler
 from experiments.store import DELTAS, atomic_path
 from experiments.tracking import NullLogger
 
@@ -63,18 +63,17 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     device, autocast = _device(execution)
     distributed.check_batch(hp.batch_size)
 
-    # Data: tokenized once per (task, tokenizer, max length, subset) and cached; batches padded to their longest.
+    # Data: the task's family reads, tokenizes and batches it (padded to each batch's longest) and evaluates epochs.
+    family = families.for_run(cfg)
     model_path = resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(model_path)
-    splits, data_source = load_tokenized(cfg, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train_batches = train_loader(splits[task.train_split], hp.batch_size, pad_id, cfg.seed, hp.group_by_length)
-    eval_batches = {split: eval_loader(splits[split], 2 * hp.batch_size, pad_id) for split in task.eval_splits}
+    tokenizer = family.load_tokenizer(cfg, model_path)
+    data = family.data(cfg, tokenizer)
+    train_batches, evaluation = data.train, data.evaluation
 
     # Model: the seed fixes the new head's and the method's initial values. The forgetting probe's "before" is read
     # from the pretrained encoder, ahead of any change the method makes.
     seed_everything(cfg.seed)
-    model = load_model(model_path, task.num_labels)
+    model = family.load_model(cfg, model_path)
     skill = probes.SentenceSkill.for_run(cfg, tokenizer, model_path)
     before = skill.measure(model, device) if skill else None
     adapted = method.prepare(model, cfg)
@@ -158,8 +157,8 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
             rng_pending = False
         train_seconds += time.perf_counter() - epoch_start
 
-        predictions = predict(model, eval_batches, device, autocast)
-        results = {"epoch": epoch, **score(predictions, task)}
+        scores, predictions = evaluation(model, device, autocast)
+        results = {"epoch": epoch, **scores}
         epochs.append(results)
         logger.log({**{f"eval/{k}": v for k, v in results.items() if k != "epoch"}, "epoch": epoch}, step=step)
         log.info("%s epoch %d: %s", name, epoch, ", ".join(f"{k}={v:.4f}" for k, v in results.items() if k != "epoch"))
@@ -168,16 +167,17 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     deltas = method.delta_weights(model)
     truncation = None
     if deltas and cfg.probes.truncation:
-        truncation = probes.truncation(model, deltas, lambda: evaluate(model, eval_batches, task, device, autocast))
+        truncation = probes.truncation(model, deltas, lambda: evaluation(model, device, autocast)[0])
     forgetting = skill.forgetting(before, model, device) if skill else None
     if out_dir is not None and cfg.save:
         method.save(model, Path(out_dir), model_path)
+        evaluation.save(predictions, Path(out_dir))
         if deltas:
             with atomic_path(Path(out_dir) / DELTAS) as tmp:
                 save_file({k: v.float().contiguous() for k, v in deltas.items()}, str(tmp))
 
     best = max(epochs, key=lambda e: e[task.metric])  # the first epoch among equals
-    flags = collapse_flags(predictions, task)
+    flags = evaluation.flags(predictions)
     for flag in flags:
         log.warning("%s: %s", name, flag)
     metrics = {
@@ -201,7 +201,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
         "device": device.type,
         "threads": torch.get_num_threads(),
         "seed": int(cfg.seed),
-        "data": {"source": data_source, **{f"{s}_examples": len(splits[s]) for s in splits}},
+        "data": {"source": data.source, **data.counts},
         "versions": _versions(),
     }
     logger.summary({f"best/{k}": v for k, v in best.items()} | {"trainable_params": trainable_params, "flags": flags})
@@ -220,50 +220,6 @@ def run_info(cfg: DictConfig, method, name: str, model_path: str) -> dict:
         "shuffle_labels": bool(cfg.data.shuffle_labels),
         **method.run_info(cfg),
     }
-
-
-def evaluate(model, loaders: dict, task: DictConfig, device: torch.device, autocast) -> dict[str, float]:
-    """Loss and the task's GLUE metrics on every eval split (MNLI's mismatched one with suffix ``_mm``)."""
-    return score(predict(model, loaders, device, autocast), task)
-
-
-def score(predictions: dict, task: DictConfig) -> dict[str, float]:
-    results = {}
-    for split, (outputs, labels, loss) in predictions.items():
-        suffix = task.eval_splits[split]
-        results[f"eval_loss{suffix}"] = loss
-        results.update(glue_metrics(task.metrics, outputs, labels, suffix=suffix))
-    return results
-
-
-@torch.no_grad()
-def predict(model, loaders: dict, device: torch.device, autocast) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
-    """Per eval split: the model's outputs, the labels and the mean loss."""
-    model.eval()
-    out = {}
-    for split, loader in loaders.items():
-        outputs, labels, loss_sum = [], [], 0.0
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast:
-                result = model(**batch)
-            loss_sum += result.loss.item() * len(batch["labels"])
-            outputs.append(result.logits.float().cpu().numpy())
-            labels.append(batch["labels"].cpu().numpy())
-        outputs, labels = np.concatenate(outputs), np.concatenate(labels)
-        out[split] = (outputs, labels, loss_sum / len(labels))
-    return out
-
-
-def collapse_flags(predictions: dict, task: DictConfig) -> list[str]:
-    """A run that learned nothing looks complete unless said: one line per eval split whose predictions are constant
-    (one class for every example, or a regression with no spread)."""
-    flags = []
-    for split, (outputs, _, _) in predictions.items():
-        constant = outputs.reshape(-1).std() < 1e-6 if task.num_labels == 1 else len(np.unique(outputs.argmax(-1))) == 1
-        if constant:
-            flags.append(f"constant predictions on {split}: the model predicts the same output for every example")
-    return flags
 
 
 def _generator(loader) -> torch.Generator:

@@ -92,7 +92,7 @@ def test_full_fine_tuning_keeps_the_delta_of_every_encoder_linear(tiny_overrides
 
 
 def test_head_only_trains_the_head_on_a_frozen_encoder(tiny_overrides, tmp_path, monkeypatch):
-    from experiments import train as train_module
+    from experiments import models as models_module
 
     kept = {}
 
@@ -101,8 +101,8 @@ def test_head_only_trains_the_head_on_a_frozen_encoder(tiny_overrides, tmp_path,
         kept["before"] = {k: v.clone() for k, v in model.state_dict().items()}
         return model
 
-    load_model = train_module.load_model
-    monkeypatch.setattr(train_module, "load_model", keep)
+    load_model = models_module.load_model
+    monkeypatch.setattr(models_module, "load_model", keep)
     run_dir = tmp_path / "head"
     assert run_job(make(tiny_overrides + ["method=head"]), run_dir, name="head", group="test")["status"] == "complete"
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -152,15 +152,15 @@ def test_a_failing_run_is_recorded_not_raised(tiny_overrides, tmp_path):
 
 
 def test_a_nan_loss_fails_the_run(tiny_overrides, tmp_path, monkeypatch):
-    from experiments import train as train_module
+    from experiments import models as models_module
 
     def poisoned(path, num_labels):
         model = load_model(path, num_labels)
         torch.nn.init.constant_(model.classifier.weight, float("nan"))
         return model
 
-    load_model = train_module.load_model
-    monkeypatch.setattr(train_module, "load_model", poisoned)
+    load_model = models_module.load_model
+    monkeypatch.setattr(models_module, "load_model", poisoned)
     status = run_job(make(tiny_overrides), tmp_path / "nan", name="nan", group="test")
     assert status["status"] == "failed" and status["error"].startswith("NonFiniteLoss: loss is nan at step 1")
 

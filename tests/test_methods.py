@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from experiments import train as train_module
+from experiments import models as models_module
 from experiments.config import CONF_DIR, ConfigError, register_resolvers
 from experiments.job import run_job
 
@@ -23,7 +23,7 @@ def make(overrides):
 @pytest.fixture()
 def trained(tiny_overrides, tmp_path, monkeypatch):
     """Run a method into a run folder; return (metrics, {parameter: changed?}, run folder)."""
-    load_model = train_module.load_model
+    load_model = models_module.load_model
 
     def run(*overrides):
         kept = {}
@@ -33,7 +33,7 @@ def trained(tiny_overrides, tmp_path, monkeypatch):
             kept["before"] = {k: v.clone() for k, v in model.state_dict().items()}
             return model
 
-        monkeypatch.setattr(train_module, "load_model", keep)
+        monkeypatch.setattr(models_module, "load_model", keep)
         run_dir = tmp_path / "_".join(overrides)
         status = run_job(make(tiny_overrides + ["train.epochs=1", *overrides]), run_dir, name=run_dir.name, group="t")
         assert status["status"] == "complete", status

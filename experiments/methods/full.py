@@ -16,8 +16,8 @@ class Full(Method):
     has_delta = True
 
     def prepare(self, model: nn.Module, cfg: DictConfig) -> list[str]:
-        # The encoder's attention and MLP layers: the task head and the pooler are not part of the analyses.
-        adapted = lorakit.linear_module_names(model, head=(*cfg.model.head, "classifier", "pooler"))
+        # The attention and MLP layers: the task head, the pooler and a causal LM's output layer are not analysed.
+        adapted = lorakit.linear_module_names(model, head=(*cfg.model.head, "classifier", "pooler", "lm_head"))
         weights = {f"{n}.weight" for n in adapted}
         self.adapted = adapted
         self.initial = {k: w.detach().clone() for k, w in model.state_dict().items() if k in weights}
