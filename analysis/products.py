@@ -143,6 +143,9 @@ def _forgetting(runs, opts, out):
 
 PRODUCTS: dict[str, tuple[str, Product]] = {
     "table2": ("Table 2: methods compared per task", _table(builders.table2, "table2")),
+    "table3": ("Table 3: generation metrics (E2E NLG)", _table(builders.table3, "table3")),
+    "generations": ("What the generation runs wrote, beside the references", _table(builders.generation_samples,
+                                                                                     "generations")),
     "table5": ("Table 5: metric per weight type at a fixed budget", _table(builders.table5, "table5")),
     "table6": ("Table 6: metric vs rank (and fig_metric_vs_rank)", _metric_vs_rank),
     "fig3": ("Figure 3: subspace similarity between ranks, of A and of ΔW's row space", _figure3),

@@ -218,6 +218,7 @@ def run_info(cfg: DictConfig, method, name: str, model_path: str) -> dict:
         "model_path": model_path,
         "seed": int(cfg.seed),
         "shuffle_labels": bool(cfg.data.shuffle_labels),
+        "family": families.family_of(cfg.task),
         **method.run_info(cfg),
     }
 

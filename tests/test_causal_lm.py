@@ -10,6 +10,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
+from analysis import builders
+from analysis.runs import MissingRuns, scan_runs
 from conftest import tiny_gpt2, tiny_llama
 from experiments.config import CONF_DIR, ConfigError, register_resolvers
 from experiments.data import DataError
@@ -138,6 +140,16 @@ def test_a_decoder_run_trains_generates_and_scores(arch, decoder_dirs, e2e_dir, 
     assert [g["mr"] for g in generations] == MRS and all(len(g["references"]) == 2 for g in generations)
     deltas = load_file(run_dir / "delta_weights.safetensors")
     assert set(deltas) == set(metrics["adapted_modules"]) and all(torch.linalg.matrix_rank(d) <= 2 for d in deltas.values())
+
+    # The analyses: Table 3 and the samples read the run; the GLUE tables leave it to them.
+    runs, _ = scan_runs([tmp_path])
+    table = builders.table3(runs)
+    row = table.frame.iloc[0]
+    assert row["bleu"] == pytest.approx(metrics["best"]["bleu"]) and row["nist"] == pytest.approx(metrics["best"]["nist"])
+    samples = builders.generation_samples(runs).frame
+    assert samples["input"].tolist() == MRS and samples.iloc[:, -1].tolist() == [g["generation"] for g in generations]
+    with pytest.raises(MissingRuns, match="Table 2 needs LoRA and full fine-tuning runs"):
+        builders.table2(runs)
 
 
 def test_full_fine_tuning_of_a_decoder_leaves_the_lm_head_out_of_delta_w(decoder_dirs, e2e_dir, tmp_path):

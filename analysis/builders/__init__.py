@@ -3,6 +3,7 @@ numbers ready to write or plot, or raises ``MissingRuns`` naming the runs it nee
 
 from .common import config_label, head_baseline, seed_spread, weight_runs
 from .forgetting import forgetting_table
+from .generation import generation_samples, table3
 from .init_drift import init_drift_table
 from .intruders import intruder_table
 from .metric_tables import PAPER_TASK_ORDER, table2, table5, table6
@@ -27,6 +28,7 @@ __all__ = [
     "figure3_grids",
     "figure4_grids",
     "forgetting_table",
+    "generation_samples",
     "head_baseline",
     "human_count",
     "init_drift_table",
@@ -38,6 +40,7 @@ __all__ = [
     "subspace_summary",
     "subspace_summary_agg",
     "table2",
+    "table3",
     "table5",
     "table6",
     "table7",

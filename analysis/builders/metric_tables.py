@@ -15,7 +15,7 @@ import math
 
 import pandas as pd
 
-from ..runs import MissingRuns, targets_label
+from ..runs import CLASSIFICATION, MissingRuns, targets_label
 from .common import SPREAD_NOTE, config_label, true_label_runs
 from .table import Table, human_count
 
@@ -41,6 +41,9 @@ def _median_min_max(values: pd.Series, scale: float = 100.0) -> tuple[float, flo
 
 
 def _controls_left_out(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The GLUE runs on true labels, and a line per run left out: shuffled-label controls (generation runs have
+    their own table, ``generation.table3``, and are not listed)."""
+    runs = runs[runs["family"] == CLASSIFICATION]
     shuffled = runs[runs["shuffle_labels"].eq(True)]
     return true_label_runs(runs), [f"{label}: shuffled labels (a noise control)" for label in shuffled["label"]]
 

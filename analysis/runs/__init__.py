@@ -2,6 +2,7 @@
 each analysis looks at."""
 
 from .folders import (
+    CLASSIFICATION,
     COLUMNS,
     DELTA_METHODS,
     MissingRuns,
@@ -10,6 +11,8 @@ from .folders import (
     Skipped,
     find_run_dirs,
     load_runs,
+    read_best,
+    read_generations,
     read_truncation,
     runs_footnote,
     scan_runs,
@@ -19,6 +22,7 @@ from .modules import KIND_LABELS, KINDS, ModuleId, parse_module, sort_modules, t
 from .tensors import base_weights, init_factors, lora_factors, num_labels, run_deltas
 
 __all__ = [
+    "CLASSIFICATION",
     "COLUMNS",
     "DELTA_METHODS",
     "KINDS",
@@ -35,6 +39,8 @@ __all__ = [
     "lora_factors",
     "num_labels",
     "parse_module",
+    "read_best",
+    "read_generations",
     "read_truncation",
     "run_deltas",
     "runs_footnote",

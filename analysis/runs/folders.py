@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
+import yaml
 
 _MARKERS = ("COMPLETE", "FAILED", "metrics.json", "config.yaml")
 
 COLUMNS = (
-    "label", "sweep", "name", "task", "method", "model", "model_path", "rank", "alpha", "targets", "seed", "init",
+    "label", "sweep", "name", "task", "family", "method", "model", "model_path", "rank", "alpha", "targets", "seed", "init",
     "rslora", "use_dora", "loraplus_ratio", "freeze_a", "quantize", "adapter_size", "shuffle_labels", "metric", "score",
     "score_last", "best_epoch", "trainable_params", "method_params", "total_params", "forgetting",
     "forgetting_before", "forgetting_after", "forgetting_probe", "adapted_modules", "has_weights", "has_init",
     "has_truncation", "run_dir",
 )  # fmt: skip
+CLASSIFICATION = "sequence_classification"  # the task family of GLUE runs; causal_lm: generation (E2E)
 # Methods that change the encoder's weight matrices, so have a ΔW; the others (head, bitfit, adapter) do not.
 DELTA_METHODS = ("lora", "dora", "full")
 
@@ -91,6 +93,13 @@ def _read_forgetting(metrics: dict) -> dict:
             "forgetting_after": _number(block.get("after")), "forgetting_probe": block.get("probe")}  # fmt: skip
 
 
+def _config_family(run_dir: Path) -> str:
+    """The task family of a run written before metrics.json named it: its config.yaml's, else GLUE classification."""
+    path = run_dir / "config.yaml"
+    task = (yaml.safe_load(path.read_text()) or {}).get("task") if path.is_file() else None
+    return (task or {}).get("family") or CLASSIFICATION
+
+
 def _read_run(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     run = metrics.get("run") or {}
@@ -107,6 +116,7 @@ def _read_run(run_dir: Path) -> dict:
         "sweep": sweep,
         "name": name,
         "task": run.get("task"),
+        "family": run.get("family") or _config_family(run_dir),
         "method": method,
         "model": run.get("model"),
         "model_path": run.get("model_path"),
@@ -196,6 +206,20 @@ def runs_footnote(labels: Iterable[str], limit: int = 4) -> str:
         return "runs: " + "; ".join(labels)
     sweeps = sorted(dict.fromkeys(label.split("/", 1)[0] for label in labels))
     return f"{len(labels)} runs from sweep{'s' if len(sweeps) > 1 else ''} " + ", ".join(sweeps)
+
+
+def read_best(run_dir: str | os.PathLike) -> dict[str, float]:
+    """Every metric of a run's best epoch (``metrics.json["best"]``): E2E's BLEU, NIST and ROUGE-L beside the loss."""
+    best = json.loads((Path(run_dir) / "metrics.json").read_text()).get("best") or {}
+    return {k: float(v) for k, v in best.items() if k != "epoch" and isinstance(v, (int, float))}
+
+
+def read_generations(run_dir: str | os.PathLike) -> list[dict]:
+    """A causal-LM run's ``generations.jsonl``: per eval input its ``mr``, ``generation`` and ``references``."""
+    path = Path(run_dir) / "generations.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def read_truncation(run_dir: str | os.PathLike, metric: str) -> list[tuple[int, float]]:
