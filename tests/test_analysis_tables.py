@@ -12,7 +12,8 @@ from analysis.runs import COLUMNS, runs_footnote
 def run(method="lora", task="sst2", rank=8, targets="qv", seed=1, score=0.9, trainable=1000, alpha=8.0):
     row = dict.fromkeys(COLUMNS)
     name = f"rank={rank},targets={targets},seed={seed}" if method == "lora" else f"method={method},seed={seed}"
-    row.update(label=f"sweep/{task},{name}", sweep="sweep", name=name, task=task, method=method, model="minilm",
+    row.update(label=f"sweep/{task},{name}", sweep="sweep", name=name, task=task, family="sequence_classification",
+               method=method, model="minilm",
                rank=rank if method == "lora" else None, alpha=alpha if method == "lora" else None,
                targets=targets if method == "lora" else None, seed=seed, init="gaussian" if method == "lora" else None,
                rslora=False if method == "lora" else None, metric="accuracy", score=score,
