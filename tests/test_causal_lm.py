@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from analysis import builders
-from analysis.runs import MissingRuns, scan_runs
+from analysis.runs import MissingRuns, run_base_weights, scan_runs
 from conftest import tiny_gpt2, tiny_llama
 from experiments.config import CONF_DIR, ConfigError, register_resolvers
 from experiments.data import DataError
@@ -150,6 +150,12 @@ def test_a_decoder_run_trains_generates_and_scores(arch, decoder_dirs, e2e_dir, 
     assert samples["input"].tolist() == MRS and samples.iloc[:, -1].tolist() == [g["generation"] for g in generations]
     with pytest.raises(MissingRuns, match="Table 2 needs LoRA and full fine-tuning runs"):
         builders.table2(runs)
+    # The Section 7 analyses read W₀ of the decoder under the names ΔW uses, and Table 7 runs on it.
+    w0 = run_base_weights(runs.iloc[0])
+    assert all(w0[name].shape == delta.shape for name, delta in deltas.items())
+    if arch == "llama":  # GPT-2's c_attn holds q, k and v in one matrix: Table 7 asks for Wq alone
+        projection = builders.table7(runs, None, None, (2,), 0, 20).frame
+        assert len(projection) == 2 and projection["‖ΔW‖_F"].gt(0).all()
 
 
 def test_full_fine_tuning_of_a_decoder_leaves_the_lm_head_out_of_delta_w(decoder_dirs, e2e_dir, tmp_path):
@@ -158,6 +164,17 @@ def test_full_fine_tuning_of_a_decoder_leaves_the_lm_head_out_of_delta_w(decoder
     assert status["status"] == "complete", status
     deltas = load_file(tmp_path / "full" / "delta_weights.safetensors")
     assert "lm_head" not in deltas and any(k.endswith("mlp.down_proj") for k in deltas)
+
+
+def test_a_gpt2_full_fine_tune_gives_delta_w_out_by_in(decoder_dirs, e2e_dir, tmp_path):
+    """Conv1D stores W in × out; ΔW and the analyses' W₀ are out × in, as for every other layer."""
+    cfg = make(decoder_overrides(decoder_dirs["gpt2"], e2e_dir, tmp_path) + ["method=full", "train.epochs=1"])
+    assert run_job(cfg, tmp_path / "full", name="full", group="t")["status"] == "complete"
+    deltas = load_file(tmp_path / "full" / "delta_weights.safetensors")
+    assert deltas["transformer.h.0.attn.c_attn"].shape == (96, 32) and deltas["transformer.h.0.mlp.c_fc"].shape == (128, 32)
+    runs, _ = scan_runs([tmp_path])
+    w0 = run_base_weights(runs.iloc[0])
+    assert all(w0[name].shape == delta.shape for name, delta in deltas.items())
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from ..maths import intruder_dimensions, intruders_at_norm, left_singular_basis
-from ..runs import KIND_LABELS, MissingRuns, base_weights, num_labels, parse_module, run_deltas
+from ..runs import KIND_LABELS, MissingRuns, run_base_weights, parse_module, run_deltas
 from ..runs.select import choose_task
 from .common import SPREAD_NOTE, config_label, module_sort_key, seed_spread, true_label_runs, weight_runs
 from .table import Table
@@ -44,7 +44,7 @@ def intruder_table(runs: pd.DataFrame, task: str | None = None, k: int = 10, thr
                                     "‖ΔW‖_F per module sets the common norm"]  # fmt: skip
     records, bases = [], {}
     for _, run in on_task.sort_values(["seed", "label"]).iterrows():
-        w0 = base_weights(run["model_path"], num_labels(run["run_dir"]))
+        w0 = run_base_weights(run)
         for name, d in run_deltas(run["run_dir"], run["method"]).items():
             if name not in w0 or d.abs().max() == 0:
                 continue

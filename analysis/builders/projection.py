@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..maths import delta_vs_weight, random_projection
-from ..runs import KIND_LABELS, MissingRuns, base_weights, num_labels, parse_module, run_deltas, short_path
+from ..runs import KIND_LABELS, MissingRuns, run_base_weights, parse_module, run_deltas, short_path
 from ..runs.modules import find_module
 from ..runs.select import adapted_layers, choose_layer, groups_by_setting, lora_with
 from .common import SPREAD_NOTE, config_label, true_label_runs, weight_runs
@@ -64,7 +64,7 @@ def table7(
     full = full[full["model_path"] == group["model_path"].iloc[0]]
     layer, where = choose_layer(adapted_layers(picked), layer, "Table 7")
     first = picked.iloc[0]
-    w0 = base_weights(first["model_path"], num_labels(first["run_dir"]))
+    w0 = run_base_weights(first)
     kinds = [k for k in ("q", "v") if all(k in {parse_module(n).kind for n in row["adapted_modules"]}
                                            for _, row in picked.iterrows())]  # fmt: skip
     rows = []

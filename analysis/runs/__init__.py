@@ -19,7 +19,7 @@ from .folders import (
     short_path,
 )
 from .modules import KIND_LABELS, KINDS, ModuleId, parse_module, sort_modules, targets_label
-from .tensors import base_weights, init_factors, lora_factors, num_labels, run_deltas
+from .tensors import base_weights, init_factors, lora_factors, num_labels, run_base_weights, run_deltas
 
 __all__ = [
     "CLASSIFICATION",
@@ -42,6 +42,7 @@ __all__ = [
     "read_best",
     "read_generations",
     "read_truncation",
+    "run_base_weights",
     "run_deltas",
     "runs_footnote",
     "scan_runs",

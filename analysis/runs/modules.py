@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-KINDS = ("q", "k", "v", "o", "ffn_in", "ffn_out")
-KIND_LABELS = {"q": "Wq", "k": "Wk", "v": "Wv", "o": "Wo", "ffn_in": "FFN in", "ffn_out": "FFN out"}
+KINDS = ("q", "k", "v", "o", "ffn_gate", "ffn_in", "ffn_out")  # ffn_gate: LLaMA's gated MLP has two input linears
+KIND_LABELS = {"q": "Wq", "k": "Wk", "v": "Wv", "o": "Wo", "ffn_gate": "FFN gate", "ffn_in": "FFN in",
+               "ffn_out": "FFN out"}
 
 # Most specific suffix first: "attention.output.dense" must win over the MLP's "output.dense".
 _SUFFIXES: tuple[tuple[str, str], ...] = (
@@ -28,7 +29,7 @@ _SUFFIXES: tuple[tuple[str, str], ...] = (
     ("v_proj", "v"),
     ("o_proj", "o"),
     ("up_proj", "ffn_in"),
-    ("gate_proj", "ffn_in"),
+    ("gate_proj", "ffn_gate"),
     ("down_proj", "ffn_out"),
 )
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)(?:\.|$)")

@@ -75,29 +75,56 @@ def num_labels(run_dir: str) -> int:
     return 2
 
 
+def gguf_file(run_dir: str) -> str | None:
+    """The GGUF file a decoder run loaded its weights from (config.yaml's ``model.gguf_file``), else None."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return None
+    import yaml
+
+    model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+    return model.get("gguf_file") if isinstance(model, dict) and model.get("family") == "causal_lm" else None
+
+
+def run_base_weights(run: "pd.Series") -> dict[str, torch.Tensor]:
+    """``base_weights`` of the model a run (a row of the run table) started from: an encoder with its head's size,
+    or a causal LM (its GGUF file where it came from one)."""
+    if run.get("family") == "causal_lm":
+        return base_weights(run["model_path"], causal_lm=True, gguf=gguf_file(run["run_dir"]))
+    return base_weights(run["model_path"], num_labels(run["run_dir"]))
+
+
 @lru_cache(maxsize=2)
-def base_weights(model_path: str, labels: int = 2) -> dict[str, torch.Tensor]:
+def base_weights(model_path: str, labels: int = 2, causal_lm: bool = False, gguf: str | None = None) -> dict[str, torch.Tensor]:
     """{module name: W₀} for every 2-D ``*.weight`` of the pretrained model a run started from.
 
-    Names match the ``AutoModelForSequenceClassification`` model, the names ΔW files use.
+    Names match the model the run trained (``AutoModelForSequenceClassification`` with ``labels`` outputs, or
+    ``AutoModelForCausalLM``, from ``gguf`` in ``model_path`` when given), the names ΔW files use.
     """
     if not model_path:
         raise RunError("metrics.json has no run.model_path; cannot load the pretrained weights W₀")
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the fresh head's "newly initialized" notice is expected here
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=labels)
+        if causal_lm:
+            model = AutoModelForCausalLM.from_pretrained(model_path, **({"gguf_file": gguf} if gguf else {}))
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=labels)
     except (OSError, ValueError) as err:
         raise RunError(f"cannot load the pretrained model at {model_path!r}: {err}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+    import lorakit
+
+    transposed = {f"{name}.weight" for name in lorakit.fan_in_fan_out_modules(model)}  # Conv1D: W stored in × out
     state = model.state_dict()
-    return {_strip(n): t.detach().clone() for n, t in state.items() if n.endswith(".weight") and t.ndim == 2}
+    return {_strip(n): (t.t() if n in transposed else t).detach().clone()
+            for n, t in state.items() if n.endswith(".weight") and t.ndim == 2}
 
 

@@ -20,6 +20,7 @@ class Full(Method):
         adapted = lorakit.linear_module_names(model, head=(*cfg.model.head, "classifier", "pooler", "lm_head"))
         weights = {f"{n}.weight" for n in adapted}
         self.adapted = adapted
+        self.transposed = lorakit.fan_in_fan_out_modules(model)  # GPT-2's Conv1D stores W in × out
         self.initial = {k: w.detach().clone() for k, w in model.state_dict().items() if k in weights}
         model.requires_grad_(True)
         return adapted
@@ -29,4 +30,4 @@ class Full(Method):
 
     def delta_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
         tuned = {k: v.detach().cpu() for k, v in model.state_dict().items() if k in self.initial}
-        return lorakit.weight_deltas(self.initial, tuned, self.adapted)
+        return lorakit.weight_deltas(self.initial, tuned, self.adapted, self.transposed)
