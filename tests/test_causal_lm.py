@@ -211,3 +211,26 @@ def test_the_embedded_decoder_is_smollm2_from_its_gguf():
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     tokenizer = load_tokenizer(path, gguf_file=cfg.model.gguf_file)
     assert tokenizer.eos_token == "<|im_end|>"
+
+
+def test_without_the_folder_the_hub_is_tried_and_its_failure_is_one_line(tmp_path):
+    task = make(["task=e2e", "model=smollm2"]).task
+    with pytest.raises(DataError, match=r"no data for task 'e2e': no folder .*missing, and the hub dataset GEM/e2e_nlg "
+                                        r"could not be loaded .*; point execution.e2e_dir=") as err:
+        causal_lm.read_data_to_text(task, str(tmp_path / "missing"))
+    assert "\n" not in str(err.value)
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "valid.txt").write_text("name : A||A is a place .\n")
+    with pytest.raises(DataError, match="lacks test.txt; expected valid.txt, test.txt"):
+        causal_lm.read_data_to_text(task, str(tmp_path / "partial"))
+
+
+def test_a_generation_run_that_writes_one_text_for_every_input_is_flagged():
+    import pandas as pd
+
+    frame = pd.DataFrame({"mr": MRS, "refs": [["a"]] * 3})
+    evaluation = causal_lm.Generation.__new__(causal_lm.Generation)  # flags() reads only the generations
+    assert evaluation.flags({"test": frame.assign(generation=["same"] * 3)}) == [
+        "constant predictions on test: the model writes 'same' for every input"]
+    assert evaluation.flags({"test": frame.assign(generation=["", "", "x"])}) == ["empty generations on test: 2 of 3"]
+    assert evaluation.flags({"test": frame.assign(generation=["a", "b", "c"])}) == []
