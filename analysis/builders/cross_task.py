@@ -61,7 +61,7 @@ def cross_task_pairs(runs: pd.DataFrame, draws: int = 100, seed: int = 0) -> Tab
         tasks = sorted(set(runs.loc[runs["method"] == "lora", "task"].dropna()))
         raise MissingRuns(f"{WHAT}; LoRA runs with ΔW found on tasks {tasks}")
     bases: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
-    chance: dict[int, Interval] = {}
+    chance: dict[tuple[int, int], Interval] = {}  # (d, r) -> the random interval, drawn once
 
     def subspaces(row: pd.Series) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         if row["label"] not in bases:  # one SVD per run and module, however many pairs it is in
