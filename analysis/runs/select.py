@@ -58,6 +58,9 @@ def groups_by_setting(lora: pd.DataFrame) -> list[pd.DataFrame]:
     return sorted(groups, key=lambda g: (g["targets"].iloc[0] != "qv", -len(g)))
 
 
+_DEFAULTS = {"rslora": False, "loraplus_ratio": 1.0, "freeze_a": False, "quantize": "none"}
+
+
 def groups_across_tasks(lora: pd.DataFrame) -> list[pd.DataFrame]:
     """LoRA runs split by everything but task and seed (model, rank, α, targets, init, rsLoRA, LoRA+, frozen A,
     quantization): the runs whose updates can be compared across tasks, one run per (task, seed) (the lowest label
@@ -65,8 +68,10 @@ def groups_across_tasks(lora: pd.DataFrame) -> list[pd.DataFrame]:
     with the most tasks, then the most runs."""
     keys = ["model", "model_path", "targets", "rank", "alpha", "init", "rslora", "loraplus_ratio", "freeze_a", "quantize"]
     lora = lora[lora["task"].notna() & lora["seed"].notna() & lora["rank"].notna()]
-    groups = [g.sort_values(["seed", "label"]).drop_duplicates(["task", "seed"]).sort_values(["task", "seed"])
-              for _, g in lora.groupby(keys, dropna=False, sort=True)]  # fmt: skip
+    # A run written before a key existed ran with its default: the same setting as one that records the default.
+    setting = lora[keys].astype(object).fillna(_DEFAULTS)
+    groups = [lora.loc[index].sort_values(["seed", "label"]).drop_duplicates(["task", "seed"])
+              for index in setting.groupby(keys, dropna=False, sort=False).groups.values()]  # fmt: skip
     groups = [g for g in groups if g["task"].nunique() >= 2]
     return sorted(groups, key=lambda g: (g["targets"].iloc[0] != "qv", -g["task"].nunique(), -len(g)))
 
