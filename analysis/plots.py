@@ -264,30 +264,33 @@ def plot_forgetting(frame: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_cross_task(matrices: dict[str, tuple[list[str], torch.Tensor]], title: str, columns: int = 2) -> Figure:
-    """Task × task heat maps of mean φ, one panel per {panel title: (tasks, matrix)}, ``columns`` to a row, each cell
-    annotated; NaN cells (no runs) blank. One colour scale for all, from 0 to the largest value shown, so small values
-    stay distinguishable."""
-    top = max((float(np.nanmax(m.numpy())) for _, m in matrices.values() if not torch.isnan(m).all()), default=1.0)
-    rows, cols = -(-len(matrices) // columns), min(columns, len(matrices))
-    size = 1.0 + 0.45 * max(len(tasks) for tasks, _ in matrices.values())
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.0, size * rows + 0.8), squeeze=False,
+def plot_cross_task(panels: dict[str, dict[str, tuple[list[str], torch.Tensor]]], title: str) -> Figure:
+    """Task × task heat maps of mean φ: one row of panels per {row label: {panel title: (tasks, matrix)}}, each cell
+    annotated, NaN cells (no runs) blank. Each row has its own colour scale, from 0 to its largest value, so a row of
+    small values (a learned column space near chance) is not washed out by a row near 1 (a shared init)."""
+    rows, cols = len(panels), max(len(row) for row in panels.values())
+    size = 1.0 + 0.45 * max(len(tasks) for row in panels.values() for tasks, _ in row.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.4, size * rows + 0.8), squeeze=False,
                              layout="constrained")  # fmt: skip
-    for ax in axes.flat[len(matrices):]:
-        ax.set_axis_off()
-    image = None
-    for ax, (panel, (tasks, matrix)) in zip(axes.flat, matrices.items()):
-        image = ax.imshow(matrix.numpy(), cmap=CMAP, vmin=0.0, vmax=max(top, 1e-6), interpolation="nearest")
-        ax.set_xticks(range(len(tasks)), tasks, fontsize=8, rotation=45)
-        ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
-        for i in range(len(tasks)):
-            for j in range(len(tasks)):
-                value = float(matrix[i, j])
-                if not np.isnan(value):
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if value < 0.6 * top else "black")  # fmt: skip
-        ax.set_title(panel, fontsize=9)
-    fig.colorbar(image, ax=list(axes.flat), fraction=0.025, pad=0.02, label="mean φ(r, r)")
+    for axes_row, (label, row) in zip(axes, panels.items()):
+        values = [m for _, m in row.values() if not torch.isnan(m).all()]
+        top = max((float(np.nanmax(m.numpy())) for m in values), default=1.0) or 1.0
+        image = None
+        for ax, (panel, (tasks, matrix)) in zip(axes_row, row.items()):
+            image = ax.imshow(matrix.numpy(), cmap=CMAP, vmin=0.0, vmax=top, interpolation="nearest")
+            ax.set_xticks(range(len(tasks)), tasks, fontsize=8, rotation=45)
+            ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
+            for i in range(len(tasks)):
+                for j in range(len(tasks)):
+                    value = float(matrix[i, j])
+                    if not np.isnan(value):
+                        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                                color="white" if value < 0.6 * top else "black")  # fmt: skip
+            ax.set_title(panel, fontsize=8)
+        for ax in axes_row[len(row):]:
+            ax.set_axis_off()
+        axes_row[0].set_ylabel(label, fontsize=9)
+        fig.colorbar(image, ax=list(axes_row), fraction=0.04, pad=0.02, label="mean φ(r, r)")
     fig.suptitle(title, fontsize=9)
     return fig
 

@@ -147,15 +147,15 @@ def _forgetting(runs, opts, out):
 
 def _cross_task(runs, opts, out):
     pairs = builders.cross_task_pairs(runs, opts.random_draws, opts.seed)
-    matrices = {f"{side}, {pairing}": builders.cross_task_matrix(pairs, side, pairing)
-                for side in ("column space", "row space")
-                for pairing in ("cross-task, same seed", "cross-task, other seeds")}  # fmt: skip
+    panels = {f"{side} ({factor})": {f"off-diagonal: {pairing}": builders.cross_task_matrix(pairs, side, pairing)
+                                     for pairing in ("cross-task, same seed", "cross-task, other seeds")}
+              for side, factor in (("column space", "B"), ("row space", "A"))}  # fmt: skip
     first = pairs.frame[pairs.frame["LoRA"] == pairs.frame["LoRA"].iloc[0]]
     chance = "; ".join(f"{side} {first[f'random {side}'].iloc[0]:.3f} [{first[f'random {side} 2.5%'].iloc[0]:.3f}, "
                        f"{first[f'random {side} 97.5%'].iloc[0]:.3f}]" for side in ("column space", "row space"))
     title = (f"Cross-task φ(r, r) of ΔW — {first['LoRA'].iloc[0]}: mean over layers, modules and seed pairs; "
              f"diagonal: same task, other seeds\nrandom r-dim subspaces (mean [95%]): {chance}")  # fmt: skip
-    figure = plots.save_figure(plots.plot_cross_task(matrices, title), out, "fig_cross_task", pairs.runs,
+    figure = plots.save_figure(plots.plot_cross_task(panels, title), out, "fig_cross_task", pairs.runs,
                                formats=opts.formats)  # fmt: skip
     tables = [(builders.cross_task_table(pairs), "cross_task"), (builders.cross_task_agg(pairs), "cross_task_agg")]
     return _written(tables, out, figure)
