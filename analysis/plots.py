@@ -297,7 +297,7 @@ def plot_cross_task(panels: dict[str, dict[str, tuple[list[str], torch.Tensor]]]
 
 def plot_interpolation(frame: pd.DataFrame) -> Figure:
     """Each task's dev metric (×100) against w, the weight of the first task's update: median over seeds, min–max
-    band, the run's own recorded metric as a star at its own end and the head-only baseline dotted."""
+    band, the run's own recorded metric as a star at its own end and the head-only baseline dotted when there is one."""
     pair = frame["pair"].iloc[0]
     first, second = pair.split(" + ")
     fig, ax = plt.subplots(figsize=(6.0, 3.8), layout="constrained")
@@ -312,7 +312,8 @@ def plot_interpolation(frame: pd.DataFrame) -> Figure:
         if len(baseline):
             ax.axhline(baseline.iloc[0], color=f"C{i}", ls=":", lw=1)
     ax.plot([], [], marker="*", ls="none", color="0.4", label="the run's own metric (metrics.json)")
-    ax.plot([], [], ls=":", color="0.4", label="head-only baseline")
+    if frame["head-only baseline"].notna().any():
+        ax.plot([], [], ls=":", color="0.4", label="head-only baseline")
     seeds = frame["seed"].nunique()
     _label_task_panel(ax, f"w (ΔW = w·ΔW_{first} + (1 − w)·ΔW_{second})", "dev metric ×100",
                       f"{pair}: each task's metric along the interpolation (median over {seeds} seed"
