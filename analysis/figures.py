@@ -6,11 +6,12 @@ Writes into ``--out`` (tables as CSV + Markdown, figures as PNG, ``--formats png
 ``table5``, ``table6`` + ``fig_metric_vs_rank``, ``fig3`` + ``fig3_delta`` + ``fig4`` (and their φ grids as CSV),
 ``subspace_summary`` (+ ``_agg``), ``init_drift``, ``table7``, ``spectra`` + ``fig_spectra``, ``overlap`` +
 ``fig_overlap``, ``intruders`` + ``fig_intruders``, ``truncation`` + ``truncation_summary`` + ``fig_truncation``,
-``forgetting`` + ``fig_forgetting``, ``runs.csv`` (the runs read) and ``index.md`` (what was produced from which
-runs, the controls missing, the runs left out, what was skipped and why). ``analysis.products`` says what each
-writes. An analysis whose runs are missing is skipped with one line naming what is missing; the command fails only
-when nothing at all could be produced (or, with ``--strict``, when an analysis raised an error). Nothing written
-names a path on this machine.
+``forgetting`` + ``fig_forgetting``, ``cross_task`` + ``cross_task_agg`` + ``fig_cross_task``, ``interpolation`` +
+``fig_interpolation`` (the one analysis that runs the model: one pair of tasks, ≤ 3 seeds, 11 points), ``runs.csv``
+(the runs read) and ``index.md`` (what was produced from which runs, the controls missing, the runs left out, what
+was skipped and why). ``analysis.products`` says what each writes. An analysis whose runs are missing is skipped
+with one line naming what is missing; the command fails only when nothing at all could be produced (or, with
+``--strict``, when an analysis raised an error). Nothing written names a path on this machine.
 """
 
 from __future__ import annotations
@@ -137,6 +138,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--random-draws", type=int, default=100,
                    help="random orthonormal U, V drawn for Table 7's random interval (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baselines (default 0)")
+    p.add_argument("--pair", nargs=2, metavar=("A", "B"),
+                   help="the two tasks of the interpolation curve (default: the pair with the most common seeds)")
+    p.add_argument("--interpolation-seeds", type=int, default=3,
+                   help="seeds of the interpolation curve, the lowest common ones (default 3)")
+    p.add_argument("--interpolation-points", type=int, default=11,
+                   help="values of w from 0 to 1 on the interpolation curve (default 11: 0, 0.1, ..., 1)")
+    p.add_argument("--data-dir", help="GLUE folders for the interpolation's dev sets (default: where each run read "
+                                      "them, else ../shared/glue)")  # fmt: skip
     p.add_argument("--formats", nargs="+", default=["png"], help="figure formats (default png; add pdf on request)")
     p.add_argument("--only", nargs="+", choices=list(PRODUCTS), help="produce only these analyses")
     p.add_argument("--threads", type=int, default=1,
@@ -146,6 +155,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.random_draws < 2:
         p.error(f"--random-draws must be at least 2 (100 or more for a 95% interval), got {args.random_draws}")
+    if args.interpolation_seeds < 1 or args.interpolation_points < 2:
+        p.error(f"--interpolation-seeds must be at least 1 and --interpolation-points at least 2 (w = 0 and 1), got "
+                f"{args.interpolation_seeds} and {args.interpolation_points}")
     return args
 
 
@@ -170,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         task=args.task, layer=args.layer, ranks=tuple(args.ranks) if args.ranks else None, seed_rank=args.seed_rank,
         table7_ranks=tuple(args.table7_ranks), random_draws=args.random_draws, intruder_k=args.intruder_k,
         intruder_eps=args.intruder_eps,
-        seed=args.seed, formats=tuple(args.formats),
+        seed=args.seed, formats=tuple(args.formats), pair=tuple(args.pair) if args.pair else None,
+        interpolation_seeds=args.interpolation_seeds, interpolation_points=args.interpolation_points,
+        data_dir=args.data_dir,
     )  # fmt: skip
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .runs import KIND_LABELS, parse_module, runs_footnote, targets_label  # noqa: E402
-from .builders import PAPER_TASK_ORDER, SubspaceGrids  # noqa: E402
+from .builders import SubspaceGrids, task_order  # noqa: E402
 
 CMAP = "viridis"
 DPI = 150
@@ -206,8 +206,7 @@ def plot_intruders(frame: pd.DataFrame) -> Figure:
 
 
 def _by_task(frame: pd.DataFrame) -> list[str]:
-    present = set(frame["task"])
-    return [t for t in PAPER_TASK_ORDER if t in present] + sorted(present - set(PAPER_TASK_ORDER))
+    return task_order(frame["task"])
 
 
 def _label_task_panel(ax, xlabel: str, ylabel: str, title: str, legend_fontsize: int = 7) -> None:
@@ -262,4 +261,61 @@ def plot_forgetting(frame: pd.DataFrame) -> Figure:
         _label_task_panel(ax, f"forgetting ×100 ({probe.iloc[0] if len(probe) else 'probe'} before − after)",
                           f"{y} ×100 ({on_task['metric'].iloc[0]})",
                           f"{task}: learning vs forgetting (median, bars = min–max over seeds)", legend_fontsize=6)
+    return fig
+
+
+def plot_cross_task(panels: dict[str, dict[str, tuple[list[str], torch.Tensor]]], title: str) -> Figure:
+    """Task × task heat maps of mean φ: one row of panels per {row label: {panel title: (tasks, matrix)}}, each cell
+    annotated, NaN cells (no runs) blank. Each row has its own colour scale, from 0 to its largest value, so a row of
+    small values (a learned column space near chance) is not washed out by a row near 1 (a shared init)."""
+    rows, cols = len(panels), max(len(row) for row in panels.values())
+    size = 1.0 + 0.45 * max(len(tasks) for row in panels.values() for tasks, _ in row.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.4, size * rows + 0.8), squeeze=False,
+                             layout="constrained")  # fmt: skip
+    for axes_row, (label, row) in zip(axes, panels.items()):
+        values = [m for _, m in row.values() if not torch.isnan(m).all()]
+        top = max((float(np.nanmax(m.numpy())) for m in values), default=1.0) or 1.0
+        image = None
+        for ax, (panel, (tasks, matrix)) in zip(axes_row, row.items()):
+            image = ax.imshow(matrix.numpy(), cmap=CMAP, vmin=0.0, vmax=top, interpolation="nearest")
+            ax.set_xticks(range(len(tasks)), tasks, fontsize=8, rotation=45)
+            ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
+            for i in range(len(tasks)):
+                for j in range(len(tasks)):
+                    value = float(matrix[i, j])
+                    if not np.isnan(value):
+                        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                                color="white" if value < 0.6 * top else "black")  # fmt: skip
+            ax.set_title(panel, fontsize=8)
+        for ax in axes_row[len(row):]:
+            ax.set_axis_off()
+        axes_row[0].set_ylabel(label, fontsize=9)
+        fig.colorbar(image, ax=list(axes_row), fraction=0.04, pad=0.02, label="mean φ(r, r)")
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_interpolation(frame: pd.DataFrame) -> Figure:
+    """Each task's dev metric (×100) against w, the weight of the first task's update: median over seeds, min–max
+    band, the run's own recorded metric as a star at its own end and the head-only baseline dotted when there is one."""
+    pair = frame["pair"].iloc[0]
+    first, second = pair.split(" + ")
+    fig, ax = plt.subplots(figsize=(6.0, 3.8), layout="constrained")
+    for i, (task, rows) in enumerate(frame.groupby("task", sort=False)):
+        stats = rows.groupby("w")["value"].agg(["median", "min", "max"]).sort_index()
+        ax.plot(stats.index, stats["median"], marker="o", ms=3, color=f"C{i}",
+                label=f"{task} ({rows['metric'].iloc[0]}, own head)")  # fmt: skip
+        ax.fill_between(stats.index, stats["min"], stats["max"], color=f"C{i}", alpha=0.15)
+        ax.plot([1.0 if task == first else 0.0], [rows["recorded"].median()], marker="*", ms=10, color=f"C{i}",
+                ls="none")  # fmt: skip
+        baseline = rows["head-only baseline"].dropna()
+        if len(baseline):
+            ax.axhline(baseline.iloc[0], color=f"C{i}", ls=":", lw=1)
+    ax.plot([], [], marker="*", ls="none", color="0.4", label="the run's own metric (metrics.json)")
+    if frame["head-only baseline"].notna().any():
+        ax.plot([], [], ls=":", color="0.4", label="head-only baseline")
+    seeds = frame["seed"].nunique()
+    _label_task_panel(ax, f"w (ΔW = w·ΔW_{first} + (1 − w)·ΔW_{second})", "dev metric ×100",
+                      f"{pair}: each task's metric along the interpolation (median over {seeds} seed"
+                      f"{'s' if seeds > 1 else ''}, band = min–max)")  # fmt: skip
     return fig

@@ -28,6 +28,10 @@ class Options:
     intruder_eps: float = 0.5
     seed: int = 0
     formats: tuple[str, ...] = ("png",)
+    pair: tuple[str, str] | None = None
+    interpolation_seeds: int = 3
+    interpolation_points: int = 11
+    data_dir: str | None = None
 
 
 @dataclass
@@ -141,6 +145,30 @@ def _forgetting(runs, opts, out):
                                                                      formats=opts.formats))  # fmt: skip
 
 
+def _cross_task(runs, opts, out):
+    pairs = builders.cross_task_pairs(runs, opts.random_draws, opts.seed)
+    panels = {f"{side} ({factor})": {f"off-diagonal: {pairing}": builders.cross_task_matrix(pairs, side, pairing)
+                                     for pairing in ("cross-task, same seed", "cross-task, other seeds")}
+              for side, factor in (("column space", "B"), ("row space", "A"))}  # fmt: skip
+    first = pairs.frame[pairs.frame["LoRA"] == pairs.frame["LoRA"].iloc[0]]
+    chance = "; ".join(f"{side} {first[f'random {side}'].iloc[0]:.3f} [{first[f'random {side} 2.5%'].iloc[0]:.3f}, "
+                       f"{first[f'random {side} 97.5%'].iloc[0]:.3f}]" for side in ("column space", "row space"))
+    title = (f"Cross-task φ(r, r) of ΔW — {first['LoRA'].iloc[0]}: mean over layers, modules and seed pairs; "
+             f"diagonal: same task, other seeds\nrandom r-dim subspaces (mean [95%]): {chance}")  # fmt: skip
+    figure = plots.save_figure(plots.plot_cross_task(panels, title), out, "fig_cross_task", pairs.runs,
+                               formats=opts.formats)  # fmt: skip
+    tables = [(builders.cross_task_table(pairs), "cross_task"), (builders.cross_task_agg(pairs), "cross_task_agg")]
+    return _written(tables, out, figure)
+
+
+def _interpolation(runs, opts, out):
+    table = builders.interpolation_curves(runs, opts.pair, opts.interpolation_seeds, opts.interpolation_points,
+                                          opts.data_dir)  # fmt: skip
+    figure = plots.save_figure(plots.plot_interpolation(table.frame), out, "fig_interpolation", table.runs,
+                               formats=opts.formats)  # fmt: skip
+    return _written([(table, "interpolation")], out, figure)
+
+
 PRODUCTS: dict[str, tuple[str, Product]] = {
     "table2": ("Table 2: methods compared per task", _table(builders.table2, "table2")),
     "table3": ("Table 3: generation metrics (E2E NLG)", _table(builders.table3, "table3")),
@@ -158,4 +186,6 @@ PRODUCTS: dict[str, tuple[str, Product]] = {
     "intruders": ("Intruder dimensions, raw and at matched update norm", _intruders),
     "truncation": ("Rank truncation: metric vs k, the rank keeping 90% of the gain", _truncation),
     "forgetting": ("Forgetting: task gain vs the base model's skill lost", _forgetting),
+    "cross_task": ("Cross-task subspaces: φ between the ΔW of adapters on different tasks", _cross_task),
+    "interpolation": ("Interpolating two tasks' adapters: each task's metric along w·A + (1−w)·B", _interpolation),
 }

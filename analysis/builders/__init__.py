@@ -2,11 +2,13 @@
 numbers ready to write or plot, or raises ``MissingRuns`` naming the runs it needs."""
 
 from .common import config_label, head_baseline, seed_spread, weight_runs
+from .cross_task import cross_task_agg, cross_task_matrix, cross_task_pairs, cross_task_table
 from .forgetting import forgetting_table
 from .generation import generation_samples, table3
 from .init_drift import init_drift_table
+from .interpolation import interpolation_curves
 from .intruders import intruder_table
-from .metric_tables import PAPER_TASK_ORDER, table2, table5, table6
+from .metric_tables import PAPER_TASK_ORDER, table2, table5, table6, task_order
 from .projection import table7
 from .spectra import spectra_table
 from .subspace import (
@@ -25,6 +27,10 @@ __all__ = [
     "SubspaceGrids",
     "Table",
     "config_label",
+    "cross_task_agg",
+    "cross_task_matrix",
+    "cross_task_pairs",
+    "cross_task_table",
     "figure3_grids",
     "figure4_grids",
     "forgetting_table",
@@ -32,6 +38,7 @@ __all__ = [
     "head_baseline",
     "human_count",
     "init_drift_table",
+    "interpolation_curves",
     "intruder_table",
     "overlap_table",
     "rank_to_keep",
@@ -44,6 +51,7 @@ __all__ = [
     "table5",
     "table6",
     "table7",
+    "task_order",
     "to_markdown",
     "truncation_tables",
     "weight_runs",

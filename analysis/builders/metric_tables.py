@@ -22,12 +22,17 @@ from .table import Table, human_count
 PAPER_TASK_ORDER = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")
 
 
+def task_order(tasks) -> list[str]:
+    """The tasks present in ``tasks`` in the paper's order (Table 2), others after them alphabetically."""
+    present = set(tasks) - {None}
+    return [t for t in PAPER_TASK_ORDER if t in present] + sorted(present - set(PAPER_TASK_ORDER))
+
+
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
 def _tasks(frame: pd.DataFrame) -> list[str]:
-    present = list(dict.fromkeys(frame["task"].dropna()))
-    return [t for t in PAPER_TASK_ORDER if t in present] + sorted(t for t in present if t not in PAPER_TASK_ORDER)
+    return task_order(frame["task"].dropna())
 
 
 def _seed_range(counts: pd.Series) -> str:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .linalg import as_matrix, random_gaussian, svd, top_singular_vectors
+from .controls import Interval, percentile_interval
+from .linalg import as_matrix, random_gaussian, random_orthonormal, svd, top_singular_vectors
 
 _ORTHONORMAL_TOL = 1e-6
 
@@ -74,6 +75,21 @@ def expected_random_similarity(k: int, d: int) -> float:
     return k / d
 
 
+def singular_subspaces(delta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U_k out x k, V_k in x k): orthonormal bases of the top-k left (column space) and right (row space) singular
+    directions of an update, from one SVD. Compute once per ΔW and compare with ``subspace_overlap``."""
+    d = as_matrix(delta, "delta")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(d.shape):
+        raise ValueError(f"k must be an integer in [1, {min(d.shape)}] for a {d.shape[0]}x{d.shape[1]} update, got {k!r}")
+    u, _, vh = svd(d)
+    return u[:, :k], vh[:k].T.contiguous()
+
+
+def subspace_overlap(u1: torch.Tensor, u2: torch.Tensor) -> float:
+    """φ(k₁, k₂) = ‖U₁ᵀU₂‖²_F / min(k₁, k₂) between two whole bases: the last entry of ``subspace_similarity``."""
+    return float(subspace_similarity(u1, u2)[-1, -1])
+
+
 def delta_overlaps(delta1: torch.Tensor, delta2: torch.Tensor, k: int) -> tuple[float, float]:
     """(left, right): φ(k, k) between the top-k left and right singular subspaces of two updates of one layer.
 
@@ -83,12 +99,21 @@ def delta_overlaps(delta1: torch.Tensor, delta2: torch.Tensor, k: int) -> tuple[
     d1, d2 = as_matrix(delta1, "delta1"), as_matrix(delta2, "delta2")
     if d1.shape != d2.shape:
         raise ValueError(f"updates of the same layer must have one shape, got {tuple(d1.shape)} and {tuple(d2.shape)}")
-    if not 1 <= k <= min(d1.shape):
-        raise ValueError(f"k must be in [1, {min(d1.shape)}], got {k}")
-    (u1, _, vh1), (u2, _, vh2) = svd(d1), svd(d2)
-    left = subspace_similarity(u1[:, :k], u2[:, :k])[k - 1, k - 1]
-    right = subspace_similarity(vh1[:k].T, vh2[:k].T)[k - 1, k - 1]
-    return float(left), float(right)
+    (u1, v1), (u2, v2) = singular_subspaces(d1, k), singular_subspaces(d2, k)
+    return subspace_overlap(u1, u2), subspace_overlap(v1, v2)
+
+
+def random_subspace_overlap(d: int, k: int, draws: int = 100, seed: int = 0, level: float = 0.95) -> Interval:
+    """The chance value of φ(k, k): ‖U₁ᵀU₂‖²_F / k for ``draws`` pairs of independent Haar-random k-dimensional
+    subspaces of R^d, as its mean and central ``level`` interval (mean ≈ k/d, ``expected_random_similarity``).
+    Reproducible: one ``torch.Generator`` seeded with ``seed`` draws every basis."""
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
+        raise ValueError(f"draws must be an integer >= 2 (100 or more for a 95% interval), got {draws!r}")
+    if not 1 <= k <= d:
+        raise ValueError(f"need 1 <= k <= d, got k={k}, d={d}")
+    gen = torch.Generator().manual_seed(seed)
+    u1, u2 = random_orthonormal(d, k, gen, batch=draws), random_orthonormal(d, k, gen, batch=draws)
+    return percentile_interval((u1.transpose(1, 2) @ u2).square().sum((1, 2)) / k, level)
 
 
 def delta_overlap(delta1: torch.Tensor, delta2: torch.Tensor, k: int, side: str = "left") -> float:

@@ -58,6 +58,24 @@ def groups_by_setting(lora: pd.DataFrame) -> list[pd.DataFrame]:
     return sorted(groups, key=lambda g: (g["targets"].iloc[0] != "qv", -len(g)))
 
 
+_DEFAULTS = {"rslora": False, "loraplus_ratio": 1.0, "freeze_a": False, "quantize": "none"}
+
+
+def groups_across_tasks(lora: pd.DataFrame) -> list[pd.DataFrame]:
+    """LoRA runs split by everything but task and seed (model, rank, α, targets, init, rsLoRA, LoRA+, frozen A,
+    quantization): the runs whose updates can be compared across tasks, one run per (task, seed) (the lowest label
+    when a sweep repeats one). Groups with two or more tasks only; ``qv`` first (the paper's choice), then the one
+    with the most tasks, then the most runs."""
+    keys = ["model", "model_path", "targets", "rank", "alpha", "init", "rslora", "loraplus_ratio", "freeze_a", "quantize"]
+    lora = lora[lora["task"].notna() & lora["seed"].notna() & lora["rank"].notna()]
+    # A run written before a key existed ran with its default: the same setting as one that records the default.
+    setting = lora[keys].astype(object).fillna(_DEFAULTS)
+    groups = [lora.loc[index].sort_values(["seed", "label"]).drop_duplicates(["task", "seed"])
+              for index in setting.groupby(keys, dropna=False, sort=False).groups.values()]  # fmt: skip
+    groups = [g for g in groups if g["task"].nunique() >= 2]
+    return sorted(groups, key=lambda g: (g["targets"].iloc[0] != "qv", -g["task"].nunique(), -len(g)))
+
+
 def rank_pair(present: list[int]) -> tuple[int, int]:
     """The two ranks Figure 3 compares: 8 and 64 when present, else the smallest and largest of ``present``."""
     return (8, 64) if 8 in present and 64 in present else (min(present), max(present))
