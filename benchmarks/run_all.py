@@ -16,8 +16,11 @@ from . import analysis_cost, common, inference, sst2_epoch, train_step
 
 BENCHMARKS = {"train_step": train_step, "inference": inference, "analysis_cost": analysis_cost,
               "sst2_epoch": sst2_epoch}
-# What the README renders, in order: every benchmark above, and the DoRA rows (``train_step --dora``) after LoRA's.
-SECTIONS = {"train_step": train_step, "train_step_dora": train_step, **BENCHMARKS}
+# What the README renders, in order: every benchmark above, and after LoRA's training step the DoRA rows
+# (``train_step --dora``) and the decoders' (``train_step --models smollm2``).
+SECTIONS = {"train_step": train_step, "train_step_dora": train_step, "train_step_decoder": train_step, **BENCHMARKS}
+# Whose rows the targets table reads: LoRA's training step on encoders and on decoders.
+TARGET_STEPS = ("train_step", "train_step_decoder")
 TINY = {
     "train_step": ["--models", "tiny", "--batch", "4", "--seq-len", "16", "--ranks", "4", "--steps", "2",
                    "--warmup", "1"],
@@ -35,7 +38,8 @@ def target_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
     def add(target: str, where: str, value: Any, met: bool | None) -> None:
         rows.append([target, where, value, "–" if met is None else "yes" if met else "**no**"])
 
-    for device, result in results.get("train_step", {}).items():
+    step_results = [(device, r) for name in TARGET_STEPS for device, r in results.get(name, {}).items()]
+    for device, result in step_results:
         for c in (c for m in result["models"].values() for c in m["comparisons"]):
             where = f"{device}: {c['model']} r={c['r']} {c['targets']}"
             met = c["targets_met"]
