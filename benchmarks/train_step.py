@@ -268,10 +268,17 @@ def render(result: dict[str, Any]) -> str:
                            round(full["accounting"]["static_bytes"] / common.MB),
                            f"{c['saved_vs_full_mb']} / {c['saved_vs_full_tensor_mb']} "
                            f"(≥ {c['expected_saving_vs_full_mb']})"])
+            if "utilisation" not in c:  # results written before the FLOP counts have none
+                continue
             flops.append([name, f"r={c['r']} {c['targets']}",
                           *(f"{u['flops_per_step'] / 1e9:,.1f} / {u['tflops_per_s']:.2f}"
                             + ("" if u["mfu"] is None else f" / {u['mfu']:.1%}") for u in c["utilisation"].values())])
     peak = s.get("peak_tflops") or {}
+    flops_section = [
+        f"Model FLOPs per step (GFLOP) / achieved TFLOP/s / MFU against a peak of {peak.get('tflops') or '–'} "
+        f"TFLOP/s ({peak.get('source', 'not recorded')}); FLOPs: {s.get('flops', 'not recorded')}.",
+        common.markdown_table(["model", adapter, "lorakit", "PEFT", "full FT"], flops),
+    ] if flops else []
     return "\n\n".join([
         f"### Training step{', DoRA' if dora else ''}{', decoders (next-token loss)' if decoder else ''} "
         f"(batch {s['batch']} × {s['seq_len']}, median of {s['timed_rounds']} interleaved rounds "
@@ -284,9 +291,7 @@ def render(result: dict[str, Any]) -> str:
                                "lorakit tensors MB", "PEFT tensors MB", "full tensors MB", "static MB",
                                "full static MB", "saved vs full MB: peak / tensors (≥ grads+Adam)"], memory),
         f"Memory: {result['memory_note']}",
-        f"Model FLOPs per step (GFLOP) / achieved TFLOP/s / MFU against a peak of {peak.get('tflops') or '–'} "
-        f"TFLOP/s ({peak.get('source', 'not recorded')}); FLOPs: {s.get('flops', 'not recorded')}.",
-        common.markdown_table(["model", adapter, "lorakit", "PEFT", "full FT"], flops),
+        *flops_section,
     ])
 
 

@@ -200,6 +200,16 @@ def test_all_is_lorakits_preset_for_both_architectures() -> None:
         target_names("all"))
 
 
+def test_readme_rebuilds_from_the_committed_results(tmp_path: Path) -> None:
+    """Every results/benchmarks JSON renders, those written before the FLOP counts and the issue-15 bound included."""
+    for path in (REPO / "results" / "benchmarks").glob("*.json"):
+        (tmp_path / path.name).write_text(path.read_text())
+    readme = run_all.write_readme(tmp_path).read_text()
+    for section in ("## cpu: Training step (batch", "## cpu: Training step, DoRA", "## cpu: Training step, decoders"):
+        assert section in readme
+    assert "| step time lorakit/PEFT ≤ 1.00 | cpu: minilm r=8 qv |" in readme
+
+
 def test_a_run_mixing_encoders_and_decoders_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="mixes encoders and decoders"):
         train_step.main(["--models", "tiny,tiny-llama", "--out", str(tmp_path)])
