@@ -23,7 +23,7 @@ import analysis
 import lorakit
 
 from . import common
-from .models import ALL_TARGETS, build_base, randomize_lora_b
+from .models import build_base, randomize_lora_b
 
 
 def timings(fn: Callable[[], Any], repeats: int, device: str) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def timings(fn: Callable[[], Any], repeats: int, device: str) -> dict[str, Any]:
 def adapters(model: torch.nn.Module, r: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
                                                      dict[str, torch.Tensor]]:
     """Two r-rank A factors per adapted module (two seeds) and the LoRA ΔW of the first adapter."""
-    lorakit.inject_lora(model, lorakit.LoRAConfig(r=r, alpha=float(r), targets=ALL_TARGETS, init="gaussian"))
+    lorakit.inject_lora(model, lorakit.LoRAConfig(r=r, alpha=float(r), targets="all", init="gaussian"))
     randomize_lora_b(model)
     modules = lorakit.lora_modules(model)
     first = {name: m.lora_A.detach().clone() for name, m in modules.items()}

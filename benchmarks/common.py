@@ -36,7 +36,8 @@ def csv(kind: Callable[[str], Any]) -> Callable[[str], list]:
 
 def add_workload_args(parser: argparse.ArgumentParser) -> None:
     """Models and batch shared by the side-by-side benchmarks."""
-    parser.add_argument("--models", type=csv(str), default=["minilm", "roberta-base"], help="tiny,minilm,roberta-base")
+    parser.add_argument("--models", type=csv(str), default=["minilm", "roberta-base"],
+                        help="comma-separated: tiny, minilm, roberta-base (encoders), tiny-llama, smollm2 (decoders)")
     parser.add_argument("--ranks", type=csv(int), default=[8, 64])
     parser.add_argument("--targets", type=csv(str), default=["qv", "all"])
     parser.add_argument("--batch", type=int, default=32)
@@ -330,7 +331,7 @@ def tensor_peak() -> Iterator[dict[str, int]]:
 
 # Imported once by the fork server, so a measuring process starts in a fraction of a second instead of ~7 s.
 _PRELOAD = ["torch", "peft", "transformers.models.bert.modeling_bert", "transformers.models.roberta.modeling_roberta",
-            "benchmarks.models"]
+            "transformers.models.llama.modeling_llama", "benchmarks.models"]
 
 
 def run_isolated(fn: Callable[..., Any], *args: Any) -> Any:

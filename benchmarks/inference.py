@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from . import common
-from .models import Variant, build_base, build_variant, make_batch, merge, randomize_lora_b
+from .models import Variant, build_base, build_variant, is_causal_lm, make_batch, merge, randomize_lora_b
 
 
 def variants_for(ranks: list[int], targets: list[str]) -> list[Variant]:
@@ -30,7 +30,7 @@ def variants_for(ranks: list[int], targets: list[str]) -> list[Variant]:
 def time_variants(name: str, variants: list[Variant], args: argparse.Namespace, device: str,
                   share: common.CpuShare) -> dict[Variant, list]:
     reference = build_base(name)
-    batch = make_batch(reference, args.batch, args.seq_len, device)
+    batch = make_batch(reference, args.batch, args.seq_len, device, causal_lm=is_causal_lm(name))
     batch.pop("labels")
     state = {k: v.to(device) for k, v in reference.state_dict().items()}
     del reference

@@ -1,7 +1,12 @@
-"""The models and variants under test: one base model, adapted by lorakit, by HF PEFT, or fully fine-tuned."""
+"""The models and variants under test: one base model, adapted by lorakit, by HF PEFT, or fully fine-tuned.
+
+Encoders (BERT, MiniLM, RoBERTa) get a new classification head, which trains beside the adapter; decoders (LLaMA
+family) train their next-token loss through the pretrained, embedding-tied ``lm_head`` and have no head to add.
+"""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -11,10 +16,11 @@ from torch import nn
 
 import lorakit
 
+from .common import REPO
+
 ALPHA = 16.0
 PEFT_PREFIX = "base_model.model."
-# "all" is named explicitly so both libraries get the same list; it matches the six linears of each BERT/RoBERTa layer.
-ALL_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
+CLASSIFIER = ("classifier",)  # an encoder's new head: trained beside the adapter, a private copy in every variant
 
 
 def _tiny() -> nn.Module:
@@ -49,14 +55,102 @@ def _roberta_base() -> nn.Module:
     return RobertaForSequenceClassification(config)
 
 
-MODELS: dict[str, Callable[[], nn.Module]] = {"tiny": _tiny, "minilm": _minilm, "roberta-base": _roberta_base}
+def _tiny_llama() -> nn.Module:
+    """A 2-layer LLaMA (grouped-query attention and tied embeddings, as SmolLM2) built from a config, for tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _smollm2_conf():
+    """conf/model/smollm2.yaml, the one home of where the embedded GGUF file is and what it is called."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(REPO / "conf" / "model" / "smollm2.yaml")
+
+
+def _smollm2() -> nn.Module:
+    """SmolLM2-135M-Instruct as the experiments load it: the embedded Q4_1 GGUF dequantized to fp32 (~30 s)."""
+    from experiments.models import load_causal_lm, resolve_model_path
+
+    conf = _smollm2_conf()
+    return load_causal_lm(resolve_model_path(conf), gguf_file=conf.gguf_file)
+
+
+@functools.lru_cache(maxsize=1)
+def _smollm2_config():
+    from experiments.models import resolve_model_path
+    from transformers import AutoConfig
+
+    conf = _smollm2_conf()
+    return AutoConfig.from_pretrained(resolve_model_path(conf), gguf_file=conf.gguf_file)
+
+
+def _smollm2_skeleton() -> nn.Module:
+    """SmolLM2's architecture with N(0, 0.02) weights, drawn in one pass: transformers' per-module initialisation takes
+    seconds (minutes on a loaded machine) for values that the shared state replaces or that cost does not depend on."""
+    from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(_smollm2_config(), dtype=torch.float32)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.02)
+    model.tie_weights()  # post-init ties lm_head to the embedding; no_init_weights skipped it
+    return model
+
+
+@dataclass(frozen=True)
+class Base:
+    """A model under test. ``build``: the model with its pretrained weights (a config's random ones for tiny,
+    tiny-llama and roberta-base). ``causal_lm``: a decoder trained on its next-token loss through its pretrained
+    ``lm_head`` (no head to add), not an encoder with a new classifier. ``skeleton``: the same architecture with fresh
+    weights, for a model whose pretrained load is slow: a variant gets its weights from the shared state anyway, and
+    a memory process needs none (cost and memory do not depend on the values)."""
+
+    build: Callable[[], nn.Module]
+    causal_lm: bool = False
+    skeleton: Callable[[], nn.Module] | None = None
+
+
+MODELS: dict[str, Base] = {
+    "tiny": Base(_tiny), "minilm": Base(_minilm), "roberta-base": Base(_roberta_base),
+    "tiny-llama": Base(_tiny_llama, causal_lm=True),
+    "smollm2": Base(_smollm2, causal_lm=True, skeleton=_smollm2_skeleton),
+}
+
+
+def _spec(name: str) -> Base:
+    if name not in MODELS:
+        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def is_causal_lm(name: str) -> bool:
+    return _spec(name).causal_lm
+
+
+def head_of(name: str) -> tuple[str, ...]:
+    """The modules that train beside the adapter: an encoder's new classifier; none on a causal LM."""
+    return () if is_causal_lm(name) else CLASSIFIER
 
 
 def build_base(name: str, seed: int = 0) -> nn.Module:
-    if name not in MODELS:
-        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    spec = _spec(name)
     torch.manual_seed(seed)
-    return MODELS[name]()
+    return spec.build()
+
+
+def build_skeleton(name: str, seed: int = 0) -> nn.Module:
+    """``build_base``, or the model's ``skeleton`` where it has one."""
+    spec = _spec(name)
+    torch.manual_seed(seed)
+    return (spec.skeleton or spec.build)()
 
 
 @dataclass(frozen=True)
@@ -89,7 +183,9 @@ class Variant:
 
 
 def target_names(targets: str) -> tuple[str, ...]:
-    return ALL_TARGETS if targets == "all" else lorakit.resolve_targets(targets)
+    """lorakit's preset as an explicit list of module names, which both libraries get. "all": every linear layer of
+    attention and MLP under BERT, RoBERTa, LLaMA and GPT-2 naming (six per BERT layer, seven per LLaMA layer)."""
+    return lorakit.resolve_targets(targets)
 
 
 def build_variant(
@@ -100,13 +196,18 @@ def build_variant(
 
     With ``state`` (a base model's state dict) the new model starts from those weights and *shares their storage* for
     every tensor that stays frozen, so a dozen RoBERTa-base variants fit in one process for interleaved timing. A
-    variant that writes its weights (full fine-tuning, merging, the trained head) gets its own copies.
+    variant that writes its weights (full fine-tuning, merging, the trained head) gets its own copies. Without
+    ``state``, the weights are ``build_skeleton``'s.
     """
-    model = build_base(name, seed)
+    model, head = build_skeleton(name, seed), head_of(name)
     if state is not None:
         private = variant.method == "full" or variant.merged
-        own = {k: v.clone() if private or k.startswith("classifier.") else v for k, v in state.items()}
+        prefixes = tuple(f"{module}." for module in head)
+        own = {k: v.clone() if private or k.startswith(prefixes) else v for k, v in state.items()}
         model.load_state_dict(own, strict=True, assign=True)
+        # assign=True puts a Parameter of its own on each key, so a tied lm_head and embedding (SmolLM2) would come
+        # apart (two Parameters, counted and trained twice under full fine-tuning): tie them again, as loading does.
+        model.tie_weights()
     torch.manual_seed(seed + 1)
     adapted: list[str] = []
     if variant.method == "full":
@@ -115,15 +216,15 @@ def build_variant(
         model.requires_grad_(False)
     elif variant.method == "lorakit":
         config = lorakit.LoRAConfig(r=variant.r, alpha=alpha, dropout=0.0, targets=target_names(variant.targets),
-                                    init=init, trainable=("classifier",), use_dora=variant.dora)
+                                    init=init, trainable=head, use_dora=variant.dora)
         adapted = list(lorakit.inject_lora(model, config))
     elif variant.method == "peft":
         import peft
 
         config = peft.LoraConfig(r=variant.r, lora_alpha=alpha, lora_dropout=0.0,
                                  target_modules=list(target_names(variant.targets)),
-                                 init_lora_weights=True if init == "kaiming" else init, modules_to_save=["classifier"],
-                                 use_dora=variant.dora)
+                                 init_lora_weights=True if init == "kaiming" else init,
+                                 modules_to_save=list(head) or None, use_dora=variant.dora)
         with warnings.catch_warnings():  # a transformers deprecation that PEFT triggers, not ours to act on
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = peft.get_peft_model(model, config)
@@ -189,11 +290,13 @@ def check_same_adaptation(lorakit_model: tuple[nn.Module, list[str]], peft_model
     return {"adapted_modules": len(lk_names), "trainable_params": lk_trainable}
 
 
-def make_batch(model: nn.Module, batch: int, seq_len: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random token ids (never the pad id 1, so RoBERTa's positions run 2..L+1) and random binary labels."""
+def make_batch(model: nn.Module, batch: int, seq_len: int, device: str, *, causal_lm: bool,
+               seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random token ids (never the pad id 1, so RoBERTa's positions run 2..L+1) and their labels: random binary
+    classes for a classifier, the ids themselves for a causal LM (the model shifts them: next-token loss)."""
     generator = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
     ids = torch.randint(3, vocab, (batch, seq_len), generator=generator)
-    labels = torch.randint(0, 2, (batch,), generator=generator)
+    labels = ids.clone() if causal_lm else torch.randint(0, 2, (batch,), generator=generator)
     batch_dict = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     return {k: v.to(device) for k, v in batch_dict.items()}

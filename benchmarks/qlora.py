@@ -23,7 +23,7 @@ from torch import nn
 import lorakit
 
 from . import common
-from .models import Variant, build_base, build_variant, make_batch
+from .models import Variant, build_base, build_variant, is_causal_lm, make_batch
 from .train_step import make_step, optimizer_state
 
 BASES = ("fp32", "nf4")
@@ -82,7 +82,7 @@ def quantization_error(fp32: nn.Module, nf4: nn.Module, batch: dict[str, torch.T
 
 def time_bases(name: str, args: argparse.Namespace, device: str, share: common.CpuShare) -> dict[str, Any]:
     reference = build_base(name)
-    batch = make_batch(reference, args.batch, args.seq_len, device)
+    batch = make_batch(reference, args.batch, args.seq_len, device, causal_lm=is_causal_lm(name))
     state = {k: v.to(device) for k, v in reference.state_dict().items()}
     del reference
     settings = vars(args)
@@ -106,7 +106,8 @@ def measure_memory(name: str, base: str, settings: dict[str, Any]) -> dict[str, 
     torch.set_num_threads(settings["threads"])
     device = settings["device"]
     model = build(name, base, settings).to(device).train()
-    step, batch = make_step(model, device), make_batch(model, settings["batch"], settings["seq_len"], device)
+    step, batch = make_step(model, device), make_batch(model, settings["batch"], settings["seq_len"], device,
+                                                      causal_lm=is_causal_lm(name))
     return common.step_memory(step, batch, settings["mem_steps"], device, pinned, lambda: live_bytes(model, batch, step))
 
 

@@ -1,6 +1,8 @@
 """Training-step time and peak memory: lorakit LoRA, HF PEFT LoRA (same config) and full fine-tuning; with
 ``--dora``, lorakit's DoRA against PEFT's (``use_dora=True`` in both, same r, α, targets and init) instead of LoRA,
-written as ``train_step_dora_<device>``.
+written as ``train_step_dora_<device>``. Encoders train a new classification head beside the adapter on a
+classification loss; decoders (``tiny-llama``, ``smollm2``) train the next-token loss with no head, and are written as
+``train_step_decoder_<device>`` (``train_step_dora_decoder_<device>``) so they never replace the encoders' file.
 
 A step is forward + backward + AdamW step + zero_grad on one fixed batch. All variants of a model live in one process
 (frozen weights shared) and take their steps in turn — one step of each, then the next round in reverse order — so a
@@ -16,6 +18,7 @@ token against full fine-tuning's 6·N) plus the factors'.
     python -m benchmarks.train_step --models tiny --steps 2 --warmup 1 --out /tmp/bench
     python -m benchmarks.train_step --device cuda --dtype bf16 --models roberta-base,minilm   # the GPU check
     python -m benchmarks.train_step --dora --models minilm --ranks 8 --targets qv --steps 5   # the DoRA rows
+    python -m benchmarks.train_step --models smollm2 --ranks 8 --batch 8 --seq-len 64 --steps 5   # the decoder rows
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import common
-from .models import Variant, accounting, build_base, build_variant, check_same_adaptation, make_batch
+from .models import (Variant, accounting, build_base, build_variant, check_same_adaptation, is_causal_lm,
+                     make_batch)
 
 MEMORY_NOTE = (
     "'peak' on a CPU is the peak resident set size of a fresh process that builds only this variant and runs its "
@@ -44,6 +48,11 @@ MEMORY_NOTE = (
 # lorakit/PEFT step time: at most PEFT's on a CPU (issue 5), 10% under it on a GPU (issue 15).
 TIME_VS_PEFT_BOUND = {"cpu": 1.0, "cuda": 0.90}
 MFU_TARGET, MFU_TARGET_MODEL = 0.40, "roberta-base"  # of the chip's bf16 peak, for its LoRA step (issue 15)
+FLOPS_NOTE = "matmul + attention FLOPs of one step, torch.utils.flop_counter.FlopCounterMode"
+# torch's counter has formulas for the CUDA SDPA kernels only; LLaMA's attention on a CPU runs the fused
+# aten._scaled_dot_product_flash_attention_for_cpu, which it skips (the encoders' attention is counted).
+FLOPS_NOTE_CPU_DECODER = (" (matmuls only: the counter has no formula for the fused CPU SDPA kernel the decoders' "
+                          "attention runs, so its FLOPs are left out)")
 
 
 def variants_for(ranks: list[int], targets: list[str], dora: bool = False) -> list[Variant]:
@@ -98,7 +107,7 @@ def measure_memory(name: str, variant: Variant, args: dict[str, Any]) -> dict[st
     model, _ = build_variant(name, variant, init=args["init"])
     model.to(device).train()
     step = make_step(model, device, args["dtype"])
-    batch = make_batch(model, args["batch"], args["seq_len"], device)
+    batch = make_batch(model, args["batch"], args["seq_len"], device, causal_lm=is_causal_lm(name))
     live = lambda: common.live_bytes([*model.parameters(), *model.buffers(), *batch.values(), *optimizer_state(step)])
     return common.step_memory(step, batch, args["mem_steps"], device, pinned, live)
 
@@ -109,9 +118,9 @@ def optimizer_state(step: Callable) -> list[torch.Tensor]:
 
 def time_variants(name: str, variants: list[Variant], args: argparse.Namespace, device: str,
                   share: common.CpuShare) -> dict[str, Any]:
-    reference = build_base(name)
-    batch = make_batch(reference, args.batch, args.seq_len, device)
-    state = {k: v.to(device) for k, v in reference.state_dict().items()}
+    reference = build_base(name).to(device)  # moved whole, so tied tensors stay one tensor in the state
+    batch = make_batch(reference, args.batch, args.seq_len, device, causal_lm=is_causal_lm(name))
+    state = reference.state_dict()
     del reference
     built = {v: build_variant(name, v, state, init=args.init) for v in variants}
     checks = {}
@@ -180,7 +189,18 @@ def compare(name: str, variants: list[Variant], timing: dict[str, Any], memory: 
     return rows
 
 
+def benchmark_name(models: list[str], dora: bool) -> str:
+    """``train_step``, ``_dora`` for DoRA rows, ``_decoder`` for causal LMs; one run holds encoders or decoders."""
+    decoders = [is_causal_lm(name) for name in models]
+    if any(decoders) and not all(decoders):
+        raise SystemExit(f"--models mixes encoders and decoders ({', '.join(models)}): run them separately, since "
+                         f"decoders are written to train_step_decoder_<device> and encoders to train_step_<device>")
+    return "train_step" + ("_dora" if dora else "") + ("_decoder" if any(decoders) else "")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    name = benchmark_name(args.models, args.dora)
+    decoder = name.endswith("_decoder")
     device = common.setup(args)
     gpu = device == "cuda"
     args.steps = args.steps if args.steps is not None else 20 if gpu else 3
@@ -191,14 +211,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     child_args = {"threads": args.threads, "device": device, "dtype": args.dtype, "init": args.init, "batch": args.batch,
                   "seq_len": args.seq_len, "mem_steps": args.mem_steps, "pin_malloc": not args.default_malloc}
     result: dict[str, Any] = {
-        "benchmark": "train_step_dora" if args.dora else "train_step",
+        "benchmark": name,
         "machine": common.machine_info(device, args.dtype),
         "settings": {"batch": args.batch, "seq_len": args.seq_len, "warmup_rounds": args.warmup,
                      "timed_rounds": args.steps, "memory_steps": args.mem_steps, "init": args.init,
                      "adapter": "dora" if args.dora else "lora",
+                     "loss": "next-token (labels = input ids), no head" if decoder else
+                     "sequence classification, a new head (classifier) trained beside the adapter",
                      "alpha": 16.0, "dropout": 0.0, "optimizer": "torch.optim.AdamW(lr=1e-4), default implementation",
                      "dtype": args.dtype, "peak_tflops": peak,
-                     "flops": "matmul + attention FLOPs of one step, torch.utils.flop_counter.FlopCounterMode",
+                     "flops": FLOPS_NOTE + (FLOPS_NOTE_CPU_DECODER if decoder and device == "cpu" else ""),
                      "time": "median over rounds of one step per variant, rounds alternating order"},
         "memory_note": MEMORY_NOTE,
         "models": {},
@@ -226,6 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def render(result: dict[str, Any]) -> str:
     s = result["settings"]
     dora = s.get("adapter") == "dora"  # results written before the DoRA rows have no "adapter": LoRA
+    decoder = result["benchmark"].endswith("_decoder")
     adapter = "DoRA" if dora else "LoRA"
     times, memory, floors, flops = [], [], [], []
     for name, model in result["models"].items():
@@ -245,12 +268,20 @@ def render(result: dict[str, Any]) -> str:
                            round(full["accounting"]["static_bytes"] / common.MB),
                            f"{c['saved_vs_full_mb']} / {c['saved_vs_full_tensor_mb']} "
                            f"(≥ {c['expected_saving_vs_full_mb']})"])
+            if "utilisation" not in c:  # results written before the FLOP counts have none
+                continue
             flops.append([name, f"r={c['r']} {c['targets']}",
                           *(f"{u['flops_per_step'] / 1e9:,.1f} / {u['tflops_per_s']:.2f}"
                             + ("" if u["mfu"] is None else f" / {u['mfu']:.1%}") for u in c["utilisation"].values())])
     peak = s.get("peak_tflops") or {}
+    flops_section = [
+        f"Model FLOPs per step (GFLOP) / achieved TFLOP/s / MFU against a peak of {peak.get('tflops') or '–'} "
+        f"TFLOP/s ({peak.get('source', 'not recorded')}); FLOPs: {s.get('flops', 'not recorded')}.",
+        common.markdown_table(["model", adapter, "lorakit", "PEFT", "full FT"], flops),
+    ] if flops else []
     return "\n\n".join([
-        f"### Training step{', DoRA' if dora else ''} (batch {s['batch']} × {s['seq_len']}, median of {s['timed_rounds']} interleaved rounds "
+        f"### Training step{', DoRA' if dora else ''}{', decoders (next-token loss)' if decoder else ''} "
+        f"(batch {s['batch']} × {s['seq_len']}, median of {s['timed_rounds']} interleaved rounds "
         f"after {s['warmup_rounds']} warm-up)",
         common.machine_line(result["machine"], result["cpu_share"]),
         common.markdown_table(["model", adapter, "modules", "trainable", "lorakit ms", "PEFT ms", "full FT ms",
@@ -260,9 +291,7 @@ def render(result: dict[str, Any]) -> str:
                                "lorakit tensors MB", "PEFT tensors MB", "full tensors MB", "static MB",
                                "full static MB", "saved vs full MB: peak / tensors (≥ grads+Adam)"], memory),
         f"Memory: {result['memory_note']}",
-        f"Model FLOPs per step (GFLOP) / achieved TFLOP/s / MFU against a peak of {peak.get('tflops') or '–'} "
-        f"TFLOP/s ({peak.get('source', 'not recorded')}); FLOPs: {s.get('flops', 'not recorded')}.",
-        common.markdown_table(["model", adapter, "lorakit", "PEFT", "full FT"], flops),
+        *flops_section,
     ])
 
 

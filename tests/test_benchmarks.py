@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks import common, gpu_check, run_all, train_step
-from benchmarks.models import Variant, build_base, build_variant, check_same_adaptation
+from benchmarks.models import Variant, accounting, build_base, build_variant, check_same_adaptation, target_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,6 +127,93 @@ def test_dora_variants_adapt_alike_and_a_dora_lora_pair_is_refused() -> None:
     plain = build_variant("tiny", Variant("peft", 4, "all"), state)
     with pytest.raises(AssertionError, match="lorakit trains 8,194 parameters, PEFT 7,298"):
         check_same_adaptation(lk, plain, "tiny")  # DoRA's magnitudes: 12 modules' output features, 896 in all
+
+
+# tiny-llama: hidden 64, 4 query heads and 2 key/value heads of 16 (k_proj, v_proj: 64 -> 32), MLP 128, vocab 512.
+TINY_LLAMA_PARAMS = 512 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64) + 64  # lm_head tied
+
+
+def test_decoder_rows_race_lorakit_against_peft_on_tiny_llama(tmp_path: Path) -> None:
+    """Decoders: next-token loss, no head; qv and all adapt the same modules and train as many parameters in both
+    libraries, and the rows go to train_step_decoder_<device>, never over the encoders' train_step_<device>."""
+    result = train_step.main(["--models", "tiny-llama", "--batch", "2", "--seq-len", "8", "--ranks", "4",
+                              "--targets", "qv,all", "--steps", "2", "--warmup", "1", "--mem-steps", "0",
+                              "--device", "cpu", "--threads", "1", "--out", str(tmp_path)])
+    assert result["benchmark"] == "train_step_decoder" and result["settings"]["loss"].startswith("next-token")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_step_decoder_cpu.json", "train_step_decoder_cpu.md"]
+    model = result["models"]["tiny-llama"]
+    rows = {c["targets"]: c for c in model["comparisons"]}
+    # per layer, A (r x in) + B (out x r): qv = q (64->64) + v (64->32); all adds k, o and gate, up (64->128), down.
+    qv, every = 4 * (64 + 64) + 4 * (64 + 32), 4 * (2 * (64 + 64) + 2 * (64 + 32) + 3 * (64 + 128))
+    assert (rows["qv"]["adapted_modules"], rows["qv"]["trainable_params"]) == (2 * 2, 2 * qv) == (4, 1792)
+    assert (rows["all"]["adapted_modules"], rows["all"]["trainable_params"]) == (2 * 7, 2 * every) == (14, 8192)
+    full = model["variants"]["full"]["accounting"]
+    assert full["params"] == full["trainable_params"] == TINY_LLAMA_PARAMS  # the tied lm_head counted once
+    # Model FLOPs of full fine-tuning: 3x the forward's, which multiplies every token by each layer's linears
+    # (q, o 64x64; k, v 64x32; gate, up, down 64x128) and the lm_head (64x512). Attention is not counted on a CPU:
+    # torch's counter has no formula for the fused CPU SDPA kernel LLaMA calls (train_step.FLOPS_NOTE says so).
+    forward = 2 * (2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128) + 64 * 512) * (2 * 8)
+    assert model["variants"]["full"]["utilisation"]["flops_per_step"] == 3 * forward
+    assert "CPU SDPA" in result["settings"]["flops"]
+    for c in rows.values():
+        assert c["step_ms"]["lorakit"] > 0 and c["step_ms"]["peft"] > 0 and c["lorakit_vs_peft_time_paired"] > 0
+        assert c["utilisation"]["lorakit"]["flops_per_step"] == c["utilisation"]["peft"]["flops_per_step"]
+    assert model["noise_floor"]["variants"] == ["peft r=4 qv #2", "peft r=4 qv"]
+    markdown = (tmp_path / "train_step_decoder_cpu.md").read_text()
+    assert markdown.startswith("### Training step, decoders (next-token loss) (batch 2 × 8")
+    assert "| tiny-llama | r=4 all | 14 | 8,192 |" in markdown
+    readme = run_all.write_readme(tmp_path).read_text()  # its own section, and its rows in the targets table
+    assert "## cpu: Training step, decoders (next-token loss)" in readme
+    assert "| step time lorakit/PEFT ≤ 1.00 | cpu: tiny-llama r=4 all |" in readme
+
+
+def test_decoder_variants_keep_the_tied_lm_head_and_share_frozen_weights() -> None:
+    state = build_base("tiny-llama").state_dict()
+    key, embedding = "model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"
+    for variant in (Variant("lorakit", 4, "all"), Variant("peft", 4, "all"), Variant("full")):
+        model, _ = build_variant("tiny-llama", variant, state)
+        base = model.get_base_model() if variant.method == "peft" else model
+        assert base.lm_head.weight is base.model.embed_tokens.weight, variant
+        shared = base.model.embed_tokens.weight.data_ptr() == state[embedding].data_ptr()
+        assert shared == (variant.method != "full"), variant
+        assert accounting(model)["params"] - accounting(model)["trainable_params"] == (
+            0 if variant.method == "full" else TINY_LLAMA_PARAMS)
+    lk = build_variant("tiny-llama", Variant("lorakit", 4, "qv"), state)[0]
+    assert lk.get_parameter(key).data_ptr() == state[key].data_ptr()
+
+
+def test_decoder_memory_is_measured_on_a_next_token_step() -> None:
+    """What each fresh memory process runs (here in this one: forking a process per variant costs seconds)."""
+    args = {"threads": torch.get_num_threads(), "device": "cpu", "dtype": "fp32", "init": "kaiming", "batch": 2,
+            "seq_len": 8, "mem_steps": 2, "pin_malloc": False}
+    memory = train_step.measure_memory("tiny-llama", Variant("lorakit", 4, "all"), args)
+    # live tensors: at least the fp32 weights (the tied embedding once), the factors and their two Adam moments
+    assert memory["tensor_peak_mb"] * common.MB >= 4 * (TINY_LLAMA_PARAMS + 3 * 8192)
+    assert memory["peak_mb"] > memory["tensor_peak_mb"]
+
+
+def test_all_is_lorakits_preset_for_both_architectures() -> None:
+    import lorakit
+
+    assert target_names("all") == lorakit.TARGET_PRESETS["all"]
+    assert {"query", "attention.output.dense", "q_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= set(
+        target_names("all"))
+
+
+def test_readme_rebuilds_from_the_committed_results(tmp_path: Path) -> None:
+    """Every results/benchmarks JSON renders, those written before the FLOP counts and the issue-15 bound included."""
+    for path in (REPO / "results" / "benchmarks").glob("*.json"):
+        (tmp_path / path.name).write_text(path.read_text())
+    readme = run_all.write_readme(tmp_path).read_text()
+    for section in ("## cpu: Training step (batch", "## cpu: Training step, DoRA", "## cpu: Training step, decoders"):
+        assert section in readme
+    assert "| step time lorakit/PEFT ≤ 1.00 | cpu: minilm r=8 qv |" in readme
+
+
+def test_a_run_mixing_encoders_and_decoders_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="mixes encoders and decoders"):
+        train_step.main(["--models", "tiny,tiny-llama", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
 
 
 def forward_flops(config, batch: int, seq: int) -> int:
