@@ -146,6 +146,7 @@ def test_a_decoder_run_trains_generates_and_scores(arch, decoder_dirs, e2e_dir, 
     table = builders.table3(runs)
     row = table.frame.iloc[0]
     assert row["bleu"] == pytest.approx(metrics["best"]["bleu"]) and row["nist"] == pytest.approx(metrics["best"]["nist"])
+    assert row["seeds"] == "1"
     samples = builders.generation_samples(runs).frame
     assert samples["input"].tolist() == MRS and samples.iloc[:, -1].tolist() == [g["generation"] for g in generations]
     with pytest.raises(MissingRuns, match="Table 2 needs LoRA and full fine-tuning runs"):
