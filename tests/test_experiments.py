@@ -30,7 +30,8 @@ def test_train_returns_the_metrics_of_the_contract(tiny_overrides):
     metrics = train(make(tiny_overrides), name="rank=2")
     assert metrics["run"] == {
         "name": "rank=2", "task": "sst2", "method": "lora", "model": "minilm", "model_path": metrics["run"]["model_path"],
-        "seed": 0, "shuffle_labels": False, "family": "sequence_classification", "rank": 2, "alpha": 4.0, "targets": "qv", "init": "gaussian",
+        "seed": 0, "shuffle_labels": False, "family": "sequence_classification", "rank": 2, "alpha": 4.0,
+        "targets": "qv", "init": "gaussian",
         "rslora": False, "dropout": 0.0, "loraplus_ratio": 1.0, "freeze_a": False, "quantize": "none", "use_dora": False,
     }
     assert metrics["metric"] == "accuracy" and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
