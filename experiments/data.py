@@ -206,27 +206,28 @@ def _shuffled(cfg: DictConfig, splits: dict[str, TokenizedSplit]) -> dict[str, T
     return {**splits, cfg.task.train_split: TokenizedSplit(train.ids, train.type_ids, train.offsets, labels)}
 
 
+IGNORE = -100  # the label torch's cross-entropy skips: a causal LM's prompt tokens and padding
+
+
 class PadCollator:
-    """Pads a batch to its longest sequence (dynamic padding), not to the max length."""
+    """Pads a batch to its longest sequence (dynamic padding), not to the max length. Labels are one per example
+    (classification, stacked) or one per token (a causal LM's, padded with ``IGNORE``: padding is not learned)."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(item["input_ids"]) for item in items)
-        batch = {
-            "input_ids": torch.full((len(items), width), self.pad_id, dtype=torch.long),
-            "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
-        }
-        if "token_type_ids" in items[0]:
-            batch["token_type_ids"] = torch.zeros((len(items), width), dtype=torch.long)
+        fills = {"input_ids": self.pad_id, "attention_mask": 0, "token_type_ids": 0, "labels": IGNORE}
+        per_token = [k for k in fills if k in items[0] and (k != "labels" or np.ndim(items[0]["labels"]) == 1)]
+        batch = {k: torch.full((len(items), width), fills[k], dtype=torch.long) for k in per_token + ["attention_mask"]}
         for row, item in enumerate(items):
             n = len(item["input_ids"])
-            batch["input_ids"][row, :n] = torch.from_numpy(item["input_ids"].astype(np.int64))
             batch["attention_mask"][row, :n] = 1
-            if "token_type_ids" in batch:
-                batch["token_type_ids"][row, :n] = torch.from_numpy(item["token_type_ids"].astype(np.int64))
-        batch["labels"] = torch.as_tensor(np.stack([item["labels"] for item in items]))
+            for key in per_token:
+                batch[key][row, :n] = torch.from_numpy(item[key].astype(np.int64))
+        if "labels" not in batch:
+            batch["labels"] = torch.as_tensor(np.stack([item["labels"] for item in items]))
         return batch
 
 
@@ -255,12 +256,11 @@ class LengthGroupedBatches:
             yield batches[i]
 
 
-def train_loader(split: Dataset, batch_size: int, pad_id: int, seed: int, group_by_length: bool,
-                 collate=None) -> DataLoader:
+def train_loader(split: Dataset, batch_size: int, pad_id: int, seed: int, group_by_length: bool) -> DataLoader:
     """Shuffled by a generator seeded from the run's seed, so the order is the seed's and nothing else's. ``split``
-    has ``lengths()``; ``collate`` makes a batch of its items (default: ``PadCollator``)."""
+    has ``lengths()`` (``TokenizedSplit``, a causal LM's ``LMSplit``)."""
     generator = torch.Generator().manual_seed(seed)
-    collate = collate or PadCollator(pad_id)
+    collate = PadCollator(pad_id)
     if group_by_length:
         batches = LengthGroupedBatches(split.lengths(), batch_size, generator)
         return DataLoader(split, batch_sampler=batches, collate_fn=collate)

@@ -14,7 +14,7 @@ from analysis import builders
 from analysis.runs import MissingRuns, run_base_weights, scan_runs
 from conftest import tiny_gpt2, tiny_llama
 from experiments.config import CONF_DIR, ConfigError, register_resolvers
-from experiments.data import DataError
+from experiments.data import DataError, PadCollator
 from experiments.families import causal_lm
 from experiments.job import run_job
 from experiments.models import ModelError, load_causal_lm, load_tokenizer
@@ -104,7 +104,7 @@ def test_the_loss_is_on_the_completion_only(minilm_path, tmp_path):
     prompt = len(tokenizer("name : Alimentum | area : city centre ||")["input_ids"])
     assert (item["labels"][:prompt] == causal_lm.IGNORE).all()
     assert (item["labels"][prompt:] == item["input_ids"][prompt:]).all() and item["input_ids"][-1] == tokenizer.eos_token_id
-    batch = causal_lm.LMCollator(tokenizer.pad_token_id)([split[0], split[2]])
+    batch = PadCollator(tokenizer.pad_token_id)([split[0], split[2]])
     short = int(batch["attention_mask"][1].sum())
     assert (batch["labels"][1, short:] == causal_lm.IGNORE).all()  # padding is not learned
     with pytest.raises(DataError, match=r"train example \d+: its prompt is \d+ tokens, not shorter than train.max_length=8"):

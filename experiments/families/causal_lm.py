@@ -25,13 +25,10 @@ from torch.utils.data import Dataset
 
 from experiments import models
 from experiments.config import ConfigError
-from experiments.data import DataError, subset, train_loader
+from experiments.data import IGNORE, DataError, PadCollator, subset, train_loader
 from experiments.families import Family, RunData
 from experiments.nlg_metrics import nlg_metrics
 from experiments.store import GENERATIONS, atomic_path
-
-IGNORE = -100  # the label torch's cross-entropy skips: prompt tokens and padding
-
 
 class CausalLM(Family):
     name: ClassVar[str] = "causal_lm"
@@ -63,8 +60,7 @@ class CausalLM(Family):
         train = frames[task.train_split]
         train = train.iloc[subset(len(train), hp.max_train_samples, cfg.data.subset_seed)]
         split = tokenize(train, task.prompt, tokenizer, hp.max_length, task.train_split)
-        batches = train_loader(split, hp.batch_size, tokenizer.pad_token_id, cfg.seed, hp.group_by_length,
-                               collate=LMCollator(tokenizer.pad_token_id))
+        batches = train_loader(split, hp.batch_size, tokenizer.pad_token_id, cfg.seed, hp.group_by_length)
         evals = {}
         for name in task.eval_splits:
             grouped = group_references(frames[name])
@@ -159,27 +155,6 @@ def tokenize(frame: pd.DataFrame, template: str, tokenizer, max_length: int, spl
     return LMSplit(ids, offsets, np.array([len(p) for p in prompts], dtype=np.int64))
 
 
-class LMCollator:
-    """Right-pads a batch to its longest sequence: padding is masked from attention and from the loss."""
-
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(item["input_ids"]) for item in items)
-        batch = {
-            "input_ids": torch.full((len(items), width), self.pad_id, dtype=torch.long),
-            "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
-            "labels": torch.full((len(items), width), IGNORE, dtype=torch.long),
-        }
-        for row, item in enumerate(items):
-            n = len(item["input_ids"])
-            batch["input_ids"][row, :n] = torch.from_numpy(item["input_ids"])
-            batch["attention_mask"][row, :n] = 1
-            batch["labels"][row, :n] = torch.from_numpy(item["labels"])
-        return batch
-
-
 Generations = dict[str, pd.DataFrame]  # split → (mr, refs, generation) per distinct MR
 
 
@@ -209,7 +184,7 @@ class Generation:
     @torch.no_grad()
     def _loss(self, model: nn.Module, split: LMSplit, device: torch.device, autocast) -> float:
         """Mean loss per completion token, over the split."""
-        collate, total, tokens = LMCollator(self.tokenizer.pad_token_id), 0.0, 0
+        collate, total, tokens = PadCollator(self.tokenizer.pad_token_id), 0.0, 0
         order = np.argsort(split.lengths(), kind="stable")
         for start in range(0, len(order), 2 * self.hp.batch_size):
             batch = collate([split[i] for i in order[start : start + 2 * self.hp.batch_size]])
