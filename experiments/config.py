@@ -77,6 +77,19 @@ def identity(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in ignored}
 
 
+def same_identity(stored: dict, resolved: dict) -> bool:
+    """Whether a stored run's config has the identity of ``resolved``. A method key the stored config lacks (the run
+    was written before the key existed) counts as the default it had then, ``conf/sweep.yaml``'s top-level value: a
+    new key never makes every earlier run look changed."""
+    old, new = identity(stored), identity(resolved)
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sweep.yaml"), resolve=False)
+    method = dict(old.get("method") or {})
+    for key, value in (new.get("method") or {}).items():
+        if key not in method and key in defaults and value == defaults[key]:
+            method[key] = value
+    return {**old, "method": method} == new if "method" in old else old == new
+
+
 def _default_data_dir(name: str) -> str | None:
     """``<repo>/../shared/<name>`` when it exists: the layout of a fresh clone next to the shared data."""
     candidate = REPO_ROOT.parent / "shared" / name

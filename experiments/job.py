@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import checkpoint, distributed, store
-from experiments.config import identity, launcher_threads
+from experiments.config import identity, launcher_threads, same_identity
 from experiments.tracking import NullLogger, make_logger
 from experiments.train import train
 
@@ -67,7 +67,7 @@ def _run_shared(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group
 
 def _same_run_complete(run_dir: Path, resolved: dict) -> bool:
     """Whether ``run_dir`` holds a complete run of the same identity (experiments/config.py): one to skip."""
-    return store.is_complete(run_dir) and identity(store.stored_config(run_dir) or {}) == identity(resolved)
+    return store.is_complete(run_dir) and same_identity(store.stored_config(run_dir) or {}, resolved)
 
 
 def _run_locked(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group: str) -> dict:

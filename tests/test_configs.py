@@ -99,6 +99,18 @@ def test_identity_is_the_config_without_execution_and_unread_method_keys():
     assert "execution" not in resolve([]) and "rank" not in resolve([]) and resolve([])["method"]["rank"] == 8
 
 
+def test_a_run_written_before_a_method_key_existed_keeps_its_identity():
+    """A stored config without a key the method reads today (``quantize`` landed after the first LoRA runs) is the
+    same run when today's value is the key's default, and another run when it is not."""
+    from experiments.config import same_identity
+
+    today = OmegaConf.to_container(make(["rank=8"]), resolve=True)
+    before = {**today, "method": {k: v for k, v in today["method"].items() if k != "quantize"}}
+    assert same_identity(before, today)
+    assert not same_identity(before, OmegaConf.to_container(make(["rank=8", "quantize=nf4"]), resolve=True))
+    assert not same_identity(before, OmegaConf.to_container(make(["rank=4"]), resolve=True))
+
+
 def test_default_data_folder_is_the_shared_glue_beside_the_repo(monkeypatch):
     monkeypatch.delenv("GLUE_DIR", raising=False)
     expected = REPO_ROOT.parent / "shared" / "glue"
