@@ -28,7 +28,7 @@ def _flag(value: object) -> bool:
 def config_label(row: pd.Series, vary: dict[str, bool] | None = None) -> str:
     """One name per configuration: 'full FT', 'head only', 'BitFit', 'Adapter (size=64)', 'LoRA (r=8, Wq, Wv)',
     'DoRA (r=8, Wq, Wv, rsLoRA)', 'QLoRA (r=8, Wq, Wv)' (LoRA on an NF4 base), ...; ``vary`` ({"alpha": True, "init": True}) adds what differs between the
-    runs shown. A run on shuffled labels (a control) says so."""
+    runs shown; an init other than the paper's Gaussian is always named. A run on shuffled labels (a control) says so."""
     vary = vary or {}
     method = row["method"]
     name = "QLoRA" if method == "lora" and row.get("quantize") == "nf4" else METHOD_NAMES.get(method, str(method))
@@ -37,7 +37,7 @@ def config_label(row: pd.Series, vary: dict[str, bool] | None = None) -> str:
         parts += [f"r={int(row['rank'])}" if _set(row.get("rank")) else "r=?", targets_label(row.get("targets"))]
         if vary.get("alpha") and _set(row.get("alpha")):
             parts.append(f"α={float(row['alpha']):g}")
-        if vary.get("init") and _set(row.get("init")):
+        if _set(row.get("init")) and (vary.get("init") or row["init"] != "gaussian"):  # never pool Kaiming with Gaussian
             parts.append(str(row["init"]))
         if _flag(row.get("rslora")):
             parts.append("rsLoRA")
