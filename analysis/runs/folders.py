@@ -93,11 +93,15 @@ def _read_forgetting(metrics: dict) -> dict:
             "forgetting_after": _number(block.get("after")), "forgetting_probe": block.get("probe")}  # fmt: skip
 
 
+def read_config(run_dir: str | os.PathLike) -> dict:
+    """A run's resolved ``config.yaml`` as a dict; empty when the folder has none."""
+    path = Path(run_dir) / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
 def _config_family(run_dir: Path) -> str:
     """The task family of a run written before metrics.json named it: its config.yaml's, else GLUE classification."""
-    path = run_dir / "config.yaml"
-    task = (yaml.safe_load(path.read_text()) or {}).get("task") if path.is_file() else None
-    return (task or {}).get("family") or CLASSIFICATION
+    return (read_config(run_dir).get("task") or {}).get("family") or CLASSIFICATION
 
 
 def _read_run(run_dir: Path) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .folders import RunError
+from .folders import RunError, read_config
 
 _PEFT_PREFIX = "base_model.model."
 
@@ -65,24 +65,16 @@ def num_labels(run_dir: str) -> int:
         for name, t in _adapter(str(run)).extra.items():
             if name.endswith(("classifier.weight", "classifier.out_proj.weight")) and t.ndim == 2:
                 return int(t.shape[0])
-    if (run / "config.yaml").exists():
-        import yaml
-
-        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-        for node in (cfg.get("task") or {}, cfg.get("model") or {}, cfg):
-            if isinstance(node, dict) and isinstance(node.get("num_labels"), int):
-                return node["num_labels"]
+    cfg = read_config(run)
+    for node in (cfg.get("task") or {}, cfg.get("model") or {}, cfg):
+        if isinstance(node, dict) and isinstance(node.get("num_labels"), int):
+            return node["num_labels"]
     return 2
 
 
 def gguf_file(run_dir: str) -> str | None:
     """The GGUF file a decoder run loaded its weights from (config.yaml's ``model.gguf_file``), else None."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        return None
-    import yaml
-
-    model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+    model = read_config(run_dir).get("model") or {}
     return model.get("gguf_file") if isinstance(model, dict) and model.get("family") == "causal_lm" else None
 
 

@@ -167,6 +167,7 @@ class Generation:
             name: tokenize(frame.assign(ref=frame["refs"].str[0]), task.prompt, tokenizer, hp.max_length, name)
             for name, frame in evals.items()
         }
+        self.prompts = {name: prompt_ids(tokenizer, task.prompt, frame["mr"].tolist()) for name, frame in evals.items()}
 
     def __call__(self, model: nn.Module, device: torch.device, autocast) -> tuple[dict[str, float], Generations]:
         results, generations = {}, {}
@@ -174,8 +175,8 @@ class Generation:
         for name, frame in self.evals.items():
             suffix = self.task.eval_splits[name]
             results[f"eval_loss{suffix}"] = self._loss(model, self.loss_splits[name], device, autocast)
-            texts = generate(model, self.tokenizer, prompt_ids(self.tokenizer, self.task.prompt, frame["mr"].tolist()),
-                             self.task.generation, 2 * self.hp.batch_size, device, autocast)
+            texts = generate(model, self.tokenizer, self.prompts[name], self.task.generation, 2 * self.hp.batch_size,
+                             device, autocast)
             generations[name] = frame.assign(generation=texts)
             scores = nlg_metrics(self.task.metrics, texts, frame["refs"].tolist())
             results.update({f"{k}{suffix}": v for k, v in scores.items()})
