@@ -319,3 +319,18 @@ def plot_interpolation(frame: pd.DataFrame) -> Figure:
                       f"{pair}: each task's metric along the interpolation (median over {seeds} seed"
                       f"{'s' if seeds > 1 else ''}, band = min–max)")  # fmt: skip
     return fig
+
+
+def plot_lr_search(table: pd.DataFrame, points: pd.DataFrame) -> Figure:
+    """The dev metric (×100) against the learning rate (log scale), one panel per task: every run as a dot, the
+    median over seeds of each rate joined by a line per configuration and budget."""
+    tasks = _by_task(table)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.0 * len(tasks), 3.6), layout="constrained", squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for i, ((config, budget), rows) in enumerate(table[table["task"] == task].groupby(["config", "budget"])):
+            ax.plot(rows["lr"], rows["score"], marker="o", color=f"C{i}", label=f"{config}, {budget}")
+            dots = points[(points["task"] == task) & (points["config"] == config) & (points["budget"] == budget)]
+            ax.plot(dots["lr"], dots["score"], ls="none", marker=".", color=f"C{i}", alpha=0.5)
+        ax.set_xscale("log")
+        _label_task_panel(ax, "learning rate", "dev metric ×100", f"{task}: median over seeds (dots: each run)")
+    return fig

@@ -169,6 +169,13 @@ def _interpolation(runs, opts, out):
     return _written([(table, "interpolation")], out, figure)
 
 
+def _lr_search(runs, opts, out):
+    trials, summary = builders.lr_search_tables(runs)
+    figure = plots.save_figure(plots.plot_lr_search(summary.frame, trials.frame), out, "fig_lr_search", summary.runs,
+                               formats=opts.formats)  # fmt: skip
+    return _written([(trials, "lr_search_runs"), (summary, "lr_search")], out, figure)
+
+
 PRODUCTS: dict[str, tuple[str, Product]] = {
     "table2": ("Table 2: methods compared per task", _table(builders.table2, "table2")),
     "table3": ("Table 3: generation metrics (E2E NLG)", _table(builders.table3, "table3")),
@@ -187,5 +194,6 @@ PRODUCTS: dict[str, tuple[str, Product]] = {
     "truncation": ("Rank truncation: metric vs k, the rank keeping 90% of the gain", _truncation),
     "forgetting": ("Forgetting: task gain vs the base model's skill lost", _forgetting),
     "cross_task": ("Cross-task subspaces: φ between the ΔW of adapters on different tasks", _cross_task),
+    "lr_search": ("Learning rates tried (search and confirmation) and the one rule 6 chooses", _lr_search),
     "interpolation": ("Interpolating two tasks' adapters: each task's metric along w·A + (1−w)·B", _interpolation),
 }

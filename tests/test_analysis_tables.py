@@ -123,3 +123,36 @@ def test_config_label_names_every_setting_that_makes_an_arm():
     assert config_label(shuffled) == "full FT [shuffled labels]"
     assert config_label(pd.Series(dict(run(method="adapter"), adapter_size=64))) == "Adapter (size=64)"
     assert config_label(pd.Series(run(method="ia3"))) == "ia3"
+
+
+def lr_run(lr, seed, score, samples=2000, method="lora"):
+    return dict(run(method=method, seed=seed, score=score), lr=lr, train_samples=samples, epochs=1,
+                label=f"sweep/lr={lr},seed={seed},n={samples}")
+
+
+def test_lr_search_chooses_a_rate_only_when_it_beats_the_others_by_more_than_the_seed_range():
+    from analysis.builders import lr_search_tables
+
+    rows = [lr_run(1e-3, s, x) for s, x in ((0, 0.80), (1, 0.81), (2, 0.82))]  # range 2 points
+    rows += [lr_run(3e-3, s, x) for s, x in ((0, 0.84), (1, 0.845), (2, 0.85))]  # +3.5 > 2: beats
+    rows += [lr_run(3e-3, 0, 0.84)]  # the search trial of the same rate and seed: counted once
+    rows += [lr_run(9e-3, 0, 0.86)]  # one seed: a search trial, never chosen
+    trials, summary = lr_search_tables(table(rows))
+    verdict = dict(zip(summary.frame["lr"], summary.frame["verdict"]))
+    assert verdict[3e-3].startswith("chosen") and verdict[1e-3].startswith("beaten: +3.5")
+    assert verdict[9e-3] == "search trial (1 seed)"
+    row = summary.frame[summary.frame["lr"] == 3e-3].iloc[0]
+    assert row["seeds"] == 3 and row["score"] == pytest.approx(84.5) and len(trials.frame) == 7
+
+    close = [lr_run(1e-3, s, x) for s, x in ((0, 0.80), (1, 0.81), (2, 0.84))]  # range 4 points
+    close += [lr_run(3e-3, s, x) for s, x in ((0, 0.83), (1, 0.84), (2, 0.845))]  # +3.0 < 4: not told apart
+    verdict = dict(zip(*lr_search_tables(table(close))[1].frame[["lr", "verdict"]].T.values))
+    assert verdict[3e-3].startswith("best median, not chosen") and verdict[1e-3].startswith("not told apart")
+
+
+def test_lr_search_never_pools_budgets_and_names_what_it_needs():
+    from analysis.builders import lr_search_tables
+
+    rows = [lr_run(1e-3, 0, 0.80), lr_run(3e-3, 0, 0.84, samples=4000)]  # one rate per budget: nothing to compare
+    with pytest.raises(MissingRuns, match="two or more learning rates of one configuration and budget"):
+        lr_search_tables(table(rows))

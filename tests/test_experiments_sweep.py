@@ -150,6 +150,12 @@ def test_optuna_searches_the_learning_rate_and_maximises_the_dev_metric(sweep):
 
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["name"] == "optuna" and best["best_value"] == runs["best_accuracy"].max()
+    from analysis.builders import lr_search_tables
+    from analysis.runs import load_runs
+
+    trials, summary = lr_search_tables(load_runs([sweep_dir]))  # the trials' rates, read back from config.yaml
+    assert sorted(summary.frame["lr"]) == pytest.approx(sorted(lrs))
+    assert set(summary.frame["verdict"]) == {"search trial (1 seed)"}  # one seed each: nothing is chosen
 
 
 def test_optuna_without_a_search_space_is_one_line(sweep):

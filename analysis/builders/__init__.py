@@ -8,6 +8,7 @@ from .generation import generation_samples, table3
 from .init_drift import init_drift_table
 from .interpolation import interpolation_curves
 from .intruders import intruder_table
+from .lr_search import lr_search_tables
 from .metric_tables import PAPER_TASK_ORDER, table2, table5, table6, task_order
 from .projection import table7
 from .spectra import spectra_table
@@ -40,6 +41,7 @@ __all__ = [
     "init_drift_table",
     "interpolation_curves",
     "intruder_table",
+    "lr_search_tables",
     "overlap_table",
     "rank_to_keep",
     "seed_spread",

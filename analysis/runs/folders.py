@@ -26,7 +26,7 @@ COLUMNS = (
     "rslora", "use_dora", "loraplus_ratio", "freeze_a", "quantize", "adapter_size", "shuffle_labels", "metric", "score",
     "score_last", "best_epoch", "trainable_params", "method_params", "total_params", "forgetting",
     "forgetting_before", "forgetting_after", "forgetting_probe", "adapted_modules", "has_weights", "has_init",
-    "has_truncation", "run_dir",
+    "has_truncation", "lr", "train_samples", "epochs", "run_dir",
 )  # fmt: skip
 CLASSIFICATION = "sequence_classification"  # the task family of GLUE runs; causal_lm: generation (E2E)
 # Methods that change the encoder's weight matrices, so have a ΔW; the others (head, bitfit, adapter) do not.
@@ -99,9 +99,14 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
-def _config_family(run_dir: Path) -> str:
-    """The task family of a run written before metrics.json named it: its config.yaml's, else GLUE classification."""
-    return (read_config(run_dir).get("task") or {}).get("family") or CLASSIFICATION
+def _from_config(run_dir: Path) -> dict:
+    """What only the run's config.yaml holds: the method's learning rate and the training budget (``train_samples``
+    None: the whole training split), and the task family of a run written before metrics.json named it (else GLUE
+    classification)."""
+    config = read_config(run_dir)
+    method, train = config.get("method") or {}, config.get("train") or {}
+    return {"lr": _number(method.get("lr")), "train_samples": train.get("max_train_samples"),
+            "epochs": train.get("epochs"), "family": (config.get("task") or {}).get("family") or CLASSIFICATION}
 
 
 def _read_run(run_dir: Path) -> dict:
@@ -115,12 +120,13 @@ def _read_run(run_dir: Path) -> dict:
                        f"got {method!r}")
     sweep = run_dir.parent.name
     name = run.get("name") or run_dir.name
+    config = _from_config(run_dir)
     return {
         "label": f"{sweep}/{run_dir.name}",
         "sweep": sweep,
         "name": name,
         "task": run.get("task"),
-        "family": run.get("family") or _config_family(run_dir),
+        "family": run.get("family") or config["family"],
         "method": method,
         "model": run.get("model"),
         "model_path": run.get("model_path"),
@@ -140,6 +146,7 @@ def _read_run(run_dir: Path) -> dict:
         **_read_forgetting(metrics),
         "adapted_modules": list(metrics.get("adapted_modules") or []),
         "has_truncation": bool(metrics.get("truncation")),
+        **{key: config[key] for key in ("lr", "train_samples", "epochs")},
         "run_dir": str(run_dir),
     }
 
@@ -176,11 +183,12 @@ def scan_runs(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[Sk
                           stacklevel=2)  # fmt: skip
         rows.append(row)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    for col in ("rank", "seed", "best_epoch", "trainable_params", "method_params", "total_params", "adapter_size"):
+    for col in ("rank", "seed", "best_epoch", "trainable_params", "method_params", "total_params", "adapter_size",
+                "train_samples", "epochs"):
         table[col] = pd.array(table[col], dtype="Int64")
     for col in ("has_weights", "has_init", "has_truncation", "shuffle_labels"):
         table[col] = table[col].astype(bool)
-    for col in ("score", "score_last", "forgetting", "forgetting_before", "forgetting_after"):
+    for col in ("score", "score_last", "forgetting", "forgetting_before", "forgetting_after", "lr"):
         table[col] = table[col].astype(float)
     table = table.sort_values(["task", "method", "targets", "rank", "seed", "label"], na_position="first")
     return table.reset_index(drop=True), skipped
