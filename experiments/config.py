@@ -37,19 +37,20 @@ def known_options(group: str) -> list[str]:
 
 
 @functools.cache
-def method_keys(method: str | None = None) -> frozenset[str]:
-    """Top-level keys a method reads: those its ``conf/method/<name>.yaml`` interpolates (``rank: ${rank}``), following
-    its defaults list (DoRA extends LoRA). Without ``method``: every method's, the keys no run's identity holds."""
+def method_keys(method: str | None = None, node: str = "") -> frozenset[str]:
+    """Keys a method reads: those of the top level (``node=""``: ``rank: ${rank}``) or of another node (``node="train"``:
+    its learning rate, ``lr: ${train.full_lr}``) that its ``conf/method/<name>.yaml`` interpolates, following its
+    defaults list (DoRA extends LoRA). Without ``method``: every method's, the keys no run's identity holds."""
     if method is None:
-        return frozenset().union(*(method_keys(m) for m in known_options("method")))
+        return frozenset().union(*(method_keys(m, node) for m in known_options("method")))
     path = CONF_DIR / "method" / f"{method}.yaml"
     if not path.is_file():
         return frozenset()
-    text = path.read_text()
-    keys = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text))
+    prefix = re.escape(node + ".") if node else ""
+    keys = set(re.findall(r"\$\{" + prefix + r"([A-Za-z_][A-Za-z0-9_]*)\}", path.read_text()))
     for parent in OmegaConf.load(path).get("defaults", []):
         if isinstance(parent, str) and parent != "_self_":
-            keys |= method_keys(parent)
+            keys |= method_keys(parent, node)
     return frozenset(keys)
 
 
@@ -72,9 +73,15 @@ def moved_keys(argv: list[str]) -> list[str]:
 
 
 def identity(config: dict) -> dict:
-    """What a run's results depend on: its resolved config without ``execution`` and the top-level method keys."""
+    """What a run's results depend on: its resolved config without ``execution``, the top-level method keys and the
+    other methods' learning rates in ``train`` (a LoRA run does not read ``train.full_lr``; its own rate is also in
+    ``method.lr``), so choosing one method's learning rate never makes another method's runs look changed."""
     ignored = method_keys() | {EXECUTION}
-    return {k: v for k, v in config.items() if k not in ignored}
+    kept = {k: v for k, v in config.items() if k not in ignored}
+    if isinstance(kept.get("train"), dict):
+        unread = method_keys(node="train") - method_keys((config.get("method") or {}).get("name"), "train")
+        kept["train"] = {k: v for k, v in kept["train"].items() if k not in unread}
+    return kept
 
 
 def same_identity(stored: dict, resolved: dict) -> bool:
@@ -105,15 +112,18 @@ def _sweep_id() -> str:
 def run_name(override_dirname: str | None, method: str) -> str:
     """A run folder's name: the overrides that are part of its identity (``rank=8,seed=1``), "/" made "_".
 
-    Left out: ``execution.*`` and the top-level method keys that ``method`` does not read, so a full fine-tune swept
-    over ranks gets one folder (its second job finds the first one's folder complete and skips it).
+    Left out: ``execution.*``, the top-level method keys and the learning rates (``train.full_lr``) that ``method``
+    does not read, so a full fine-tune swept over ranks gets one folder (its second job finds the first one's folder
+    complete and skips it).
     """
     items = split_overrides(override_dirname) if override_dirname else []
     ignored = method_keys() - method_keys(method)
+    unread_train = {f"train.{k}" for k in method_keys(node="train") - method_keys(method, "train")}
 
     def kept(item: str) -> bool:
-        root = item.split("=", 1)[0].lstrip("+~").split(".")[0]
-        return root not in ignored and root != EXECUTION and root != "experiment"
+        key = item.split("=", 1)[0].lstrip("+~")
+        root = key.split(".")[0]
+        return root not in ignored and key not in unread_train and root not in (EXECUTION, "experiment")
 
     return ",".join(filter(kept, items)).replace("/", "_") or "default"
 

@@ -80,6 +80,7 @@ KEYS: dict[str, Accepts] = {
     "save": FLAG,
     "train.lr": POSITIVE,
     "train.full_lr": POSITIVE,
+    "train.head_lr": POSITIVE,
     "train.batch_size": POSITIVE_INT,
     "train.epochs": POSITIVE_INT,
     "train.max_length": Accepts(int, low=8),

@@ -156,3 +156,16 @@ def test_lr_search_never_pools_budgets_and_names_what_it_needs():
     rows = [lr_run(1e-3, 0, 0.80), lr_run(3e-3, 0, 0.84, samples=4000)]  # one rate per budget: nothing to compare
     with pytest.raises(MissingRuns, match="two or more learning rates of one configuration and budget"):
         lr_search_tables(table(rows))
+
+
+def test_the_head_only_baseline_is_its_best_learning_rate_and_table2_keeps_rates_apart():
+    from analysis.builders import head_baseline
+
+    rows = [dict(run(method="head", seed=s, score=x), lr=1e-3, score_last=x) for s, x in ((1, 0.66), (2, 0.67))]
+    rows += [dict(run(method="head", seed=s, score=x), lr=2e-2, score_last=x) for s, x in ((1, 0.69), (2, 0.70))]
+    rows += [dict(run(seed=1, score=0.8), lr=1e-3), dict(run(method="full", score=0.82), lr=5e-5)]
+    runs = table(rows)
+    assert head_baseline(runs, "sst2") == pytest.approx(0.695)  # the stronger rate's median, not the pooled 0.68
+    configs = list(table2(runs).frame["model / method"])
+    assert configs[-2:] == ["minilm head only (lr=0.001)", "minilm head only (lr=0.02)"]
+    assert "minilm LoRA (r=8, Wq, Wv)" in configs  # one rate: no rate in its name

@@ -57,7 +57,7 @@ def test_paper_budget_is_table_9(task):
 
 def test_method_picks_its_learning_rate():
     assert make(["method=full"]).method.lr == make().train.full_lr
-    assert make(["method=head"]).method.lr == make().train.lr
+    assert make(["method=head"]).method.lr == make().train.head_lr != make().train.lr  # its own, searched
     assert make(["method=lora", "train.lr=3e-3"]).method.lr == 3e-3
 
 
@@ -109,6 +109,23 @@ def test_a_run_written_before_a_method_key_existed_keeps_its_identity():
     assert same_identity(before, today)
     assert not same_identity(before, OmegaConf.to_container(make(["rank=8", "quantize=nf4"]), resolve=True))
     assert not same_identity(before, OmegaConf.to_container(make(["rank=4"]), resolve=True))
+
+
+def test_a_method_learning_rate_is_part_of_its_own_runs_identity_only():
+    """Choosing the head's or full fine-tuning's learning rate (conf/budget) never makes a LoRA run look changed."""
+    from experiments.config import identity, run_name, same_identity
+
+    config = lambda overrides: OmegaConf.to_container(make(overrides), resolve=True)
+    lora = config(["method=lora"])
+    assert same_identity(lora, config(["method=lora", "train.full_lr=1e-4", "train.head_lr=0.5"]))
+    assert not same_identity(lora, config(["method=lora", "train.lr=3e-3"]))
+    head = config(["method=head"])
+    assert head["method"]["lr"] == head["train"]["head_lr"] != head["train"]["lr"]
+    assert same_identity(head, config(["method=head", "train.lr=3e-3"]))
+    assert not same_identity(head, config(["method=head", "train.head_lr=1e-3"]))
+    assert "full_lr" not in identity(lora)["train"] and "lr" not in identity(head)["train"]
+    assert run_name("method=lora,train.full_lr=1e-4,seed=0", "lora") == "method=lora,seed=0"
+    assert run_name("method=full,train.full_lr=1e-4", "full") == "method=full,train.full_lr=1e-4"
 
 
 def test_default_data_folder_is_the_shared_glue_beside_the_repo(monkeypatch):

@@ -47,6 +47,8 @@ def config_label(row: pd.Series, vary: dict[str, bool] | None = None) -> str:
             parts.append("A frozen")
     if method == "adapter" and _set(row.get("adapter_size")):
         parts.append(f"size={int(row['adapter_size'])}")
+    if vary.get("lr") and _set(row.get("lr")):
+        parts.append(f"lr={float(row['lr']):.3g}")
     label = f"{name} ({', '.join(parts)})" if parts else name
     return label + (" [shuffled labels]" if _flag(row.get("shuffle_labels")) else "")
 
@@ -66,10 +68,12 @@ def weight_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def head_baseline(runs: pd.DataFrame, task: str, column: str = "score_last") -> float:
-    """The head-only baseline of ``task``: median ``column`` of its method=head runs on true labels; NaN if none."""
+    """The head-only baseline of ``task``: median ``column`` of its method=head runs on true labels, at the learning
+    rate whose median is highest when they were trained at several (the strongest baseline the runs give, so a gain
+    over it is never a weak head's); NaN if none."""
     head = true_label_runs(runs)
-    head = head[(head["method"] == "head") & (head["task"] == task)][column].dropna()
-    return float(head.median()) if len(head) else math.nan
+    head = head[(head["method"] == "head") & (head["task"] == task)].dropna(subset=[column])
+    return float(head.groupby("lr", dropna=False)[column].median().max()) if len(head) else math.nan
 
 
 def seed_spread(frame: pd.DataFrame, by: list[str], values: list[str], scale: float = 1.0) -> pd.DataFrame:
