@@ -81,6 +81,8 @@ KEYS: dict[str, Accepts] = {
     "train.lr": POSITIVE,
     "train.full_lr": POSITIVE,
     "train.head_lr": POSITIVE,
+    "train.bitfit_lr": POSITIVE,
+    "train.adapter_lr": POSITIVE,
     "train.batch_size": POSITIVE_INT,
     "train.epochs": POSITIVE_INT,
     "train.max_length": Accepts(int, low=8),
