@@ -12,9 +12,10 @@ at w = 0 the reverse. A task whose head has another number of outputs (STS-B's o
 holding the other task's factors without its head.
 
 The control, each adapter alone at the same scale: task A is also scored with w·ΔW_A only and task B with
-(1 − w)·ΔW_B only (``combine_adapters`` of the one adapter with that weight: exact, rank r). The mix's loss against
-it is interference from the other task's factors; its loss against the own adapter (w = 1 for A) is the mere
-down-scaling. At w = 1 A alone is the mix (B weighs 0); at w = 0 it is ΔW = 0, the frozen encoder under A's head.
+(1 − w)·ΔW_B only (``combine_adapters`` of the one adapter with that weight: exact, rank r). The mix minus it is
+what the other task's factors do (below zero: interference; above: transfer); it minus the own adapter (w = 1 for
+A) is the mere down-scaling. At w = 1 A alone is the mix (B weighs 0); at w = 0 it is ΔW = 0, the frozen encoder
+under A's head.
 """
 
 from __future__ import annotations
@@ -157,8 +158,8 @@ def interpolation_curves(
         runs=sorted(row["label"] for row in rows.values()),
         notes=[f"w: the weight of {a}'s update (1: {a}'s adapter alone; 0: {b}'s). combine_adapters(how='cat'), exact. "
                f"value: the mix. alone: the task's own adapter alone at its weight in the mix (w·ΔW_{a} for {a}, "
-               f"(1 − w)·ΔW_{b} for {b}), the control: value − alone is the other task's interference, alone − "
-               f"recorded the down-scaling; at w = 0 {a} alone is ΔW = 0, the frozen encoder under {a}'s head. "
+               f"(1 − w)·ΔW_{b} for {b}), the control: value − alone is what the other task's factors do (< 0: "
+               f"interference, > 0: transfer), alone − recorded the down-scaling; at w = 0 {a} alone is ΔW = 0, the frozen encoder under {a}'s head. "
                f"recorded: the task's own run's last-epoch metric, at its own end (w = 1 for {a}, w = 0 for {b}), where "
                f"the value should equal it. Seeds: {', '.join(map(str, common))}."],
         float_format=".2f",
