@@ -297,7 +297,8 @@ def plot_cross_task(panels: dict[str, dict[str, tuple[list[str], torch.Tensor]]]
 
 def plot_interpolation(frame: pd.DataFrame) -> Figure:
     """Each task's dev metric (×100) against w, the weight of the first task's update: median over seeds, min–max
-    band, the run's own recorded metric as a star at its own end and the head-only baseline dotted when there is one."""
+    band; dashed in the same colour, the control: the task's own adapter alone at the same scale (median); the run's
+    own recorded metric as a star at its own end and the head-only baseline dotted when there is one."""
     pair = frame["pair"].iloc[0]
     first, second = pair.split(" + ")
     fig, ax = plt.subplots(figsize=(6.0, 3.8), layout="constrained")
@@ -306,11 +307,14 @@ def plot_interpolation(frame: pd.DataFrame) -> Figure:
         ax.plot(stats.index, stats["median"], marker="o", ms=3, color=f"C{i}",
                 label=f"{task} ({rows['metric'].iloc[0]}, own head)")  # fmt: skip
         ax.fill_between(stats.index, stats["min"], stats["max"], color=f"C{i}", alpha=0.15)
+        alone = rows.groupby("w")["alone"].median().sort_index()
+        ax.plot(alone.index, alone, ls="--", lw=1.2, color=f"C{i}")
         ax.plot([1.0 if task == first else 0.0], [rows["recorded"].median()], marker="*", ms=10, color=f"C{i}",
                 ls="none")  # fmt: skip
         baseline = rows["head-only baseline"].dropna()
         if len(baseline):
             ax.axhline(baseline.iloc[0], color=f"C{i}", ls=":", lw=1)
+    ax.plot([], [], ls="--", color="0.4", label="own adapter alone at the same scale (w or 1 − w)")
     ax.plot([], [], marker="*", ls="none", color="0.4", label="the run's own metric (metrics.json)")
     if frame["head-only baseline"].notna().any():
         ax.plot([], [], ls=":", color="0.4", label="head-only baseline")

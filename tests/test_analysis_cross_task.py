@@ -1,6 +1,6 @@
 """Cross-task subspaces and the interpolation between two tasks' adapters (issue 13), against known answers: ΔW
 subspaces built to coincide, to be orthogonal or to share half their directions, and adapters whose interpolation
-ends must score exactly what each adapter scores alone."""
+ends must score exactly what each adapter scores alone, as must the control (each adapter alone at w and 1 − w)."""
 
 import json
 import math
@@ -210,15 +210,24 @@ def adapter_sweep(tmp_path_factory, tiny_model_dir, tiny_glue_dir) -> Path:
     return sweep
 
 
-def own_score(run_dir: Path, model_dir: Path) -> float:
-    """The task's metric of the run's adapter alone, loaded the ordinary way on a fresh base model."""
+def own_score(run_dir: Path, model_dir: Path, scale: float = 1.0) -> float:
+    """The task's metric of the run's adapter alone, loaded the ordinary way on a fresh base model, with every B
+    multiplied by ``scale`` (ΔW = scale·ΔW_run; not through combine_adapters); at scale 0 no LoRA at all: the run's
+    head copied into the pretrained model, the frozen encoder under the task's head."""
     from analysis.runs.dev_sets import dev_set
     from experiments.models import load_model, load_tokenizer
-    from lorakit import load_adapter
+    from lorakit import load_adapter, lora_modules, read_adapter
 
     dev = dev_set(run_dir, load_tokenizer(str(model_dir)))
     model = load_model(str(model_dir), dev.num_labels)
-    load_adapter(model, run_dir / "adapter")
+    with torch.no_grad():
+        if scale == 0.0:
+            for key, value in read_adapter(run_dir / "adapter").extra.items():
+                model.get_parameter(key).copy_(value)
+        else:
+            load_adapter(model, run_dir / "adapter")
+            for layer in lora_modules(model).values():
+                layer.lora_B.mul_(scale)
     return dev.score(model)
 
 
@@ -228,14 +237,26 @@ def test_interpolation_ends_score_each_adapter_alone(adapter_sweep, tiny_model_d
     runs, _ = scan_runs([adapter_sweep])
     table = interpolation_curves(runs, pair=("sst2", "stsb"), seeds=1, points=3)
     frame = table.frame
-    assert list(frame.columns) == ["pair", "seed", "w", "task", "metric", "value", "recorded", "head-only baseline"]
+    assert list(frame.columns) == ["pair", "seed", "w", "task", "metric", "value", "alone", "recorded",
+                                   "head-only baseline"]  # fmt: skip
     assert len(frame) == 2 * 3 and set(frame["seed"]) == {0} and sorted(set(frame["w"])) == [0.0, 0.5, 1.0]
-    value = frame.set_index(["task", "w"])["value"]
+    value, alone = frame.set_index(["task", "w"])["value"], frame.set_index(["task", "w"])["alone"]
+    sst2, stsb = adapter_sweep / "task=sst2,seed=0", adapter_sweep / "task=stsb,seed=0"
     # w = 1: sst2's adapter alone (with its head); w = 0: stsb's adapter alone (with its head)
-    assert value["sst2", 1.0] == pytest.approx(100 * own_score(adapter_sweep / "task=sst2,seed=0", tiny_model_dir))
-    assert value["stsb", 0.0] == pytest.approx(100 * own_score(adapter_sweep / "task=stsb,seed=0", tiny_model_dir),
-                                               abs=1e-4)  # fmt: skip
+    assert value["sst2", 1.0] == pytest.approx(100 * own_score(sst2, tiny_model_dir))
+    assert value["stsb", 0.0] == pytest.approx(100 * own_score(stsb, tiny_model_dir), abs=1e-4)
     assert len({round(value["stsb", w], 6) for w in (0.0, 0.5, 1.0)}) == 3  # the factors change what stsb's head sees
+    # The control, each adapter alone at its weight in the mix. At its own end it is the mix (the other weighs 0) ...
+    assert alone["sst2", 1.0] == pytest.approx(value["sst2", 1.0]) and alone["stsb", 0.0] == pytest.approx(
+        value["stsb", 0.0], abs=1e-4)  # fmt: skip
+    # ... at the other end ΔW = 0: the pretrained encoder under the task's own head, no LoRA at all ...
+    assert alone["sst2", 0.0] == pytest.approx(100 * own_score(sst2, tiny_model_dir, scale=0.0))
+    assert alone["stsb", 1.0] == pytest.approx(100 * own_score(stsb, tiny_model_dir, scale=0.0), abs=1e-4)
+    # ... and at w = 0.5 half its own update, which the other task's factors change (interference in the mix)
+    assert alone["sst2", 0.5] == pytest.approx(100 * own_score(sst2, tiny_model_dir, scale=0.5))
+    assert alone["stsb", 0.5] == pytest.approx(100 * own_score(stsb, tiny_model_dir, scale=0.5), abs=1e-4)
+    assert alone["stsb", 0.5] != pytest.approx(value["stsb", 0.5], abs=1e-3)
+    assert len({round(alone["stsb", w], 6) for w in (0.0, 0.5, 1.0)}) == 3  # its scale changes what stsb's head sees
     recorded = frame.dropna(subset="recorded")  # at each task's own end only: sst2 at w = 1, stsb at w = 0
     assert list(zip(recorded["task"], recorded["w"], recorded["recorded"])) == [("sst2", 1.0, 50.0), ("stsb", 0.0, 50.0)]
     assert frame["head-only baseline"].isna().all()
@@ -260,5 +281,6 @@ def test_interpolation_through_the_figure_command(adapter_sweep, tmp_path, capsy
     assert code == 0, capsys.readouterr()
     frame = pd.read_csv(out / "interpolation.csv")
     assert len(frame) == 2 * 2 * 2 and set(frame["seed"]) == {0, 1} and set(frame["pair"]) == {"sst2 + stsb"}
+    assert frame["alone"].notna().all()  # the control beside every point of the mix, and in the figure
     assert (out / "fig_interpolation.png").stat().st_size > 0
     assert "Interpolating two tasks' adapters" in (out / "index.md").read_text()

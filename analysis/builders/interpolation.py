@@ -10,6 +10,12 @@ combined, each task keeps its own head (the saved ``modules_to_save``). At w = 1
 adapter (the run's own last-epoch metric, reported beside it as a check) and task B with A's factors under B's head;
 at w = 0 the reverse. A task whose head has another number of outputs (STS-B's one) gets a base model of its own,
 holding the other task's factors without its head.
+
+The control, each adapter alone at the same scale: task A is also scored with w·ΔW_A only and task B with
+(1 − w)·ΔW_B only (``combine_adapters`` of the one adapter with that weight: exact, rank r). The mix minus it is
+what the other task's factors do (below zero: interference; above: transfer); it minus the own adapter (w = 1 for
+A) is the mere down-scaling. At w = 1 A alone is the mix (B weighs 0); at w = 0 it is ΔW = 0, the frozen encoder
+under A's head.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from .common import config_label, head_baseline, true_label_runs
 from .metric_tables import task_order
 from .table import Table
 
-NAMES = ("A", "B")  # the two adapters' names on the model; "mix" is their combination
+NAMES = ("A", "B")  # the two adapters' names on the model; "mix" is a weighted combination of them, while scored
 
 
 def _with_adapter(runs: pd.DataFrame) -> pd.DataFrame:
@@ -75,6 +81,19 @@ def _checked_head(row: pd.Series) -> None:
                        f"each task with its own head")  # fmt: skip
 
 
+def _score(model, dev: DevSet, weights: dict[str, float], head: str) -> float:
+    """``dev``'s metric of the model with the adapter Σ wᵢ ΔWᵢ over ``weights`` (``combine_adapters(how="cat")``,
+    exact) under adapter ``head``'s task head; leaves the model's adapters as they were."""
+    from lorakit import combine_adapters, delete_adapter, set_adapter
+
+    combine_adapters(model, weights, "mix", how="cat", head=head)
+    set_adapter(model, "mix")
+    try:
+        return dev.score(model)
+    finally:
+        delete_adapter(model, "mix")
+
+
 def interpolation_curves(
     runs: pd.DataFrame,
     pair: tuple[str, str] | None = None,
@@ -83,10 +102,11 @@ def interpolation_curves(
     data_dir: str | None = None,
 ) -> Table:
     """One row per (seed, w, task): the dev metric ×100 of task A and of task B with w·ΔW_A + (1 − w)·ΔW_B, for
-    ``points`` values of w from 0 to 1 and at most ``seeds`` common seeds (the lowest); ``recorded`` is the task's own
+    ``points`` values of w from 0 to 1 and at most ``seeds`` common seeds (the lowest); ``alone`` is the task's with
+    its own adapter alone at the same scale (w·ΔW_A for A, (1 − w)·ΔW_B for B); ``recorded`` is the task's own
     run's last-epoch metric ×100 where the mix is its own adapter (w = 1 for A, 0 for B; NaN elsewhere), a check
     that the rebuilt evaluation is the run's, and ``head-only baseline`` the task's method=head median."""
-    from lorakit import combine_adapters, delete_adapter, load_adapter, set_adapter
+    from lorakit import delete_adapter, load_adapter
 
     from experiments.config import ConfigError
     from experiments.models import load_model, load_tokenizer
@@ -120,14 +140,12 @@ def interpolation_curves(
                 if dev[task].num_labels != labels:
                     continue
                 for w in weights:
-                    combine_adapters(model, {"A": w, "B": 1.0 - w}, "mix", how="cat", head=name)
-                    set_adapter(model, "mix")
-                    value = dev[task].score(model)
-                    delete_adapter(model, "mix")
-                    own_end = w == (1.0 if task == a else 0.0)  # where the mix is the task's own adapter
+                    own = w if task == a else 1.0 - w  # the task's own adapter's weight in the mix (1: recorded)
+                    value = _score(model, dev[task], {"A": w, "B": 1.0 - w}, name)
+                    alone = _score(model, dev[task], {name: own}, name)
                     records.append({"pair": f"{a} + {b}", "seed": seed, "w": w, "task": task, "metric": dev[task].metric,
-                                    "value": 100 * value,
-                                    "recorded": 100 * rows[task, seed]["score_last"] if own_end else math.nan,
+                                    "value": 100 * value, "alone": 100 * alone,
+                                    "recorded": 100 * rows[task, seed]["score_last"] if own == 1.0 else math.nan,
                                     "head-only baseline": 100 * baselines[task]})  # fmt: skip
             for name in NAMES:
                 delete_adapter(model, name)  # the base model again, its own head included
@@ -136,9 +154,12 @@ def interpolation_curves(
     return Table(
         frame=frame,
         title=f"Interpolation {a} + {b} ({config_label(group.iloc[0])}): dev metric ×100 of each task with "
-        f"w·ΔW_{a} + (1 − w)·ΔW_{b}, each task with its own head",
+        f"w·ΔW_{a} + (1 − w)·ΔW_{b} and with its own adapter alone at the same scale, each task with its own head",
         runs=sorted(row["label"] for row in rows.values()),
         notes=[f"w: the weight of {a}'s update (1: {a}'s adapter alone; 0: {b}'s). combine_adapters(how='cat'), exact. "
+               f"value: the mix. alone: the task's own adapter alone at its weight in the mix (w·ΔW_{a} for {a}, "
+               f"(1 − w)·ΔW_{b} for {b}), the control: value − alone is what the other task's factors do (< 0: "
+               f"interference, > 0: transfer), alone − recorded the down-scaling; at w = 0 {a} alone is ΔW = 0, the frozen encoder under {a}'s head. "
                f"recorded: the task's own run's last-epoch metric, at its own end (w = 1 for {a}, w = 0 for {b}), where "
                f"the value should equal it. Seeds: {', '.join(map(str, common))}."],
         float_format=".2f",
