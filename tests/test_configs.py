@@ -57,7 +57,7 @@ def test_paper_budget_is_table_9(task):
 
 def test_method_picks_its_learning_rate():
     assert make(["method=full"]).method.lr == make().train.full_lr
-    assert make(["method=head"]).method.lr == make().train.head_lr != make().train.lr  # its own, searched
+    assert make(["method=head", "train.head_lr=0.02"]).method.lr == 0.02 != make().train.lr  # its own key
     assert make(["method=lora", "train.lr=3e-3"]).method.lr == 3e-3
 
 
@@ -119,9 +119,9 @@ def test_a_method_learning_rate_is_part_of_its_own_runs_identity_only():
     lora = config(["method=lora"])
     assert same_identity(lora, config(["method=lora", "train.full_lr=1e-4", "train.head_lr=0.5"]))
     assert not same_identity(lora, config(["method=lora", "train.lr=3e-3"]))
-    head = config(["method=head"])
+    head = config(["method=head", "train.head_lr=0.02"])
     assert head["method"]["lr"] == head["train"]["head_lr"] != head["train"]["lr"]
-    assert same_identity(head, config(["method=head", "train.lr=3e-3"]))
+    assert same_identity(head, config(["method=head", "train.head_lr=0.02", "train.lr=3e-3"]))
     assert not same_identity(head, config(["method=head", "train.head_lr=1e-3"]))
     assert "full_lr" not in identity(lora)["train"] and "lr" not in identity(head)["train"]
     assert run_name("method=lora,train.full_lr=1e-4,seed=0", "lora") == "method=lora,seed=0"
