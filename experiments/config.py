@@ -74,13 +74,16 @@ def moved_keys(argv: list[str]) -> list[str]:
 
 def identity(config: dict) -> dict:
     """What a run's results depend on: its resolved config without ``execution``, the top-level method keys and the
-    other methods' learning rates in ``train`` (a LoRA run does not read ``train.full_lr``; its own rate is also in
-    ``method.lr``), so choosing one method's learning rate never makes another method's runs look changed."""
+    learning-rate keys of ``train`` (``lr``, ``full_lr``, ``head_lr``, ...): the rate a run trained at is ``method.lr``,
+    resolved from its method's key. So choosing one method's rate never makes another method's runs look changed,
+    and a run written before its method had a key of its own keeps its identity while the rate is the same. Nor is the
+    method's ``search`` space part of it: where a search looks does not change what a run trained."""
     ignored = method_keys() | {EXECUTION}
     kept = {k: v for k, v in config.items() if k not in ignored}
     if isinstance(kept.get("train"), dict):
-        unread = method_keys(node="train") - method_keys((config.get("method") or {}).get("name"), "train")
-        kept["train"] = {k: v for k, v in kept["train"].items() if k not in unread}
+        kept["train"] = {k: v for k, v in kept["train"].items() if k not in method_keys(node="train")}
+    if isinstance(kept.get("method"), dict):
+        kept["method"] = {k: v for k, v in kept["method"].items() if k != "search"}
     return kept
 
 

@@ -123,7 +123,11 @@ def test_a_method_learning_rate_is_part_of_its_own_runs_identity_only():
     assert head["method"]["lr"] == head["train"]["head_lr"] != head["train"]["lr"]
     assert same_identity(head, config(["method=head", "train.head_lr=0.02", "train.lr=3e-3"]))
     assert not same_identity(head, config(["method=head", "train.head_lr=1e-3"]))
-    assert "full_lr" not in identity(lora)["train"] and "lr" not in identity(head)["train"]
+    assert not {"lr", "full_lr", "head_lr"} & set(identity(lora)["train"])  # the rate is method.lr
+    search = {"train.lr": "tag(log, interval(1e-4, 3e-2))"}  # the head's space before it had a key of its own
+    before = {**head, "train": {k: v for k, v in head["train"].items() if k != "head_lr"},
+              "method": {**head["method"], "search": search}}  # written before the key
+    assert same_identity(before, head) and not same_identity(before, config(["method=head", "train.head_lr=1e-3"]))
     assert run_name("method=lora,train.full_lr=1e-4,seed=0", "lora") == "method=lora,seed=0"
     assert run_name("method=full,train.full_lr=1e-4", "full") == "method=full,train.full_lr=1e-4"
 
