@@ -72,9 +72,7 @@ def table2(runs: pd.DataFrame) -> Table:
         raise MissingRuns(f"Table 2 needs LoRA and full fine-tuning runs on a common task; found {have}")
     family = runs[runs["method"].isin(["lora", "dora"])]
     vary = {c: family[c].nunique(dropna=False) > 1 for c in ("alpha", "init")}
-    several_lrs = runs.groupby("method")["lr"].nunique() > 1  # a method trained at several rates: one row per rate
-    frame = runs.assign(config=[f"{r['model']} {config_label(r, {**vary, 'lr': several_lrs[r['method']]})}"
-                                for _, r in runs.iterrows()])  # fmt: skip
+    frame = runs.assign(config=[f"{r['model']} {config_label(r, vary)}" for _, r in runs.iterrows()])
     tasks = _tasks(frame)
     rows = []
     for config, group in frame.groupby("config", sort=False):

@@ -26,7 +26,7 @@ COLUMNS = (
     "rslora", "use_dora", "loraplus_ratio", "freeze_a", "quantize", "adapter_size", "shuffle_labels", "metric", "score",
     "score_last", "best_epoch", "trainable_params", "method_params", "total_params", "forgetting",
     "forgetting_before", "forgetting_after", "forgetting_probe", "adapted_modules", "has_weights", "has_init",
-    "has_truncation", "lr", "train_samples", "epochs", "run_dir",
+    "has_truncation", "lr", "several_lrs", "train_samples", "epochs", "run_dir",
 )  # fmt: skip
 CLASSIFICATION = "sequence_classification"  # the task family of GLUE runs; causal_lm: generation (E2E)
 # Methods that change the encoder's weight matrices, so have a ΔW; the others (head, bitfit, adapter) do not.
@@ -190,6 +190,9 @@ def scan_runs(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[Sk
         table[col] = table[col].astype(bool)
     for col in ("score", "score_last", "forgetting", "forgetting_before", "forgetting_after", "lr"):
         table[col] = table[col].astype(float)
+    # A method read at several learning rates: its configurations are named by rate (builders.config_label), so no
+    # table pools a searched rate with the default.
+    table["several_lrs"] = table.groupby("method")["lr"].transform("nunique").gt(1) if len(table) else False
     table = table.sort_values(["task", "method", "targets", "rank", "seed", "label"], na_position="first")
     return table.reset_index(drop=True), skipped
 
