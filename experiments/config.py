@@ -9,7 +9,8 @@ A run's config has four kinds of keys (conf/sweep.yaml):
 
 A run's identity (its folder name, and "skip a complete run with the same config") is its resolved config minus the
 ``execution`` block and minus the top-level method keys, whose values its own method carries in ``method``: one rule,
-so ``method=lora,full rank=4,64`` trains the full fine-tune once.
+so ``method=lora,full rank=4,64`` trains the full fine-tune once. Likewise ``train``'s per-method learning rates: the
+one a run trains at is ``method.lr``.
 """
 
 from __future__ import annotations
