@@ -78,11 +78,8 @@ FLAG = Accepts(bool)
 KEYS: dict[str, Accepts] = {
     "seed": NATURAL,
     "save": FLAG,
-    "train.lr": POSITIVE,
-    "train.full_lr": POSITIVE,
-    "train.head_lr": POSITIVE,
-    "train.bitfit_lr": POSITIVE,
-    "train.adapter_lr": POSITIVE,
+    # Each method's learning rate (train.lr, train.full_lr, ...): the keys the method configs read, not a list here.
+    **{f"train.{key}": POSITIVE for key in sorted(method_keys(node="train"))},
     "train.batch_size": POSITIVE_INT,
     "train.epochs": POSITIVE_INT,
     "train.max_length": Accepts(int, low=8),

@@ -29,7 +29,8 @@ def config_label(row: pd.Series, vary: dict[str, bool] | None = None) -> str:
     """One name per configuration: 'full FT', 'head only', 'BitFit', 'Adapter (size=64)', 'LoRA (r=8, Wq, Wv)',
     'DoRA (r=8, Wq, Wv, rsLoRA)', 'QLoRA (r=8, Wq, Wv)' (LoRA on an NF4 base), ...; ``vary`` ({"alpha": True, "init": True}) adds what differs between the
     runs shown; an init other than the paper's Gaussian is always named, and the learning rate when the runs read hold
-    the method at several (``several_lrs``). A run on shuffled labels (a control) says so."""
+    the method at several (``several_lrs``; ``vary={"lr": False}`` leaves it out where the rate is a column of its own).
+    A run on shuffled labels (a control) says so."""
     vary = vary or {}
     method = row["method"]
     name = "QLoRA" if method == "lora" and row.get("quantize") == "nf4" else METHOD_NAMES.get(method, str(method))
@@ -48,7 +49,7 @@ def config_label(row: pd.Series, vary: dict[str, bool] | None = None) -> str:
             parts.append("A frozen")
     if method == "adapter" and _set(row.get("adapter_size")):
         parts.append(f"size={int(row['adapter_size'])}")
-    if (vary.get("lr") or _flag(row.get("several_lrs"))) and _set(row.get("lr")):
+    if vary.get("lr", _flag(row.get("several_lrs"))) and _set(row.get("lr")):
         parts.append(f"lr={float(row['lr']):.3g}")
     label = f"{name} ({', '.join(parts)})" if parts else name
     return label + (" [shuffled labels]" if _flag(row.get("shuffle_labels")) else "")

@@ -31,7 +31,7 @@ def beats(a: pd.Series, b: pd.Series) -> tuple[bool, float, float]:
 
 def _budget(row: pd.Series) -> str:
     samples = row["train_samples"]
-    examples = "all" if samples is None or samples is pd.NA or pd.isna(samples) else f"{int(samples):,}"
+    examples = "all" if pd.isna(samples) else f"{int(samples):,}"
     return f"{examples} × {int(row['epochs'])} ep" if pd.notna(row["epochs"]) else examples
 
 
@@ -65,7 +65,7 @@ def lr_search_tables(runs: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> tuple[Ta
     runs = runs[runs["lr"].notna() & runs["score"].notna()]
     if runs.empty:
         raise MissingRuns("the learning-rate table needs complete runs with a learning rate in config.yaml (method.lr)")
-    frame = runs.assign(config=[config_label(r.drop("several_lrs", errors="ignore")) for _, r in runs.iterrows()],
+    frame = runs.assign(config=[config_label(r, {"lr": False}) for _, r in runs.iterrows()],  # the rate: a column
                         budget=[_budget(r) for _, r in runs.iterrows()])  # fmt: skip
     frame = frame.drop_duplicates(["task", "config", "budget", "lr", "seed"])  # a trial and its confirmation rerun
     tried = frame.groupby(["task", "config", "budget"])["lr"].nunique()
