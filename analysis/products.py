@@ -178,6 +178,8 @@ def _lr_search(runs, opts, out):
 
 PRODUCTS: dict[str, tuple[str, Product]] = {
     "table2": ("Table 2: methods compared per task", _table(builders.table2, "table2")),
+    "table2_verdicts": ("Table 2's verdicts: each method at its best rate per task against full FT (rule 6)",
+                        _table(builders.table2_verdicts, "table2_verdicts")),
     "table3": ("Table 3: generation metrics (E2E NLG)", _table(builders.table3, "table3")),
     "generations": ("What the generation runs wrote, beside the references", _table(builders.generation_samples,
                                                                                      "generations")),

@@ -170,3 +170,27 @@ def test_the_head_only_baseline_is_its_best_learning_rate_and_table2_keeps_rates
     configs = list(table2(runs).frame["model / method"])
     assert configs[-2:] == ["minilm head only (lr=0.001)", "minilm head only (lr=0.02)"]
     assert "minilm LoRA (r=8, Wq, Wv)" in configs  # one rate: no rate in its name
+
+
+def test_table2_verdicts_compare_each_method_at_its_best_rate_with_full_fine_tuning_at_its_best():
+    from analysis.builders import table2_verdicts
+
+    rows = [dict(run(method="full", seed=s, score=x), lr=5e-5) for s, x in ((0, 0.80), (1, 0.80), (2, 0.81))]
+    rows += [dict(run(method="full", seed=s, score=x), lr=3e-4) for s, x in ((0, 0.83), (1, 0.84), (2, 0.84))]
+    rows += [dict(run(method="full", seed=0, score=0.99), lr=1e-2)]  # one seed: a trial, never the best rate
+    rows += [dict(run(seed=s, score=x), lr=1e-3) for s, x in ((0, 0.815), (1, 0.82), (2, 0.825))]  # −2.0 vs 1.0
+    rows += [dict(run(method="head", seed=s, score=x), lr=1e-3) for s, x in ((0, 0.70), (1, 0.71), (2, 0.72))]
+    rows += [dict(run(task="rte", seed=s, score=x), lr=1e-3) for s, x in ((0, 0.50), (1, 0.55), (2, 0.60))]
+    rows += [dict(run(method="full", task="rte", seed=s, score=x), lr=5e-5) for s, x in ((0, 0.52), (1, 0.58))]
+    frame = table2_verdicts(table(rows)).frame.set_index(["task", "model / method"])
+    full = frame.loc[("sst2", "minilm full FT")]
+    assert full["lr"] == 3e-4 and full["score"] == pytest.approx(84.0) and full["rates tried"] == "5e-05, 0.0003, 0.01"
+    lora = frame.loc[("sst2", "minilm LoRA (r=8, Wq, Wv)")]
+    assert lora["vs full FT"] == "beaten by full FT: -2.0 vs seed range 1.0"
+    assert frame.loc[("sst2", "minilm head only"), "vs full FT"].startswith("beaten by full FT: -13.0")
+    # RTE: full FT has two seeds only (no rate with three), so it is compared at the rate it has; spread 10 > 0
+    assert frame.loc[("rte", "minilm LoRA (r=8, Wq, Wv)"), "vs full FT"] == "within the spread: +0.0 vs seed range 10.0"
+    assert list(frame.index.get_level_values("task")) == ["sst2"] * 3 + ["rte"] * 2  # the paper's task order
+
+    with pytest.raises(MissingRuns, match="need full fine-tuning runs"):
+        table2_verdicts(table([dict(run(seed=0), lr=1e-3)]))

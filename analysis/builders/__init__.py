@@ -9,7 +9,7 @@ from .init_drift import init_drift_table
 from .interpolation import interpolation_curves
 from .intruders import intruder_table
 from .lr_search import lr_search_tables
-from .metric_tables import PAPER_TASK_ORDER, table2, table5, table6, task_order
+from .metric_tables import PAPER_TASK_ORDER, table2, table2_verdicts, table5, table6, task_order
 from .projection import table7
 from .spectra import spectra_table
 from .subspace import (
@@ -49,6 +49,7 @@ __all__ = [
     "subspace_summary",
     "subspace_summary_agg",
     "table2",
+    "table2_verdicts",
     "table3",
     "table5",
     "table6",

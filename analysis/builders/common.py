@@ -14,6 +14,7 @@ from ..runs.modules import kind_order
 METHOD_NAMES = {"full": "full FT", "head": "head only", "bitfit": "BitFit", "lora": "LoRA", "dora": "DoRA",
                 "adapter": "Adapter"}  # fmt: skip
 SPREAD_NOTE = "Cells: median over seeds [min, max] (min–max shown when seeds differ); seeds: how many."
+MIN_SEEDS = 3  # a learning rate is confirmed with this many seeds; fewer are search trials
 
 
 def _set(value: object) -> bool:
@@ -53,6 +54,14 @@ def config_label(row: pd.Series, vary: dict[str, bool] | None = None) -> str:
         parts.append(f"lr={float(row['lr']):.3g}")
     label = f"{name} ({', '.join(parts)})" if parts else name
     return label + (" [shuffled labels]" if _flag(row.get("shuffle_labels")) else "")
+
+
+def beats(a: pd.Series, b: pd.Series) -> tuple[bool, float, float]:
+    """(a's median exceeds b's by more than the larger seed range, the margin, the larger range): REPRODUCTION.md's
+    rule 6, the one test by which any arm is said to beat another."""
+    margin = a.median() - b.median()
+    spread = max(a.max() - a.min(), b.max() - b.min())
+    return bool(margin > spread), float(margin), float(spread)
 
 
 def true_label_runs(runs: pd.DataFrame) -> pd.DataFrame:

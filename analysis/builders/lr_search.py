@@ -16,18 +16,8 @@ from __future__ import annotations
 import pandas as pd
 
 from ..runs import MissingRuns
-from .common import config_label, seed_spread, true_label_runs
+from .common import MIN_SEEDS, beats, config_label, seed_spread, true_label_runs
 from .table import Table
-
-MIN_SEEDS = 3  # a learning rate is confirmed with this many seeds; fewer are search trials
-
-
-def beats(a: pd.Series, b: pd.Series) -> tuple[bool, float, float]:
-    """(a's median exceeds b's by more than the larger seed range, the margin, the larger range) — rule 6."""
-    margin = a.median() - b.median()
-    spread = max(a.max() - a.min(), b.max() - b.min())
-    return bool(margin > spread), float(margin), float(spread)
-
 
 def _budget(row: pd.Series) -> str:
     samples = row["train_samples"]

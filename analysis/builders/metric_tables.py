@@ -1,7 +1,8 @@
 """The paper's metric tables from the run table (``analysis.runs.scan_runs``).
 
 - Table 2: task metric per task, LoRA vs full fine-tuning, parameters trained (with and without the head), median
-  over seeds.
+  over seeds; and its verdicts: per task, each method at its best learning rate against full fine-tuning at its
+  best (REPRODUCTION.md's rules 6 and 14).
 - Table 5: metric per target set (Wq, Wk, Wv, Wo, {Wq, Wv}, ...) at a fixed budget of trainable parameters.
 - Table 6: metric vs LoRA rank r for each target set.
 
@@ -16,7 +17,7 @@ import math
 import pandas as pd
 
 from ..runs import CLASSIFICATION, MissingRuns, targets_label
-from .common import SPREAD_NOTE, config_label, true_label_runs
+from .common import METHOD_NAMES, MIN_SEEDS, SPREAD_NOTE, beats, config_label, true_label_runs
 from .table import Table, human_count
 
 PAPER_TASK_ORDER = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")
@@ -102,6 +103,64 @@ def table2(runs: pd.DataFrame) -> Table:
                "paper's count (LoRA: the factors; FT: every weight); trainable: the same plus the task head. "
                + SPREAD_NOTE],
         formats={"params": human_count, "trainable": human_count},
+        left_out=left_out,
+    )  # fmt: skip
+
+
+def table2_verdicts(runs: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Table:
+    """Table 2's claim as verdicts: per task, one row per method and configuration at the learning rate with its best
+    median (among the rates with ≥ ``min_seeds`` seeds, when any has them), against full fine-tuning of the same
+    model at its own best rate, by rule 6 (a beats b only when a's median exceeds b's by more than the larger seed
+    range). A method tried at one rate is compared at that rate; the rates tried are listed, so a verdict is never
+    read as one at a searched rate when it was not."""
+    runs, left_out = _controls_left_out(runs)
+    runs = runs[runs["score"].notna()]
+    full = runs[runs["method"] == "full"]
+    if full.empty:
+        raise MissingRuns("Table 2's verdicts need full fine-tuning runs to compare against; none were found")
+    frame = runs.assign(config=[f"{r['model']} {config_label(r, {'lr': False})}" for _, r in runs.iterrows()])
+    frame = frame.drop_duplicates(["task", "config", "lr", "seed"])  # a search trial and its rerun: one seed
+    best: dict[tuple[str, str], tuple[float, pd.Series]] = {}
+    for (task, config), group in frame.groupby(["task", "config"], sort=False, dropna=False):
+        by_lr = {lr: g["score"] * 100 for lr, g in group.groupby("lr", dropna=False)}
+        pool = {lr: s for lr, s in by_lr.items() if s.size >= min_seeds} or by_lr
+        lr = max(pool, key=lambda k: pool[k].median())
+        best[task, config] = (lr, pool[lr], sorted(by_lr))
+    rows, used = [], []
+    for (task, config), (lr, scores, tried) in best.items():
+        model, method = config.split(" ", 1)[0], frame.loc[frame["config"] == config, "method"].iloc[0]
+        reference = best.get((task, f"{model} {METHOD_NAMES['full']}"))
+        if reference is None:
+            continue
+        row = {"task": task, "model / method": config, "lr": lr, "score": scores.median(), "score min": scores.min(),
+               "score max": scores.max(), "seeds": scores.size, "rates tried": ", ".join(f"{r:.3g}" for r in tried)}
+        if method == "full":
+            row["vs full FT"] = "the reference"
+        else:
+            won, margin, spread = beats(scores, reference[1])
+            lost, _, _ = beats(reference[1], scores)
+            word = "beats full FT" if won else "beaten by full FT" if lost else "within the spread"
+            row["vs full FT"] = f"{word}: {margin:+.1f} vs seed range {spread:.1f}"
+        row["_order"] = 99 if method == "head" else (METHOD_ORDER + (method,)).index(method)
+        rows.append(row)
+        group = frame[(frame["task"] == task) & (frame["config"] == config) & (frame["lr"] == lr)]
+        used += list(group["label"])
+    if not rows:
+        raise MissingRuns("Table 2's verdicts need a method and full fine-tuning on a common task and model; found "
+                          f"full FT on {sorted(set(full['task']))} only")
+    table = pd.DataFrame(rows)
+    order = _tasks(table)
+    table = table.assign(_task=table["task"].map(order.index)).sort_values(["_task", "_order", "model / method"])
+    return Table(
+        frame=table.drop(columns=["_task", "_order"]).reset_index(drop=True),
+        title="Table 2's verdicts: per task, each method at its best learning rate against full fine-tuning at its "
+              "best (rule 6; dev metric ×100, median over seeds [min, max])",
+        runs=used,
+        notes=[f"The best rate is the one with the highest median among those with ≥ {min_seeds} seeds (among all "
+               "rates tried when none has that many). Rule 6: a beats b only when a's median exceeds b's by more than "
+               "the larger of the two seed ranges; otherwise 'within the spread'. Choosing the best of several rates "
+               "on the dev set favours the method tried at more of them: 'rates tried' says how many each had."],
+        formats={"lr": lambda v: f"{v:.3g}"},
         left_out=left_out,
     )  # fmt: skip
 
