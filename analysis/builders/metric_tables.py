@@ -120,30 +120,31 @@ def table2_verdicts(runs: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Table:
         raise MissingRuns("Table 2's verdicts need full fine-tuning runs to compare against; none were found")
     frame = runs.assign(config=[f"{r['model']} {config_label(r, {'lr': False})}" for _, r in runs.iterrows()])
     frame = frame.drop_duplicates(["task", "config", "lr", "seed"])  # a search trial and its rerun: one seed
-    best: dict[tuple[str, str], tuple[float, pd.Series]] = {}
+    best = {}  # (task, config) -> the runs at the rate with the best median
     for (task, config), group in frame.groupby(["task", "config"], sort=False, dropna=False):
-        by_lr = {lr: g["score"] * 100 for lr, g in group.groupby("lr", dropna=False)}
-        pool = {lr: s for lr, s in by_lr.items() if s.size >= min_seeds} or by_lr
-        lr = max(pool, key=lambda k: pool[k].median())
+        by_lr = dict(list(group.groupby("lr", dropna=False)))
+        pool = {lr: g for lr, g in by_lr.items() if len(g) >= min_seeds} or by_lr
+        lr = max(pool, key=lambda k: pool[k]["score"].median())
         best[task, config] = (lr, pool[lr], sorted(by_lr))
     rows, used = [], []
-    for (task, config), (lr, scores, tried) in best.items():
-        model, method = config.split(" ", 1)[0], frame.loc[frame["config"] == config, "method"].iloc[0]
+    for (task, config), (lr, group, tried) in best.items():
+        model, method = group["model"].iloc[0], group["method"].iloc[0]
         reference = best.get((task, f"{model} {METHOD_NAMES['full']}"))
         if reference is None:
             continue
+        scores = group["score"] * 100
         row = {"task": task, "model / method": config, "lr": lr, "score": scores.median(), "score min": scores.min(),
                "score max": scores.max(), "seeds": scores.size, "rates tried": ", ".join(f"{r:.3g}" for r in tried)}
         if method == "full":
             row["vs full FT"] = "the reference"
         else:
-            won, margin, spread = beats(scores, reference[1])
-            lost, _, _ = beats(reference[1], scores)
+            full_scores = reference[1]["score"] * 100
+            won, margin, spread = beats(scores, full_scores)
+            lost, _, _ = beats(full_scores, scores)
             word = "beats full FT" if won else "beaten by full FT" if lost else "within the spread"
             row["vs full FT"] = f"{word}: {margin:+.1f} vs seed range {spread:.1f}"
         row["_order"] = 99 if method == "head" else (METHOD_ORDER + (method,)).index(method)
         rows.append(row)
-        group = frame[(frame["task"] == task) & (frame["config"] == config) & (frame["lr"] == lr)]
         used += list(group["label"])
     if not rows:
         raise MissingRuns("Table 2's verdicts need a method and full fine-tuning on a common task and model; found "
