@@ -192,5 +192,11 @@ def test_table2_verdicts_compare_each_method_at_its_best_rate_with_full_fine_tun
     assert frame.loc[("rte", "minilm LoRA (r=8, Wq, Wv)"), "vs full FT"] == "within the spread: +0.0 vs seed range 10.0"
     assert list(frame.index.get_level_values("task")) == ["sst2"] * 3 + ["rte"] * 2  # the paper's task order
 
+    # another budget is another arm: a short-budget trial of the same rate and seed is neither pooled nor deduplicated
+    short = [dict(run(seed=0, score=0.99), lr=1e-3, train_samples=500, epochs=1)]
+    both = table2_verdicts(table(rows + short)).frame
+    assert both.loc[both["budget"] == "all", "vs full FT"].tolist() == list(frame["vs full FT"])  # unchanged
+    assert not (both["budget"] == "500 × 1 ep").any()  # no full FT at that budget: nothing to compare it with
+
     with pytest.raises(MissingRuns, match="need full fine-tuning runs"):
         table2_verdicts(table([dict(run(seed=0), lr=1e-3)]))

@@ -56,6 +56,14 @@ def config_label(row: pd.Series, vary: dict[str, bool] | None = None) -> str:
     return label + (" [shuffled labels]" if _flag(row.get("shuffle_labels")) else "")
 
 
+def training_budget(row: pd.Series) -> str:
+    """A run's training budget as tables print it: '2,000 × 2 ep' ('all' when the training set was not capped).
+    Runs of different budgets are different arms: no table pools them under one rate or seed."""
+    samples = row["train_samples"]
+    examples = "all" if pd.isna(samples) else f"{int(samples):,}"
+    return f"{examples} × {int(row['epochs'])} ep" if pd.notna(row["epochs"]) else examples
+
+
 def beats(a: pd.Series, b: pd.Series) -> tuple[bool, float, float]:
     """(a's median exceeds b's by more than the larger seed range, the margin, the larger range): REPRODUCTION.md's
     rule 6, the one test by which any arm is said to beat another."""

@@ -16,14 +16,8 @@ from __future__ import annotations
 import pandas as pd
 
 from ..runs import MissingRuns
-from .common import MIN_SEEDS, beats, config_label, seed_spread, true_label_runs
+from .common import MIN_SEEDS, beats, config_label, seed_spread, training_budget, true_label_runs
 from .table import Table
-
-def _budget(row: pd.Series) -> str:
-    samples = row["train_samples"]
-    examples = "all" if pd.isna(samples) else f"{int(samples):,}"
-    return f"{examples} × {int(row['epochs'])} ep" if pd.notna(row["epochs"]) else examples
-
 
 def _verdict(group: pd.DataFrame, min_seeds: int) -> dict[float, str]:
     """One line per learning rate of one (task, configuration, budget): which won, or that none could be told apart."""
@@ -56,7 +50,7 @@ def lr_search_tables(runs: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> tuple[Ta
     if runs.empty:
         raise MissingRuns("the learning-rate table needs complete runs with a learning rate in config.yaml (method.lr)")
     frame = runs.assign(config=[config_label(r, {"lr": False}) for _, r in runs.iterrows()],  # the rate: a column
-                        budget=[_budget(r) for _, r in runs.iterrows()])  # fmt: skip
+                        budget=[training_budget(r) for _, r in runs.iterrows()])  # fmt: skip
     frame = frame.drop_duplicates(["task", "config", "budget", "lr", "seed"])  # a trial and its confirmation rerun
     tried = frame.groupby(["task", "config", "budget"])["lr"].nunique()
     if not (tried >= 2).any():

@@ -17,7 +17,7 @@ import math
 import pandas as pd
 
 from ..runs import CLASSIFICATION, MissingRuns, targets_label
-from .common import METHOD_NAMES, MIN_SEEDS, SPREAD_NOTE, beats, config_label, true_label_runs
+from .common import METHOD_NAMES, MIN_SEEDS, SPREAD_NOTE, beats, config_label, training_budget, true_label_runs
 from .table import Table, human_count
 
 PAPER_TASK_ORDER = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")
@@ -108,33 +108,36 @@ def table2(runs: pd.DataFrame) -> Table:
 
 
 def table2_verdicts(runs: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Table:
-    """Table 2's claim as verdicts: per task, one row per method and configuration at the learning rate with its best
-    median (among the rates with ≥ ``min_seeds`` seeds, when any has them), against full fine-tuning of the same
-    model at its own best rate, by rule 6 (a beats b only when a's median exceeds b's by more than the larger seed
-    range). A method tried at one rate is compared at that rate; the rates tried are listed, so a verdict is never
-    read as one at a searched rate when it was not."""
+    """Table 2's claim as verdicts: per task and training budget, one row per method and configuration at the
+    learning rate with its best median (among the rates with ≥ ``min_seeds`` seeds, when any has them), against full
+    fine-tuning of the same model and budget at its own best rate, by rule 6 (a beats b only when a's median exceeds
+    b's by more than the larger seed range). A method tried at one rate is compared at that rate; the rates tried are
+    listed, so a verdict is never read as one at a searched rate when it was not. Budgets are never pooled: a search
+    trial at 2,000 × 1 is not a seed of the same rate at 2,000 × 2."""
     runs, left_out = _controls_left_out(runs)
     runs = runs[runs["score"].notna()]
     full = runs[runs["method"] == "full"]
     if full.empty:
         raise MissingRuns("Table 2's verdicts need full fine-tuning runs to compare against; none were found")
-    frame = runs.assign(config=[f"{r['model']} {config_label(r, {'lr': False})}" for _, r in runs.iterrows()])
-    frame = frame.drop_duplicates(["task", "config", "lr", "seed"])  # a search trial and its rerun: one seed
-    best = {}  # (task, config) -> the runs at the rate with the best median
-    for (task, config), group in frame.groupby(["task", "config"], sort=False, dropna=False):
+    frame = runs.assign(config=[f"{r['model']} {config_label(r, {'lr': False})}" for _, r in runs.iterrows()],
+                        budget=[training_budget(r) for _, r in runs.iterrows()])  # fmt: skip
+    frame = frame.drop_duplicates(["task", "config", "budget", "lr", "seed"])  # a search trial and its rerun: one seed
+    best = {}  # (task, config, budget) -> the runs at the rate with the best median
+    for (task, config, budget), group in frame.groupby(["task", "config", "budget"], sort=False, dropna=False):
         by_lr = dict(list(group.groupby("lr", dropna=False)))
         pool = {lr: g for lr, g in by_lr.items() if len(g) >= min_seeds} or by_lr
         lr = max(pool, key=lambda k: pool[k]["score"].median())
-        best[task, config] = (lr, pool[lr], sorted(by_lr))
+        best[task, config, budget] = (lr, pool[lr], sorted(by_lr))
     rows, used = [], []
-    for (task, config), (lr, group, tried) in best.items():
+    for (task, config, budget), (lr, group, tried) in best.items():
         model, method = group["model"].iloc[0], group["method"].iloc[0]
-        reference = best.get((task, f"{model} {METHOD_NAMES['full']}"))
+        reference = best.get((task, f"{model} {METHOD_NAMES['full']}", budget))
         if reference is None:
             continue
         scores = group["score"] * 100
-        row = {"task": task, "model / method": config, "lr": lr, "score": scores.median(), "score min": scores.min(),
-               "score max": scores.max(), "seeds": scores.size, "rates tried": ", ".join(f"{r:.3g}" for r in tried)}
+        med, lo, hi = _median_min_max(group["score"])
+        row = {"task": task, "model / method": config, "budget": budget, "lr": lr, "score": med, "score min": lo,
+               "score max": hi, "seeds": scores.size, "rates tried": ", ".join(f"{r:.3g}" for r in tried)}
         if method == "full":
             row["vs full FT"] = "the reference"
         else:
@@ -147,11 +150,13 @@ def table2_verdicts(runs: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Table:
         rows.append(row)
         used += list(group["label"])
     if not rows:
-        raise MissingRuns("Table 2's verdicts need a method and full fine-tuning on a common task and model; found "
+        raise MissingRuns("Table 2's verdicts need a method and full fine-tuning on a common task, model and training "
+                          "budget; found "
                           f"full FT on {sorted(set(full['task']))} only")
     table = pd.DataFrame(rows)
     order = _tasks(table)
-    table = table.assign(_task=table["task"].map(order.index)).sort_values(["_task", "_order", "model / method"])
+    table = table.assign(_task=table["task"].map(order.index))
+    table = table.sort_values(["_task", "budget", "_order", "model / method"])
     return Table(
         frame=table.drop(columns=["_task", "_order"]).reset_index(drop=True),
         title="Table 2's verdicts: per task, each method at its best learning rate against full fine-tuning at its "
