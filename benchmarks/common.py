@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import psutil
 import torch
 
+from lorakit import files
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "results" / "benchmarks"
 MB = 2**20
@@ -368,10 +370,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    files.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_result(out: Path, name: str, result: dict[str, Any], markdown: str) -> Path:

@@ -10,7 +10,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from experiments import distributed
-from experiments.config import ConfigError, validate
+from experiments.errors import ConfigError
+from experiments.schema import check_config as validate
 from experiments.store import TABLE, unwritable, write_run_table
 
 

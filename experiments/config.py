@@ -15,44 +15,17 @@ one a run trains at is ``method.lr``.
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 import secrets
-from pathlib import Path
 
-from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO_ROOT / "conf"
-EXECUTION = "execution"
+from experiments.errors import ConfigError
+from experiments.identity import (  # noqa: F401  (the boundary's names, re-exported)
+    CONF_DIR, EXECUTION, canonical, config_id, identity, known_options, method_keys, same_identity,
+)
 
-
-class ConfigError(CompactHydraException, ValueError):
-    """A bad input. Hydra prints a CompactHydraException as its message alone: one line, no traceback."""
-
-
-def known_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-@functools.cache
-def method_keys(method: str | None = None, node: str = "") -> frozenset[str]:
-    """Keys a method reads: those of the top level (``node=""``: ``rank: ${rank}``) or of another node (``node="train"``:
-    its learning rate, ``lr: ${train.full_lr}``) that its ``conf/method/<name>.yaml`` interpolates, following its
-    defaults list (DoRA extends LoRA). Without ``method``: every method's, the keys no run's identity holds."""
-    if method is None:
-        return frozenset().union(*(method_keys(m, node) for m in known_options("method")))
-    path = CONF_DIR / "method" / f"{method}.yaml"
-    if not path.is_file():
-        return frozenset()
-    prefix = re.escape(node + ".") if node else ""
-    keys = set(re.findall(r"\$\{" + prefix + r"([A-Za-z_][A-Za-z0-9_]*)\}", path.read_text()))
-    for parent in OmegaConf.load(path).get("defaults", []):
-        if isinstance(parent, str) and parent != "_self_":
-            keys |= method_keys(parent, node)
-    return frozenset(keys)
+REPO_ROOT = CONF_DIR.parent
 
 
 # Keys that moved into the execution block (issue 10), still accepted as typed before.
@@ -71,34 +44,6 @@ def moved_keys(argv: list[str]) -> list[str]:
                 break
         out.append(arg)
     return out
-
-
-def identity(config: dict) -> dict:
-    """What a run's results depend on: its resolved config without ``execution``, the top-level method keys and the
-    learning-rate keys of ``train`` (``lr``, ``full_lr``, ``head_lr``, ...): the rate a run trained at is ``method.lr``,
-    resolved from its method's key. So choosing one method's rate never makes another method's runs look changed,
-    and a run written before its method had a key of its own keeps its identity while the rate is the same. Nor is the
-    method's ``search`` space part of it: where a search looks does not change what a run trained."""
-    ignored = method_keys() | {EXECUTION}
-    kept = {k: v for k, v in config.items() if k not in ignored}
-    if isinstance(kept.get("train"), dict):
-        kept["train"] = {k: v for k, v in kept["train"].items() if k not in method_keys(node="train")}
-    if isinstance(kept.get("method"), dict):
-        kept["method"] = {k: v for k, v in kept["method"].items() if k != "search"}
-    return kept
-
-
-def same_identity(stored: dict, resolved: dict) -> bool:
-    """Whether a stored run's config has the identity of ``resolved``. A method key the stored config lacks (the run
-    was written before the key existed) counts as the default it had then, ``conf/sweep.yaml``'s top-level value: a
-    new key never makes every earlier run look changed."""
-    old, new = identity(stored), identity(resolved)
-    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sweep.yaml"), resolve=False)
-    method = dict(old.get("method") or {})
-    for key, value in (new.get("method") or {}).items():
-        if key not in method and key in defaults and value == defaults[key]:
-            method[key] = value
-    return {**old, "method": method} == new if "method" in old else old == new
 
 
 def _default_data_dir(name: str) -> str | None:
@@ -171,18 +116,6 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("lorakit.unique", _sweep_id, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("lorakit.run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("lorakit.rank_at_budget", _rank_at_budget, replace=True)
-
-
-def targets_value(targets):
-    """A ``targets`` node as lorakit takes it: a preset string, or a tuple of module names."""
-    return targets if isinstance(targets, str) else tuple(OmegaConf.to_container(targets))
-
-
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError, one line, for any value a run could only fail on later (experiments/schema.py)."""
-    from experiments.schema import check_config
-
-    check_config(cfg)
 
 
 def launcher_threads(launcher: DictConfig | None, cpu_count: int | None = None) -> int | None:

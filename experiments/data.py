@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from experiments.config import ConfigError
+from experiments.errors import ConfigError
 from experiments.store import atomic_path
 
 CACHE_FORMAT = 1

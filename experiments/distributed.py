@@ -16,7 +16,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from experiments.config import ConfigError, split_overrides
+from experiments.config import split_overrides
+from experiments.errors import ConfigError
 
 
 def world_size() -> int:

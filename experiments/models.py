@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from experiments.config import ConfigError
+from experiments.errors import ConfigError
 
 
 class ModelError(ConfigError):

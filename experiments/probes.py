@@ -21,7 +21,8 @@ from scipy.stats import spearmanr
 from torch import nn
 
 import lorakit
-from experiments.config import CONF_DIR, ConfigError
+from experiments.errors import ConfigError
+from experiments.identity import CONF_DIR
 
 log = logging.getLogger(__name__)
 

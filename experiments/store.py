@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Iterator
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from lorakit.files import atomic_path
 from lorakit.state import CONFIG_NAME
 
 CONFIG, METRICS, DELTAS = "config.yaml", "metrics.json", "delta_weights.safetensors"
@@ -30,30 +30,6 @@ STAGING = ".partial"  # a run's files until it completes: nothing usable-looking
 RUN_FILES = (CONFIG, METRICS, ADAPTER, ADAPTER_INIT, BOTTLENECK, DELTAS, GENERATIONS, COMPLETE, FAILED, "wandb", STAGING)
 TABLE = "runs"
 log = logging.getLogger(__name__)
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-@contextmanager
-def atomic_path(path: Path, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` to write; on success it is renamed to ``path`` (replacing it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    else:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.close(fd)
-        tmp = Path(name)
-    try:
-        yield tmp
-        tmp.chmod(0o777 & ~_UMASK if is_dir else 0o666 & ~_UMASK)  # mkstemp/mkdtemp create owner-only
-        if is_dir and path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
 
 @contextmanager

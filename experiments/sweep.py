@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 
 from experiments import distributed
 from experiments.callbacks import SweepCallback
-from experiments.config import ConfigError, moved_keys, register_resolvers
+from experiments.config import moved_keys, register_resolvers
+from experiments.errors import ConfigError
 from experiments.search import register_optuna_schema
 from experiments.job import run_hydra_job
 

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 import lorakit
 from experiments import checkpoint, distributed, families, probes
-from experiments.config import ConfigError, validate
+from experiments.errors import ConfigError
+from experiments.schema import check_config as validate
 from experiments.methods import get_method
 from experiments.models import resolve_model_path, untrained_pooler
 from experiments.store import DELTAS, atomic_path

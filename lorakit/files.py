@@ -15,9 +15,11 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 from safetensors import safe_open
@@ -83,23 +85,41 @@ def write_json(path: Path, content: Mapping) -> None:
 
 
 def atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    """``write(tmp)`` into a temporary file beside ``target``, then rename it onto ``target``: a reader sees the old
-    file or the new one, never half of one. The file ends with mode 0666 less the umask, the permissions an ordinary
-    ``open`` gives (``tempfile.mkstemp`` makes files owner-only, and so does safetensors' writer): the temporary file
-    is created with them, which reads the umask without changing it, and they are set again after the write."""
+    """``write(tmp)`` into a temporary file beside ``target``, then rename it onto ``target`` (``atomic_path``)."""
+    with atomic_path(target) as tmp:
+        write(str(tmp))
+
+
+@contextmanager
+def atomic_path(target: Path, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``target`` (a file, or a folder with ``is_dir``) to write; on success it is
+    renamed onto ``target``, replacing it: a reader sees the old one or the new one, never half of one. The one home
+    of atomic writes: adapters, run files, caches, checkpoints and results all write through it.
+
+    The file ends with mode 0666 less the umask (a folder 0777 less it), the permissions an ordinary ``open`` gives
+    (``tempfile.mkstemp`` makes them owner-only, and so does safetensors' writer): the temporary file is created with
+    them, which reads the umask without changing it, and they are set again after the write."""
     target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     while True:
         tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            if is_dir:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             break
         except FileExistsError:
             continue
     try:
         mode = stat.S_IMODE(os.stat(tmp).st_mode)
-        write(str(tmp))
+        yield tmp
         os.chmod(tmp, mode)
+        if is_dir and target.is_dir():
+            shutil.rmtree(target)
         os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()

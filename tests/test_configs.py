@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from experiments.config import CONF_DIR, REPO_ROOT, ConfigError, known_options, launcher_threads, register_resolvers
-from experiments.config import validate
+from experiments.schema import check_config as validate
 
 register_resolvers()
 GROUPS = ("task", "model", "method", "budget")

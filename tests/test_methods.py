@@ -135,7 +135,7 @@ def test_qlora_trains_the_factors_on_a_4_bit_base(tiny_overrides, tiny_model_dir
 def test_bad_method_input_is_one_line(tiny_overrides, overrides, message):
     from hydra.errors import ConfigCompositionException
 
-    from experiments.config import validate
+    from experiments.schema import check_config as validate
 
     if message is None:  # an unknown method has no config file: Hydra lists the options
         with pytest.raises(ConfigCompositionException, match="Could not find 'method/prefix'"):

@@ -9,48 +9,17 @@ encoders, whose runs keep the identity they had before the key existed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Callable
 
-import torch
 from omegaconf import DictConfig
-from torch import nn
-from torch.utils.data import DataLoader
 
-from experiments.config import ConfigError
+from experiments.errors import ConfigError
+from experiments.families.base import Evaluation, Family, RunData
+from experiments.families.causal_lm import CausalLM
+from experiments.families.classification import SequenceClassification
 
+__all__ = ["DEFAULT", "Evaluation", "Family", "RunData", "family_of", "for_run"]
 DEFAULT = "sequence_classification"
-
-
-class Evaluation(Protocol):
-    """An epoch's evaluation: ``(metrics, predictions)``; the predictions feed ``flags`` and ``save``."""
-
-    def __call__(self, model: nn.Module, device: torch.device, autocast) -> tuple[dict[str, float], Any]: ...
-
-    def flags(self, predictions: Any) -> list[str]: ...
-
-    def save(self, predictions: Any, out_dir) -> None: ...
-
-
-@dataclass
-class RunData:
-    train: DataLoader  # the training batches, in the seed's order
-    evaluation: Evaluation
-    counts: dict[str, int]  # examples per split, for metrics.json
-    source: str  # where the data came from: a folder or ``hub:<id>``
-
-
-class Family:
-    name: ClassVar[str]
-
-    def check(self, cfg: DictConfig) -> None:
-        """Checks of the run's config that only this family needs; raise ConfigError."""
-
-    def load_tokenizer(self, cfg: DictConfig, path: str): ...
-
-    def load_model(self, cfg: DictConfig, path: str) -> nn.Module: ...
-
-    def data(self, cfg: DictConfig, tokenizer) -> RunData: ...
 
 
 def family_of(node: DictConfig) -> str:
@@ -59,9 +28,6 @@ def family_of(node: DictConfig) -> str:
 
 
 def _families() -> dict[str, Callable[[], Family]]:
-    from experiments.families.causal_lm import CausalLM
-    from experiments.families.classification import SequenceClassification
-
     return {f.name: f for f in (SequenceClassification, CausalLM)}
 
 

@@ -24,9 +24,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from experiments import models
-from experiments.config import ConfigError
+from experiments.errors import ConfigError
 from experiments.data import IGNORE, DataError, PadCollator, subset, train_loader
-from experiments.families import Family, RunData
+from experiments.families.base import Family, RunData
 from experiments.nlg_metrics import nlg_metrics
 from experiments.store import GENERATIONS, atomic_path
 

@@ -12,9 +12,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from experiments import models
-from experiments.config import ConfigError
+from experiments.errors import ConfigError
 from experiments.data import eval_loader, load_tokenized, train_loader
-from experiments.families import Family, RunData
+from experiments.families.base import Family, RunData
 from experiments.metrics import glue_metrics
 
 Predictions = dict[str, tuple[np.ndarray, np.ndarray, float]]  # split → (outputs, labels, mean loss)

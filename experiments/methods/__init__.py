@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 import lorakit
-from experiments.config import ConfigError
-from experiments.schema import Accepts
+from experiments.errors import ConfigError
+from experiments.accepts import Accepts
 
 _REGISTRY: dict[str, type["Method"]] = {}
 

@@ -9,7 +9,7 @@ from torch import nn
 
 import lorakit
 from experiments.methods import Method, register
-from experiments.schema import POSITIVE_INT
+from experiments.accepts import POSITIVE_INT
 from experiments.store import BOTTLENECK, atomic_path
 
 

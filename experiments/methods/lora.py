@@ -10,13 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import lorakit
-from experiments.config import ConfigError, targets_value
+from experiments.errors import ConfigError
 from experiments.methods import Method, register
-from experiments.schema import FLAG, POSITIVE, POSITIVE_INT, Accepts
+from experiments.accepts import FLAG, POSITIVE, POSITIVE_INT, Accepts
 from experiments.store import ADAPTER, ADAPTER_INIT, atomic_path, find_init_adapter
 
 
@@ -49,7 +49,7 @@ class LoRA(Method):
     def config(self, cfg: DictConfig) -> lorakit.LoRAConfig:
         """The run's ``lorakit.LoRAConfig``: the one place the method's keys become library arguments."""
         m = cfg.method
-        return lorakit.LoRAConfig(r=m.rank, alpha=float(m.alpha), dropout=float(m.dropout), targets=targets_value(m.targets),
+        return lorakit.LoRAConfig(r=m.rank, alpha=float(m.alpha), dropout=float(m.dropout), targets=_targets(m.targets),
                                   init=m.init, rslora=m.rslora, trainable=tuple(cfg.model.head), use_dora=self.use_dora,
                                   freeze_a=m.freeze_a)
 
@@ -87,7 +87,7 @@ class LoRA(Method):
 
     def run_info(self, cfg: DictConfig) -> dict:
         info = super().run_info(cfg)
-        targets = targets_value(cfg.method.targets)
+        targets = _targets(cfg.method.targets)
         info["targets"] = targets if isinstance(targets, str) else ",".join(targets)
         info["alpha"] = float(info["alpha"])
         info["use_dora"] = self.use_dora
@@ -110,3 +110,8 @@ def factors_replaced(model: nn.Module, factors: dict[str, tuple[torch.Tensor, to
             for name, (a, b) in trained.items():
                 modules[name].lora_A.copy_(a)
                 modules[name].lora_B.copy_(b)
+
+
+def _targets(targets):
+    """A ``targets`` node as lorakit takes it: a preset string, or a tuple of module names."""
+    return targets if isinstance(targets, str) else tuple(OmegaConf.to_container(targets))
