@@ -42,17 +42,25 @@ def intruder_table(runs: pd.DataFrame, task: str | None = None, k: int = 10, thr
     target = _full_norms(full) if len(full) else {}
     missing = [] if len(full) else [f"matched-norm intruders — need a full fine-tune on {task} (method=full) whose "
                                     "‖ΔW‖_F per module sets the common norm"]  # fmt: skip
-    records, bases = [], {}
-    for _, run in on_task.sort_values(["seed", "label"]).iterrows():
-        w0 = run_base_weights(run)
-        for name, d in run_deltas(run["run_dir"], run["method"]).items():
-            if name not in w0 or d.abs().max() == 0:
+    records = []
+    # Module outer, run inner: W₀'s decomposition is shared by every run of one module and dropped before the next,
+    # so memory holds one module's W₀, its basis and one ΔW, never the model's.
+    readers = [(run, run_deltas(run["run_dir"], run["method"]), run_base_weights(run))
+               for _, run in on_task.sort_values(["seed", "label"]).iterrows()]
+    names = list(dict.fromkeys(name for _, deltas, _ in readers for name in deltas))
+    for name in names:
+        basis = None
+        for run, deltas, w0 in readers:
+            if name not in deltas or name not in w0:
                 continue
-            if name not in bases:
-                bases[name] = left_singular_basis(w0[name])
+            d = deltas[name]
+            if d.abs().max() == 0:
+                continue
+            w = w0[name]
+            basis = left_singular_basis(w) if basis is None else basis
             kk = min(k, min(d.shape))
-            raw = intruder_dimensions(w0[name], w0[name].double() + d.double(), kk, threshold, base_basis=bases[name])
-            matched = (intruders_at_norm(w0[name], d, target[name], kk, threshold, base_basis=bases[name])
+            raw = intruder_dimensions(w, w.double() + d.double(), kk, threshold, base_basis=basis)
+            matched = (intruders_at_norm(w, d, target[name], kk, threshold, base_basis=basis)
                        if name in target else None)  # fmt: skip
             mid = parse_module(name)
             records.append({"method": config_label(run), "seed": run["seed"], "layer": mid.layer,

@@ -19,6 +19,7 @@ import torch
 
 from ..maths import noise_floor, signal_rank, singular_values, spectrum
 from ..runs import KIND_LABELS, parse_module, run_deltas, sort_modules
+from ..runs.lazy import Derived
 from ..runs.select import choose_task
 from .common import SPREAD_NOTE, config_label, seed_spread, true_label_runs, weight_runs
 from .table import Table
@@ -33,7 +34,7 @@ def _floors(full: pd.DataFrame, shuffled: pd.DataFrame, task: str) -> tuple[dict
     if len(seeds) >= 2:
         a, b = seeds.iloc[0], seeds.iloc[1]
         da, db = run_deltas(a["run_dir"], "full"), run_deltas(b["run_dir"], "full")
-        floors[SEED_FLOOR] = {n: noise_floor(da[n], db[n]) for n in da if n in db}
+        floors[SEED_FLOOR] = Derived([n for n in da if n in db], lambda n: noise_floor(da[n], db[n]))  # per module
         used += [a["label"], b["label"]]
     else:
         missing.append(f"seed noise floor — needs two full fine-tunes on {task} that differ only in seed "

@@ -1,19 +1,32 @@
-"""The tensors behind a run folder, loaded lazily: LoRA factors, ΔW, the pretrained weights W₀.
+"""The tensors behind a run folder, read one module at a time: LoRA factors, ΔW, the pretrained weights W₀.
 
-ΔW is read from ``delta_weights.safetensors`` (module name -> ΔW, out x in, fp32); a LoRA run written before every
-method saved that file gives ΔW as scale·B·A from its ``adapter/``.
+Every reader returns a mapping whose values are read from disk when asked and never kept (``lazy.LazyTensors``):
+an analysis walking modules holds one module's ΔW, A/B and W₀ at a time, so its peak memory is O(one module) — a
+full fine-tune of a 7B model writes a ~27 GB ΔW file in fp32, which no analysis node could hold several of.
+
+ΔW is read from ``delta_weights.safetensors`` (module name -> ΔW, out x in; fp32, or bf16 with
+``save_delta.dtype=bf16``, returned as fp32 either way); a LoRA run written before every method saved that file gives
+ΔW as scale·B·A from its ``adapter/``. W₀ is read from the checkpoint's safetensors files the same way; a checkpoint
+without them (``pytorch_model.bin``, GGUF) is loaded whole through transformers, one model at a time.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from .folders import RunError, read_config
+from .lazy import Derived, LazyTensors, safetensors_keys
 
 _PEFT_PREFIX = "base_model.model."
+DELTAS = "delta_weights.safetensors"
+_A, _B = ".lora_A.weight", ".lora_B.weight"
+_verified: set[tuple[str, int, int]] = set()  # adapter files whose checksum held: (path, mtime, size)
 
 
 def _strip(name: str) -> str:
@@ -21,50 +34,95 @@ def _strip(name: str) -> str:
     return name[: -len(".weight")] if name.endswith(".weight") else name
 
 
-@lru_cache(maxsize=8)
-def _adapter(run_dir: str, folder: str = "adapter"):
-    from lorakit import LoRAError, read_adapter
+def _adapter_files(run_dir: str, folder: str) -> tuple[dict, Path]:
+    """(adapter_config.json, checked as lorakit checks it; the weights file, its checksum verified once per file
+    version by streaming its tensors one at a time)."""
+    from lorakit import LoRAError
+    from lorakit.files import CHECKSUM_KEY, digest, read_json
+    from lorakit.peft_format import CONFIG_NAME, WEIGHTS_NAME, check_config
 
     path = Path(run_dir) / folder
     if not path.is_dir():
         raise RunError(f"{run_dir}: no {folder}/ folder")
+    weights = path / WEIGHTS_NAME
     try:
-        return read_adapter(path)
-    except LoRAError as err:
+        config = check_config(read_json(path / CONFIG_NAME), path / CONFIG_NAME)
+        stat = weights.stat()
+        stamp = (str(weights.resolve()), stat.st_mtime_ns, stat.st_size)
+        if stamp not in _verified:
+            with safe_open(str(weights), framework="pt") as f:
+                expected = (f.metadata() or {}).get(CHECKSUM_KEY)
+            keys = safetensors_keys(weights)
+            if expected is not None and digest(LazyTensors({k: (str(weights), k) for k in keys})) != expected:
+                raise LoRAError(f"{weights} does not match its checksum ({CHECKSUM_KEY}): its tensor bytes were "
+                                "altered after saving")
+            _verified.add(stamp)
+    except (LoRAError, OSError) as err:
         raise RunError(f"{run_dir}: unreadable {folder}/ ({err})") from err
+    except Exception as err:  # safetensors' own errors for a truncated or foreign file
+        raise RunError(f"{run_dir}: unreadable {folder}/ ({str(err).splitlines()[0] if str(err) else err})") from err
+    return config, weights
 
 
-def lora_factors(run_dir: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{module name: (A r x in, B out x r)} of a LoRA run, after training (``adapter/``)."""
-    return {_strip(n): ab for n, ab in _adapter(str(run_dir)).factors.items()}
+def _factors(run_dir: str, folder: str) -> Mapping[str, tuple[torch.Tensor, torch.Tensor]]:
+    _, weights = _adapter_files(run_dir, folder)
+    keys = set(safetensors_keys(weights))
+    order = safetensors_keys(weights)
+    modules = {_strip(k[: -len(_A)]): k[: -len(_A)] for k in order if k.endswith(_A) and k[: -len(_A)] + _B in keys}
+    tensors = LazyTensors({k: (str(weights), k) for k in keys})
+
+    def read(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return tensors[modules[name] + _A], tensors[modules[name] + _B]
+
+    return Derived(list(modules), read)
 
 
-def init_factors(run_dir: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def lora_factors(run_dir: str) -> Mapping[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module name: (A r x in, B out x r)} of a LoRA run, after training (``adapter/``), read per module."""
+    return _factors(str(run_dir), "adapter")
+
+
+def init_factors(run_dir: str) -> Mapping[str, tuple[torch.Tensor, torch.Tensor]]:
     """{module name: (A₀, B₀)}: the LoRA factors at step 0, from ``adapter_init/`` (written before training)."""
-    return {_strip(n): ab for n, ab in _adapter(str(run_dir), "adapter_init").factors.items()}
+    return _factors(str(run_dir), "adapter_init")
 
 
-@lru_cache(maxsize=4)
-def run_deltas(run_dir: str, method: str) -> dict[str, torch.Tensor]:
-    """{module name: ΔW (out x in)} against the pretrained W: from ``delta_weights.safetensors`` (every method with
-    a ΔW writes it), else, for a LoRA run written before that, scale·B·A from ``adapter/``."""
-    path = Path(run_dir) / "delta_weights.safetensors"
+def run_deltas(run_dir: str, method: str) -> Mapping[str, torch.Tensor]:
+    """{module name: ΔW (out x in), fp32} against the pretrained W, each read when asked: from
+    ``delta_weights.safetensors`` (every method with a ΔW writes it), else, for a LoRA run written before that,
+    scale·B·A from ``adapter/``."""
+    path = Path(run_dir) / DELTAS
     if path.exists():
-        from safetensors.torch import load_file
-
-        return {_strip(n): d for n, d in load_file(str(path)).items()}
+        try:
+            keys = safetensors_keys(path)
+        except Exception as err:  # a truncated or foreign file
+            raise RunError(f"{run_dir}: unreadable {DELTAS} ({str(err).splitlines()[0] if str(err) else err})") from err
+        return LazyTensors({_strip(k): (str(path), k) for k in keys}, lambda t: t.float())
     if method == "lora":
-        return {_strip(n): d for n, d in _adapter(str(run_dir)).delta_weights().items()}
-    raise RunError(f"{run_dir}: no ΔW (method={method}: no delta_weights.safetensors)")
+        from lorakit import LoRAError, lora_scale, read_adapter
+
+        config, _ = _adapter_files(str(run_dir), "adapter")
+        if config.get("use_dora") or config.get("init_lora_weights") == "pissa":  # ΔW needs more than B·A
+            try:
+                return read_adapter(Path(run_dir) / "adapter").delta_weights()
+            except LoRAError as err:
+                raise RunError(f"{run_dir}: {err}") from err
+        scale = lora_scale(int(config["r"]), float(config["lora_alpha"]), bool(config.get("use_rslora") or False))
+        factors = lora_factors(run_dir)
+        return Derived(list(factors), lambda n: (factors[n][1].float() @ factors[n][0].float()) * scale)
+    raise RunError(f"{run_dir}: no ΔW (method={method}: no {DELTAS})")
 
 
 def num_labels(run_dir: str) -> int:
-    """The classifier's output size: from the adapter's saved head, else config.yaml, else 2."""
+    """The classifier's output size: from the adapter's saved head (its header), else config.yaml, else 2."""
     run = Path(run_dir)
     if (run / "adapter").is_dir():
-        for name, t in _adapter(str(run)).extra.items():
-            if name.endswith(("classifier.weight", "classifier.out_proj.weight")) and t.ndim == 2:
-                return int(t.shape[0])
+        _, weights = _adapter_files(str(run), "adapter")
+        with safe_open(str(weights), framework="pt") as f:
+            for key in f.keys():
+                shape = f.get_slice(key).get_shape()
+                if key.endswith(("classifier.weight", "classifier.out_proj.weight")) and len(shape) == 2:
+                    return int(shape[0])
     cfg = read_config(run)
     for node in (cfg.get("task") or {}, cfg.get("model") or {}, cfg):
         if isinstance(node, dict) and isinstance(node.get("num_labels"), int):
@@ -78,7 +136,7 @@ def gguf_file(run_dir: str) -> str | None:
     return model.get("gguf_file") if isinstance(model, dict) and model.get("family") == "causal_lm" else None
 
 
-def run_base_weights(run: "pd.Series") -> dict[str, torch.Tensor]:
+def run_base_weights(run: "pd.Series") -> Mapping[str, torch.Tensor]:
     """``base_weights`` of the model a run (a row of the run table) started from: an encoder with its head's size,
     or a causal LM (its GGUF file where it came from one)."""
     if run.get("family") == "causal_lm":
@@ -86,15 +144,93 @@ def run_base_weights(run: "pd.Series") -> dict[str, torch.Tensor]:
     return base_weights(run["model_path"], num_labels(run["run_dir"]))
 
 
-@lru_cache(maxsize=2)
-def base_weights(model_path: str, labels: int = 2, causal_lm: bool = False, gguf: str | None = None) -> dict[str, torch.Tensor]:
-    """{module name: W₀} for every 2-D ``*.weight`` of the pretrained model a run started from.
+def base_weights(model_path: str, labels: int = 2, causal_lm: bool = False,
+                 gguf: str | None = None) -> Mapping[str, torch.Tensor]:
+    """{module name: W₀ (out x in)} for every 2-D ``*.weight`` of the pretrained model a run started from.
 
     Names match the model the run trained (``AutoModelForSequenceClassification`` with ``labels`` outputs, or
-    ``AutoModelForCausalLM``, from ``gguf`` in ``model_path`` when given), the names ΔW files use.
+    ``AutoModelForCausalLM``), the names ΔW files use. From the checkpoint's safetensors files each W₀ is read when
+    asked (``checkpoint_weights``); a head the checkpoint lacks (a fresh classifier) is not in the mapping. A GGUF or
+    pickled checkpoint is loaded whole (``loaded_weights``).
     """
     if not model_path:
         raise RunError("metrics.json has no run.model_path; cannot load the pretrained weights W₀")
+    lazy = None if gguf else checkpoint_weights(model_path, labels, causal_lm)
+    return lazy if lazy is not None else loaded_weights(model_path, labels, causal_lm, gguf)
+
+
+def _skeleton(model_path: str, labels: int, causal_lm: bool):
+    """The model's modules on the meta device (no memory, no weights read): its names, ties and Conv1D layers."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_path, **({} if causal_lm else {"num_labels": labels}))
+    with torch.device("meta"):
+        return (AutoModelForCausalLM if causal_lm else AutoModelForSequenceClassification).from_config(config)
+
+
+def _checkpoint_files(model_path: str) -> dict[str, str] | None:
+    """{checkpoint key: safetensors file} of a checkpoint folder (single file or sharded), None without one."""
+    root = Path(model_path)
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        return {k: str(root / f) for k, f in json.loads(index.read_text())["weight_map"].items()}
+    single = root / "model.safetensors"
+    return {k: str(single) for k in safetensors_keys(single)} if single.is_file() else None
+
+
+@lru_cache(maxsize=16)  # file names and keys only: no tensor is held
+def checkpoint_weights(model_path: str, labels: int = 2, causal_lm: bool = False) -> LazyTensors | None:
+    """W₀ read per module from the checkpoint's safetensors files, keys matched to the task model's names the way
+    transformers matches them (with or without the base model's prefix; a tied weight through its twin). None when
+    the checkpoint has no safetensors file or no name matches."""
+    import lorakit
+
+    files = _checkpoint_files(model_path)
+    if files is None:
+        return None
+    try:
+        model = _skeleton(model_path, labels, causal_lm)
+    except (OSError, ValueError) as err:
+        raise RunError(f"cannot read the pretrained model's config at {model_path!r}: {err}") from err
+    prefix = model.base_model_prefix + "."
+    twins: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        twins.setdefault(id(param), []).append(name)
+    transposed = {f"{name}.weight" for name in lorakit.fan_in_fan_out_modules(model)}  # Conv1D: W stored in × out
+    sources, flip = {}, set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if not name.endswith(".weight") or param.ndim != 2:
+            continue
+        for alias in twins[id(param)]:
+            key = next((k for k in (alias, alias.removeprefix(prefix), prefix + alias) if k in files), None)
+            if key is not None:
+                sources[_strip(name)] = (files[key], key)
+                if name in transposed:
+                    flip.add(files[key] + "\0" + key)
+                break
+    if not sources:
+        return None
+    return _Oriented(sources, flip)
+
+
+class _Oriented(LazyTensors):
+    """Checkpoint tensors with Conv1D weights (stored in × out) turned to out × in."""
+
+    def __init__(self, sources, flip: set[str]) -> None:
+        super().__init__(sources)
+        self._flip = flip
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        file, key = self._sources[name]
+        tensor = super().__getitem__(name)
+        return tensor.t() if file + "\0" + key in self._flip else tensor
+
+
+@lru_cache(maxsize=1)
+def loaded_weights(model_path: str, labels: int = 2, causal_lm: bool = False,
+                   gguf: str | None = None) -> dict[str, torch.Tensor]:
+    """``base_weights`` through ``from_pretrained``: the whole model in memory (one kept), for the checkpoints
+    safetensors cannot read per tensor (GGUF, pickled) and as the reference the lazy reader is tested against."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -118,5 +254,3 @@ def base_weights(model_path: str, labels: int = 2, causal_lm: bool = False, gguf
     state = model.state_dict()
     return {_strip(n): (t.t() if n in transposed else t).detach().clone()
             for n, t in state.items() if n.endswith(".weight") and t.ndim == 2}
-
-
