@@ -92,6 +92,21 @@ def subset(n: int, k: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:k])
 
 
+SELECTION = "selection"  # the split the reported epoch is chosen on (train.select_on=selection), held out of training
+SELECTION_SUFFIX = "_selection"  # its metrics' suffix in metrics.json: accuracy_selection, eval_loss_selection, ...
+
+
+def selection_slice(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training positions, selection positions) of a training subset of n examples: k of them, chosen by ``seed``
+    from a stream of their own (not the subset's), held out and never trained on; both in their original order."""
+    if k >= n:
+        raise DataError(f"data.selection_examples={k} leaves nothing to train on: the training subset has {n} examples "
+                        f"(train.max_train_samples); accepted: 0 <= data.selection_examples < {n}")
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng([seed, 1]).permutation(n)[:k]] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
 @dataclass
 class TokenizedSplit(Dataset):
     """Variable-length token sequences stored flat: example i is ``ids[offsets[i]:offsets[i + 1]]``."""
@@ -160,24 +175,28 @@ def _source_fingerprint(frames_source: str, splits: list[str]) -> str:
 
 def load_tokenized(cfg: DictConfig, tokenizer) -> tuple[dict[str, TokenizedSplit], str]:
     """The run's splits, tokenized: from ``execution.cache_dir`` when this (task, tokenizer, max length, subset) was
-    seen. With ``data.shuffle_labels`` the training labels are permuted (a fixed permutation: ``data.subset_seed``)."""
+    seen. With ``data.shuffle_labels`` the training labels are permuted (a fixed permutation: ``data.subset_seed``).
+    With ``data.selection_examples`` = k > 0 a split ``SELECTION`` of k examples is taken out of the training subset
+    (``selection_slice``), keeps its true labels, and the training split is the rest."""
     task, data, train = cfg.task, cfg.data, cfg.train
-    splits = [task.train_split, *task.eval_splits]
+    held_out = int(data.get("selection_examples") or 0)
+    read = [task.train_split, *task.eval_splits]
+    splits = read + ([SELECTION] if held_out else [])
     frames, source = read_glue(task, cfg.execution.data_dir, data.hub)
-    key = json.dumps(
-        {
-            "format": CACHE_FORMAT,
-            "task": task.name,
-            "columns": list(task.text_columns),
-            "source": _source_fingerprint(source, splits),
-            "tokenizer": tokenizer_fingerprint(tokenizer),
-            "max_length": train.max_length,
-            "max_train_samples": train.max_train_samples,
-            "max_eval_samples": train.max_eval_samples,
-            "subset_seed": data.subset_seed,
-        },
-        sort_keys=True,
-    )
+    fields = {
+        "format": CACHE_FORMAT,
+        "task": task.name,
+        "columns": list(task.text_columns),
+        "source": _source_fingerprint(source, read),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_length": train.max_length,
+        "max_train_samples": train.max_train_samples,
+        "max_eval_samples": train.max_eval_samples,
+        "subset_seed": data.subset_seed,
+    }
+    if held_out:  # only then, so the files cached before the key existed are still found
+        fields["selection_examples"] = held_out
+    key = json.dumps(fields, sort_keys=True)
     path = Path(cfg.execution.cache_dir) / f"{task.name}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.npz"
     if path.is_file():
         with np.load(path) as arrays:
@@ -185,9 +204,14 @@ def load_tokenized(cfg: DictConfig, tokenizer) -> tuple[dict[str, TokenizedSplit
 
     regression = task.num_labels == 1
     out = {}
-    for split in splits:
+    for split in read:
         limit = train.max_train_samples if split == task.train_split else train.max_eval_samples
         frame = frames[split].iloc[subset(len(frames[split]), limit, data.subset_seed)]
+        if split == task.train_split and held_out:
+            kept, selection = selection_slice(len(frame), held_out, data.subset_seed)
+            out[SELECTION] = tokenize(frame.iloc[selection], list(task.text_columns), tokenizer, train.max_length,
+                                      regression)
+            frame = frame.iloc[kept]
         out[split] = tokenize(frame, list(task.text_columns), tokenizer, train.max_length, regression)
     # Parallel jobs may both get here; each renames a complete file of the same bytes into place.
     with atomic_path(path) as tmp, open(tmp, "wb") as f:

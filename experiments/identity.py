@@ -28,7 +28,10 @@ SEED = "seed"
 # Keys added to the config after runs were written, each with the value that behaves as those runs did (dotted path →
 # value). While a run holds that value the key is left out of its identity, so old and new runs of one configuration
 # stay one configuration. A new key that changes what a run computes goes here with its old behaviour as the value.
-ADDED: dict[str, object] = {}
+ADDED: dict[str, object] = {
+    "data.selection_examples": 0,  # issue 22: no selection slice, the whole training subset trained on
+    "train.select_on": "dev",      # issue 22: the reported epoch chosen on the dev set it is reported on
+}
 
 
 def known_options(group: str) -> list[str]:

@@ -34,6 +34,8 @@ KEYS: dict[str, Accepts] = {
     "train.divergence_factor": Accepts(float, low=1, low_open=True),
     "data.subset_seed": NATURAL,
     "data.shuffle_labels": FLAG,
+    "data.selection_examples": NATURAL,
+    "train.select_on": Accepts(str, choices=("dev", "selection")),
     "probes.truncation": FLAG,
     "probes.forgetting": Accepts(str, choices=("auto", True, False)),
     "probes.forgetting_pairs": Accepts(int, low=10, nullable=True),

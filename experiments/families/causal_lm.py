@@ -37,6 +37,9 @@ class CausalLM(Family):
         if cfg.method.name == "head":
             raise ConfigError(f"method=head trains a new task head alone; a causal LM (task={cfg.task.name}) writes "
                               f"with its pretrained lm_head and has none; use method=lora, dora, full or adapter")
+        if cfg.data.get("selection_examples") or cfg.train.get("select_on", "dev") != "dev":
+            raise ConfigError(f"data.selection_examples / train.select_on=selection are GLUE-only; task={cfg.task.name} "
+                              f"(causal LM) picks its epoch on its eval MRs: use data.selection_examples=0 train.select_on=dev")
         folder = cfg.execution.e2e_dir
         if folder is not None and not Path(folder).is_dir():
             raise ConfigError(f"data folder {folder} does not exist; expected {', '.join(cfg.task.files.values())} "
