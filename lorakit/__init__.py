@@ -38,6 +38,7 @@ from .inject import (
 from .layers import LoRALinear, LoRASlot
 from .nf4 import NF4LoRALinear, dequantize, quantize_base, weight_bytes
 from .pissa import PiSSALinear
+from .gradient_init import GradientLinear
 from .peft_format import Adapter, read_adapter
 from .state import load_adapter, save_adapter
 
@@ -49,6 +50,7 @@ __all__ = [
     "AdapterConfig",
     "AdapterLinear",
     "DoRALinear",
+    "GradientLinear",
     "LoRAConfig",
     "LoRAError",
     "LoRALinear",

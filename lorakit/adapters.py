@@ -208,9 +208,9 @@ def add_adapter(
     for module_name, (A, B) in factors.items():
         module, magnitude = modules[module_name], (magnitudes or {}).get(module_name)
         if isinstance(module, LoRALinear):
-            module.add_adapter(name, A, B, config.alpha, config.rslora, config.dropout, magnitude)
+            module.add_adapter(name, A, B, config.alpha_for(module_name), config.rslora, config.dropout, magnitude)
             continue
-        layer = lora_layer(module, config, name)
+        layer = lora_layer(module, config, name, module_name)
         with torch.no_grad():
             layer.lora_A.copy_(A)
             layer.lora_B.copy_(B)

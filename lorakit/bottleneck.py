@@ -107,7 +107,7 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> list[str]:
     if adapter_modules(model):
         raise LoRAError("model already has adapters; inject into a fresh model, or load_bottleneck_adapters into it")
     names = wrap_linears(model, config.targets, config.trainable,
-                         lambda base: AdapterLinear(base, config.size, config.activation))
+                         lambda base, _: AdapterLinear(base, config.size, config.activation))
     model.adapter_config = config
     return names
 

@@ -6,8 +6,9 @@ The library takes this small frozen dataclass; Hydra (or any other front end) co
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 
 class LoRAError(ValueError):
@@ -43,7 +44,9 @@ TARGET_PRESETS: dict[str, tuple[str, ...]] = {
     "all": _projection_names("qkvo") + _MLP,
 }
 
-INITS = ("gaussian", "kaiming", "pissa")
+INITS = ("gaussian", "kaiming", "pissa", "gradient")
+# Inits that replace the frozen W by a residual, so the adapter is saved as a plain LoRA of rank 2r (lorakit.pissa).
+RESIDUAL_INITS = ("pissa", "gradient")
 
 
 def resolve_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
@@ -86,6 +89,13 @@ class LoRAConfig:
         use_dora: DoRA (Liu et al. 2024): W' = m ⊙ (W₀ + scale·B A) / ‖W₀ + scale·B A‖, with a trainable magnitude
             m per output row (``DoRALinear``).
         freeze_a: LoRA-FA (Zhu et al. 2024): A stays at its random init and only B trains.
+        rank_pattern, alpha_pattern: a rank (α) per module, overriding ``r`` (``alpha``) where a pattern matches, with
+            PEFT's semantics (``pattern_key``): patterns are regular expressions tried in order, and the first one
+            matching the module's full name, or a dot-separated suffix of it, gives the value. Given as a mapping;
+            held as a tuple of (pattern, value) pairs, in order, so the config stays frozen and hashable.
+        init ``"gradient"``: LoRA-GA (Wang et al. 2024): A, B from the SVD of G₀ = ∂L/∂W at the pretrained W, W
+            replaced by the residual so the model starts unchanged (``GradientLinear``; ``inject_lora(...,
+            gradients=)`` takes G₀ per module).
     """
 
     r: int = 8
@@ -97,6 +107,8 @@ class LoRAConfig:
     trainable: tuple[str, ...] = field(default=("classifier",))
     use_dora: bool = False
     freeze_a: bool = False
+    rank_pattern: Mapping[str, int] | tuple[tuple[str, int], ...] = ()
+    alpha_pattern: Mapping[str, float] | tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
@@ -110,16 +122,18 @@ class LoRAConfig:
         for flag in ("use_dora", "freeze_a", "rslora"):
             if not isinstance(getattr(self, flag), bool):
                 raise LoRAError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
-        if self.freeze_a and self.init == "pissa":
+        if self.freeze_a and self.init in RESIDUAL_INITS:
             raise LoRAError(
-                "freeze_a=True does not combine with init='pissa' (PiSSA's A holds W's top singular directions "
-                "and must train); accepted: freeze_a with init gaussian or kaiming"
+                f"freeze_a=True does not combine with init={self.init!r} (its A holds W's or G₀'s top singular "
+                f"directions and must train); accepted: freeze_a with init gaussian or kaiming"
             )
-        if self.use_dora and self.init == "pissa":
+        if self.use_dora and self.init in RESIDUAL_INITS:
             raise LoRAError(
-                "use_dora=True does not combine with init='pissa' (a PiSSA adapter is saved as a plain LoRA of "
-                "rank 2r, which DoRA's normalisation rules out); accepted: use_dora with init gaussian or kaiming"
+                f"use_dora=True does not combine with init={self.init!r} (the adapter is saved as a plain LoRA of "
+                f"rank 2r, which DoRA's normalisation rules out); accepted: use_dora with init gaussian or kaiming"
             )
+        object.__setattr__(self, "rank_pattern", pattern_pairs(self.rank_pattern, "rank_pattern", integer=True))
+        object.__setattr__(self, "alpha_pattern", pattern_pairs(self.alpha_pattern, "alpha_pattern", integer=False))
         if not isinstance(self.targets, str):
             object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "trainable", tuple(self.trainable))
@@ -132,6 +146,51 @@ class LoRAConfig:
     @property
     def target_names(self) -> tuple[str, ...]:
         return resolve_targets(self.targets)
+
+    def rank_for(self, module: str) -> int:
+        """The rank of the module named ``module``: its ``rank_pattern`` entry, else ``r``."""
+        key = pattern_key([p for p, _ in self.rank_pattern], module)
+        return dict(self.rank_pattern)[key] if key is not None else self.r
+
+    def alpha_for(self, module: str) -> float:
+        """The α of the module named ``module``: its ``alpha_pattern`` entry, else ``alpha``."""
+        key = pattern_key([p for p, _ in self.alpha_pattern], module)
+        return float(dict(self.alpha_pattern)[key]) if key is not None else float(self.alpha)
+
+    def scale_for(self, module: str) -> float:
+        return lora_scale(self.rank_for(module), self.alpha_for(module), self.rslora)
+
+
+def pattern_key(patterns: Sequence[str], module: str) -> str | None:
+    """The first of ``patterns`` matching the module name ``module``, or None: PEFT's ``get_pattern_key`` rule — a
+    pattern is a regular expression that must match the whole name, or the part after some ".":
+    ``re.match(rf"(.*\\.)?({pattern})$", module)``. So ``"query"`` picks every ``....query``, ``"layer.0.*query"`` one
+    layer's, and ``"^bert.encoder.layer.0.attention.self.query"`` exactly that module."""
+    for pattern in patterns:
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return pattern
+    return None
+
+
+def pattern_pairs(value, what: str, integer: bool) -> tuple[tuple[str, int | float], ...]:
+    """A pattern mapping (or pairs) checked and frozen: keys compile as regular expressions, values are positive
+    integers (ranks) or positive numbers (α)."""
+    pairs = tuple(value.items()) if isinstance(value, Mapping) else tuple(tuple(p) for p in value or ())
+    accepted = "positive integers" if integer else "positive numbers"
+    for pair in pairs:
+        if len(pair) != 2 or not isinstance(pair[0], str) or not pair[0]:
+            raise LoRAError(f"{what} maps module-name patterns to {accepted}, got the entry {pair!r}")
+        pattern, number = pair
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise LoRAError(f"{what} key {pattern!r} is not a regular expression ({err}); keys are module-name "
+                            f"patterns as in PEFT") from None
+        bad = (isinstance(number, bool) or not isinstance(number, (int, float)) or not number > 0
+               or (integer and not float(number).is_integer()) or not math.isfinite(number))
+        if bad:
+            raise LoRAError(f"{what}[{pattern!r}] = {number!r}; accepted: {accepted}")
+    return tuple((p, int(n) if integer else float(n)) for p, n in pairs)
 
 
 def lora_scale(r: int, alpha: float, rslora: bool = False) -> float:

@@ -9,6 +9,7 @@ from torch import nn
 
 from .config import LoRAConfig, LoRAError
 from .dora import DoRALinear
+from .gradient_init import GradientLinear
 from .layers import LoRALinear
 from .linear import is_conv1d, is_linear
 from .pissa import PiSSALinear
@@ -56,19 +57,30 @@ def fan_in_fan_out_modules(model: nn.Module) -> list[str]:
             if is_conv1d(module) or (isinstance(module, LoRALinear) and module.fan_in_fan_out)]
 
 
-def inject_lora(model: nn.Module, config: LoRAConfig, name: str = DEFAULT_NAME) -> list[str]:
+def inject_lora(
+    model: nn.Module, config: LoRAConfig, name: str = DEFAULT_NAME, gradients: Mapping[str, torch.Tensor] | None = None
+) -> list[str]:
     """Replace every linear layer (``nn.Linear``, GPT-2's ``Conv1D``) whose name matches ``config.targets`` with a
     ``LoRALinear`` (``DoRALinear``, ``PiSSALinear``: see ``lora_layer``), in place, holding one adapter, ``name``
     (PEFT's "default" unless given; more arrive with ``load_adapter(..., name=...)``).
 
     Every parameter is frozen except the LoRA factors and those of the modules in ``config.trainable`` (the task head).
+    Each module gets the rank and α of ``config.rank_for``/``alpha_for`` (``rank_pattern``, ``alpha_pattern``).
+    ``init="gradient"`` needs ``gradients``: module name → G₀ = ∂L/∂W (out × in) at the pretrained weights.
     Returns the replaced module names, in model order.
     """
     if lora_modules(model):
         raise LoRAError("model already has LoRA layers; inject into a fresh model, or load_adapter to replace them")
     check_name(name)
-    names = wrap_linears(model, config.target_names, config.trainable, lambda base: lora_layer(base, config, name),
-                         check=lambda base: lora_layer_type(config).check(base, config.r))
+    gradients = dict(gradients or {})
+
+    def check(base: nn.Module, module: str) -> None:
+        lora_layer_type(config).check(base, config.rank_for(module))
+        if config.init == "gradient":
+            GradientLinear.check_gradient(base, gradients.get(module), module)
+
+    names = wrap_linears(model, config.target_names, config.trainable,
+                         lambda base, module: lora_layer(base, config, name, module, gradients.get(module)), check)
     model.lora_config = config  # the config of the adapter in front (PEFT's modules_to_save and init when saved)
     model.lora_adapters = AdapterSet({name: config}, (name,))
     claim_head(model, model.lora_adapters, name, head_parameter_names(model, config.trainable))
@@ -80,9 +92,9 @@ def wrap_linears(
 ) -> list[str]:
     """Replace each linear layer (``nn.Linear``, GPT-2's ``Conv1D``) matching ``patterns`` outside the ``trainable``
     modules by ``wrap(linear)``, after freezing every parameter but those of ``trainable`` (so the wrappers' new
-    parameters start trainable). ``check(linear)`` raises for a layer ``wrap`` would refuse, and runs on every layer
-    first, so a refusal changes nothing. Returns the names, in model order; no match is a one-line error listing the
-    model's linear modules."""
+    parameters start trainable). ``check(linear, name)`` raises for a layer ``wrap(linear, name)`` would refuse, and
+    runs on every layer first, so a refusal changes nothing. Returns the names, in model order; no match is a one-line
+    error listing the model's linear modules."""
     names = [
         name
         for name, module in model.named_modules()
@@ -94,12 +106,12 @@ def wrap_linears(
                         f"{shown}")
     for name in names:
         if check is not None:
-            check(model.get_submodule(name))
+            check(model.get_submodule(name), name)
     freeze_except(model, trainable)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, wrap(getattr(parent, child)))
+        setattr(parent, child, wrap(getattr(parent, child), name))
     return names
 
 
@@ -111,17 +123,25 @@ def layer_kind(module: LoRALinear) -> str:
 
 
 def lora_layer_type(config: LoRAConfig) -> type[LoRALinear]:
-    """LoRALinear, DoRALinear (use_dora) or PiSSALinear (init="pissa")."""
-    return DoRALinear if config.use_dora else PiSSALinear if config.init == "pissa" else LoRALinear
+    """LoRALinear, DoRALinear (use_dora), PiSSALinear (init="pissa") or GradientLinear (init="gradient")."""
+    if config.use_dora:
+        return DoRALinear
+    return {"pissa": PiSSALinear, "gradient": GradientLinear}.get(config.init, LoRALinear)
 
 
-def lora_layer(base: nn.Module, config: LoRAConfig, name: str = DEFAULT_NAME) -> LoRALinear:
-    """The layer ``config`` asks for around ``base`` (``lora_layer_type``), its adapter named ``name``; with
-    ``freeze_a`` (LoRA-FA) A keeps its random init and only B trains."""
+def lora_layer(base: nn.Module, config: LoRAConfig, name: str = DEFAULT_NAME, module: str | None = None,
+               gradient: torch.Tensor | None = None) -> LoRALinear:
+    """The layer ``config`` asks for around ``base`` (``lora_layer_type``), its adapter named ``name``, with the
+    rank and α ``config`` gives the module named ``module`` (``r`` and ``alpha`` without a name); ``gradient`` is
+    G₀ for ``init="gradient"``. With ``freeze_a`` (LoRA-FA) A keeps its random init and only B trains."""
+    r, alpha = (config.rank_for(module), config.alpha_for(module)) if module is not None else (config.r, config.alpha)
     if config.init == "pissa":
-        layer = PiSSALinear(base, config.r, config.alpha, config.dropout, config.rslora)
+        layer = PiSSALinear(base, r, alpha, config.dropout, config.rslora)
+    elif config.init == "gradient":
+        GradientLinear.check_gradient(base, gradient, module)
+        layer = GradientLinear(base, r, alpha, gradient, config.dropout, config.rslora)
     else:
-        layer = lora_layer_type(config)(base, config.r, config.alpha, config.dropout, config.init, config.rslora)
+        layer = lora_layer_type(config)(base, r, alpha, config.dropout, config.init, config.rslora)
     if config.freeze_a:
         layer.lora_A.requires_grad_(False)
     layer.adapter_name, layer.active_adapters = name, (name,)

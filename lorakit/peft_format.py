@@ -17,7 +17,7 @@ from typing import Mapping
 
 import torch
 
-from .config import LoRAError, lora_scale
+from .config import LoRAError, lora_scale, pattern_pairs, pattern_key
 from .files import load_tensors, read_json
 
 CONFIG_NAME = "adapter_config.json"
@@ -37,9 +37,13 @@ class Adapter:
 
     config: dict
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A: r x in, B: out x r)
-    scale: float
+    scale: float  # of the modules rank_pattern and alpha_pattern leave at r and lora_alpha
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # "<module>.<param>" -> tensor (modules_to_save)
     magnitudes: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> m (out,), DoRA only
+    scales: dict[str, float] = field(default_factory=dict)  # module name -> its scale, where patterns change it
+
+    def scale_of(self, name: str) -> float:
+        return self.scales.get(name, self.scale)
 
     @property
     def r(self) -> int:
@@ -60,7 +64,7 @@ class Adapter:
                 "this adapter was saved by PEFT with init 'pissa' unconverted: its ΔW against the pretrained W needs "
                 "the initial factors; load_adapter it into the model and use delta_weights(model)"
             )
-        deltas = {name: (B.float() @ A.float()) * self.scale for name, (A, B) in self.factors.items()}
+        deltas = {name: (B.float() @ A.float()) * self.scale_of(name) for name, (A, B) in self.factors.items()}
         if self.kind == "plain LoRA":
             return deltas
         missing = [name for name in deltas if base_weights is None or name not in base_weights]
@@ -114,13 +118,20 @@ def read_adapter(path: str | os.PathLike) -> Adapter:
                         f"true")
     if incomplete or not factors:
         raise LoRAError(f"adapter at {path} is incomplete: {'no LoRA tensors' if not factors else incomplete}")
-    r = config["r"]
+    r, alpha, rslora = config["r"], float(config["lora_alpha"]), bool(config.get("use_rslora") or False)
+    ranks, alphas = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    scales = {}
     for name, (A, B) in factors.items():
-        if A.shape[0] != r or B.shape[1] != r:
-            rank = A.shape[0] if A.shape[0] != r else B.shape[1]
-            raise LoRAError(f"adapter at {path}: {name} has rank {rank}, config says r={r}")
-    scale = lora_scale(r, float(config["lora_alpha"]), bool(config.get("use_rslora") or False))
-    return Adapter(config, {n: (A, B) for n, (A, B) in factors.items()}, scale, extra, magnitudes)
+        r_key, alpha_key = pattern_key(list(ranks), name), pattern_key(list(alphas), name)
+        expected = ranks[r_key] if r_key is not None else r
+        if A.shape[0] != expected or B.shape[1] != expected:
+            rank = A.shape[0] if A.shape[0] != expected else B.shape[1]
+            says = f"rank_pattern[{r_key!r}]={expected}" if r_key is not None else f"r={r}"
+            raise LoRAError(f"adapter at {path}: {name} has rank {rank}, config says {says}")
+        if r_key is not None or alpha_key is not None:
+            scales[name] = lora_scale(expected, float(alphas[alpha_key]) if alpha_key is not None else alpha, rslora)
+    return Adapter(config, {n: (A, B) for n, (A, B) in factors.items()}, lora_scale(r, alpha, rslora), extra,
+                   magnitudes, scales)
 
 
 def check_config(config: dict, file: Path) -> dict:
@@ -146,7 +157,14 @@ def check_config(config: dict, file: Path) -> dict:
     if modules_to_save is not None and (
             not isinstance(modules_to_save, list) or not all(isinstance(m, str) and m for m in modules_to_save)):
         raise LoRAError(f"{file}: modules_to_save must be a list of module names or null, got {modules_to_save!r}")
-    unsupported = [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform") if config.get(k)]
+    for key, what in (("rank_pattern", "positive integers"), ("alpha_pattern", "positive numbers")):
+        if not isinstance(config.get(key) or {}, dict):
+            raise LoRAError(f"{file}: {key} must map module-name patterns to {what}, got {config[key]!r}")
+        try:  # PEFT's per-module ranks and α: checked as LoRAConfig checks them
+            pattern_pairs(config.get(key) or {}, key, integer=key == "rank_pattern")
+        except LoRAError as err:
+            raise LoRAError(f"{file}: {err}") from None
+    unsupported = [k for k in ("layers_to_transform",) if config.get(k)]
     if config.get("bias", "none") != "none":
         unsupported += ["bias"]
     if unsupported:

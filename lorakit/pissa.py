@@ -30,8 +30,10 @@ class PiSSALinear(LoRALinear):
     buffers: the SVD of the pretrained W gives them again, so a state dict holds the same keys as plain LoRA's.
     """
 
+    INIT = "pissa"
+
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False) -> None:
-        super().__init__(base, r, alpha, dropout, "pissa", rslora)
+        super().__init__(base, r, alpha, dropout, self.INIT, rslora)
 
     @classmethod
     def check(cls, base: nn.Module, r: int) -> None:
@@ -39,26 +41,29 @@ class PiSSALinear(LoRALinear):
         if is_linear(base) and 2 * r > min(features(base)):
             in_features, out_features = features(base)
             raise LoRAError(
-                f"init='pissa' needs 2r <= min(in, out) = {min(in_features, out_features)} for a "
+                f"init={cls.INIT!r} needs 2r <= min(in, out) = {min(in_features, out_features)} for a "
                 f"{out_features}x{in_features} linear layer (its adapter is saved as a LoRA of rank 2r), got r={r}"
             )
         super().check(base, r)
+
+    def initial_factors(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A₀, B₀) from W (fp32, out × in): scale·B₀A₀ is W's best rank-r approximation."""
+        U, S, Vh = torch.linalg.svd(weight, full_matrices=False)
+        root = torch.sqrt(S[: self.r] / self.scale)
+        return root.unsqueeze(1) * Vh[: self.r], U[:, : self.r] * root
 
     @torch.no_grad()
     def reset_lora_parameters(self, init: str = "pissa") -> None:
         """The first call (from ``__init__``) factors W and replaces it by the residual; later calls set A, B back to
         A₀, B₀, so the adapted model is the pretrained one again."""
-        if init != "pissa":
-            raise LoRAError(f"PiSSALinear takes init 'pissa', got {init!r}")
+        if init != self.INIT:
+            raise LoRAError(f"{type(self).__name__} takes init {self.INIT!r}, got {init!r}")
         if "lora_A_init" in self._buffers:
             self.lora_A.copy_(self.lora_A_init)
             self.lora_B.copy_(self.lora_B_init)
             return
         weight = self.base_weight()  # a view: the residual below is written into the stored weight
-        U, S, Vh = torch.linalg.svd(weight.float(), full_matrices=False)
-        root = torch.sqrt(S[: self.r] / self.scale)
-        A = root.unsqueeze(1) * Vh[: self.r]
-        B = U[:, : self.r] * root
+        A, B = self.initial_factors(weight.float())
         self.lora_A.copy_(A)
         self.lora_B.copy_(B)
         self.register_buffer("lora_A_init", self.lora_A.detach().clone(), persistent=False)
@@ -82,4 +87,4 @@ class PiSSALinear(LoRALinear):
         return A, B, 2 * self.r, alpha
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", init=pissa"
+        return super().extra_repr() + f", init={self.INIT}"

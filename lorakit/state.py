@@ -9,6 +9,8 @@ and one written by PEFT loads here.
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,21 +58,23 @@ def _save_one(model: nn.Module, record: AdapterSet, path: Path, name: str, base_
         raise LoRAError(f"save_adapter: the model mixes {' and '.join(sorted(kinds))} layers; PEFT's format holds one")
     config: LoRAConfig | None = record.configs.get(name)
 
-    tensors, shapes = {}, set()
+    tensors, shapes = {}, {}
     for module_name, module in modules.items():
         slot = module.slot(name)
         if isinstance(module, PiSSALinear):
             A, B, r, alpha = module.as_plain_lora()
         else:
             A, B, r, alpha = slot.lora_A.detach(), slot.lora_B.detach(), slot.r, slot.alpha
-        shapes.add((r, alpha, slot.rslora))
+        shapes[module_name] = (r, alpha, slot.rslora)
         tensors[PREFIX + module_name + A_KEY] = A
         tensors[PREFIX + module_name + B_KEY] = B
         if isinstance(module, DoRALinear):
             tensors[PREFIX + module_name + MAGNITUDE_KEY] = slot.magnitude.detach()
-    if len(shapes) > 1:
-        raise LoRAError("save_adapter: LoRA layers differ in r, alpha or rslora; PEFT's format needs one of each")
-    (r, alpha, rslora), first = shapes.pop(), next(iter(modules.values()))
+    if len({rslora for _, _, rslora in shapes.values()}) > 1:
+        raise LoRAError("save_adapter: LoRA layers differ in rslora; PEFT's format has one use_rslora flag")
+    (r, rank_pattern), (alpha, alpha_pattern) = (_default_and_pattern({n: s[i] for n, s in shapes.items()})
+                                                 for i in (0, 1))
+    rslora, first = next(iter(shapes.values()))[2], next(iter(modules.values()))
     tensors.update({PREFIX + key: value for key, value in head_values(model, record, name).items()})
     modules_to_save = list(config.trainable) if config and record.head_keys.get(name) else []
 
@@ -94,8 +98,8 @@ def _save_one(model: nn.Module, record: AdapterSet, path: Path, name: str, base_
         # PEFT's flag for GPT-2's Conv1D (W stored in × out); A and B have the same shapes either way.
         "fan_in_fan_out": any(m.fan_in_fan_out for m in modules.values()),
         "inference_mode": True,
-        "rank_pattern": {},
-        "alpha_pattern": {},
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
     }
     metadata = {"format": "pt", "lorakit_model_class": type(model).__name__}
     if isinstance(first, PiSSALinear):
@@ -104,6 +108,15 @@ def _save_one(model: nn.Module, record: AdapterSet, path: Path, name: str, base_
     save_tensors(path / WEIGHTS_NAME, tensors, metadata)
     write_json(path / CONFIG_NAME, peft_config)
     return path
+
+
+def _default_and_pattern(values: dict[str, float]) -> tuple[float, dict[str, float]]:
+    """(the value most modules hold, {pattern: value} for the others): PEFT's r (lora_alpha) and rank_pattern
+    (alpha_pattern). Each pattern is the module's full name, escaped and anchored, so under PEFT's rule
+    (``config.pattern_key``) it matches that module alone, whatever patterns built the model."""
+    counts = Counter(values.values())
+    default = max(counts, key=lambda v: (counts[v], -list(values.values()).index(v)))  # ties: the first module's
+    return default, {"^" + re.escape(name): value for name, value in values.items() if value != default}
 
 
 def task_type(model: nn.Module) -> str | None:
@@ -168,6 +181,8 @@ def _config(adapter: Adapter, trainable: tuple[str, ...]) -> LoRAConfig:
         rslora=bool(adapter.config.get("use_rslora") or False),
         trainable=trainable,
         use_dora=adapter.kind == "DoRA",
+        rank_pattern=adapter.config.get("rank_pattern") or {},
+        alpha_pattern=adapter.config.get("alpha_pattern") or {},
     )
 
 
@@ -197,9 +212,13 @@ def _check_replaces(model: nn.Module, adapter: Adapter, path: Path, name: str) -
             f"adapter at {path} adapts {len(adapter.factors)} modules, the model's LoRA layers are "
             f"{len(existing)} others; load it into a model without LoRA, or under another name"
         )
-    mismatched = [n for n, m in existing.items() if m.slot(name).r != adapter.r or m.slot(name).scale != adapter.scale]
+    mismatched = [n for n, m in existing.items()
+                  if m.slot(name).r != adapter.factors[n][0].shape[0] or m.slot(name).scale != adapter.scale_of(n)]
     if mismatched:
-        raise LoRAError(f"adapter at {path} has r={adapter.r}, the model's LoRA layer {mismatched[0]} differs")
+        n = mismatched[0]
+        raise LoRAError(f"adapter at {path} has r={adapter.factors[n][0].shape[0]}, the model's LoRA layer {n} differs "
+                        f"(adapter: scale {adapter.scale_of(n):g}; layer: r={existing[n].slot(name).r}, scale "
+                        f"{existing[n].slot(name).scale:g})")
 
 
 def _check_fits(model: nn.Module, adapter: Adapter, path) -> None:

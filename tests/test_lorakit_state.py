@@ -115,9 +115,13 @@ def test_refuses_unsupported_peft_features(tmp_path):
     model = trained_lorakit_model(tiny_bert, LoRAConfig(r=2))
     save_adapter(model, tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    config["rank_pattern"] = {"query": 4}
+    config["layers_to_transform"] = [0]
     (tmp_path / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(LoRAError, match="uses rank_pattern, which lorakit does not support"):
+    with pytest.raises(LoRAError, match="uses layers_to_transform, which lorakit does not support"):
+        read_adapter(tmp_path)
+    config["layers_to_transform"], config["rank_pattern"] = None, {"query": 4}  # read, and held to the tensors
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(LoRAError, match=r"query has rank 2, config says rank_pattern\['query'\]=4"):
         read_adapter(tmp_path)
     config["rank_pattern"], config["init_lora_weights"] = {}, "olora"
     (tmp_path / "adapter_config.json").write_text(json.dumps(config))
