@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import checkpoint, distributed, store
 from experiments.config import identity, launcher_threads, same_identity
-from experiments.tracking import NullLogger, make_logger
+from experiments.tracking import NullLogger, make_logger, sweep_group
 from experiments.train import train
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def run_hydra_job(cfg: DictConfig) -> float:
         cfg,
         run_dir=run_dir,
         name=run_dir.name,  # the overrides, as conf/sweep.yaml's hydra.sweep.subdir names the folder
-        group=f"{sweep_dir.parent.name}/{sweep_dir.name}",
+        group=sweep_group(sweep_dir),
     )
     return float(status["best"][cfg.task.metric]) if status["status"] == "complete" else math.nan
 

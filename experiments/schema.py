@@ -46,6 +46,9 @@ KEYS: dict[str, Accepts] = {
     "execution.log_every": POSITIVE_INT,
     "execution.checkpoint_every": NATURAL,
     "execution.wandb.mode": Accepts(str, choices=("offline", "online", "disabled")),
+    "execution.monitor.enabled": FLAG,
+    "execution.monitor.every": POSITIVE_INT,
+    "execution.monitor.modules": Accepts(str, nullable=True),  # a regular expression; compiled by experiments/monitor.py
 }
 
 

@@ -34,7 +34,8 @@ from experiments.schema import check_config as validate
 from experiments.methods import get_method
 from experiments.models import resolve_model_path, untrained_pooler
 from experiments.store import DELTAS, atomic_path
-from experiments.tracking import NullLogger
+from experiments.monitor import SpectralMonitor
+from experiments.tracking import NullLogger, run_summary
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30  # without a progress bar (a log file, a batch job): one progress line this often
@@ -109,6 +110,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     chosen = progress.get("chosen")  # (epoch results, predictions) of the reported epoch so far
     step, train_seconds, train_examples = progress["step"], progress["train_seconds"], progress["train_examples"]
     last_line, rng_pending = time.perf_counter(), resumed is not None
+    monitor = SpectralMonitor.for_run(cfg, method, adapted, checkpoints, progress["step"])  # ΔW as it trains
     for epoch in range(progress["epoch"], hp.epochs + 1):
         trained.train()
         epoch_start = time.perf_counter()
@@ -170,6 +172,8 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
             chosen = (results, predictions)
         logger.log({**{f"eval/{k}": v for k, v in results.items() if k != "epoch"}, "epoch": epoch}, step=step)
         log.info("%s epoch %d: %s", name, epoch, ", ".join(f"{k}={v:.4f}" for k, v in results.items() if k != "epoch"))
+        if monitor.due(epoch, hp.epochs) and distributed.is_main():
+            monitor.log(monitor.measure(model, epoch, step), logger)
 
     # What the analyses read: ΔW against the pretrained W, its rank truncations, and what the model forgot.
     deltas = method.delta_weights(model)
@@ -177,6 +181,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     if deltas and cfg.probes.truncation:
         truncation = probes.truncation(model, deltas, lambda: evaluation(model, device, autocast)[0])
     forgetting = skill.forgetting(before, model, device) if skill else None
+    monitor.log_final(logger, step, truncation, task.metric)
     if out_dir is not None and cfg.save:
         method.save(model, Path(out_dir), model_path)
         evaluation.save(chosen[1], Path(out_dir))  # the reported epoch's
@@ -199,6 +204,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
         "flags": flags,
         "truncation": truncation,
         "forgetting": forgetting,
+        "spectral_history": monitor.history,
         "trainable_params": trainable_params,
         "method_params": method_params,
         "total_params": total_params,
@@ -213,7 +219,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
         "data": {"source": data.source, **data.counts},
         "versions": _versions(),
     }
-    logger.summary({f"best/{k}": v for k, v in best.items()} | {"trainable_params": trainable_params, "flags": flags})
+    logger.summary(run_summary(metrics))
     return metrics
 
 

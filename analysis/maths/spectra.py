@@ -54,6 +54,21 @@ class Spectrum:
     def frobenius_norm(self) -> float:
         return float(self.singular_values.square().sum().sqrt())
 
+    @property
+    def stable_rank(self) -> float:
+        """‖M‖²_F / σ₁² = Σ σ_l² / σ₁² (Rudelson & Vershynin 2007): 1 for a rank-1 matrix, n when all σ are equal,
+        never above the numerical rank and, unlike it, insensitive to tiny σ; 0 for a zero matrix."""
+        top = float(self.singular_values[0]) if len(self) else 0.0
+        return self.frobenius_norm**2 / top**2 if top > 0.0 else 0.0
+
+    @property
+    def top_share(self) -> float:
+        """σ₁ / Σ σ_l: the top direction's share of the nuclear norm (p₁ of ``effective_rank``'s distribution), 1
+        for a rank-1 matrix, 1/n when all σ are equal, 0 for a zero matrix. Its energy share σ₁²/Σσ² is
+        1/``stable_rank``."""
+        total = float(self.singular_values.sum())
+        return float(self.singular_values[0]) / total if total > 0.0 else 0.0
+
     def __len__(self) -> int:
         return self.singular_values.numel()
 

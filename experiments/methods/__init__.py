@@ -77,6 +77,11 @@ class Method:
         """Module name → ΔW against the pretrained W (fp32), for the analyses; empty when the method has none."""
         return {}
 
+    def factors(self, model: nn.Module) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Module name → (A, B, A₀, B₀): the factors of ΔW = s·B·A now and at step 0, for the run monitor's drift
+        from init (experiments/monitor.py); empty when ΔW is not made of factors."""
+        return {}
+
     def save(self, model: nn.Module, out_dir: Path, model_path: str) -> None:
         """Write the method's own files into the run folder (beyond ΔW, which train() writes)."""
 

@@ -78,6 +78,11 @@ class LoRA(Method):
     def delta_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {name: delta.float().cpu() for name, delta in lorakit.delta_weights(model).items()}
 
+    def factors(self, model: nn.Module) -> dict[str, tuple[torch.Tensor, ...]]:
+        modules = lorakit.lora_modules(model)
+        return {name: (modules[name].lora_A.detach().cpu(), modules[name].lora_B.detach().cpu(), a0.cpu(), b0.cpu())
+                for name, (a0, b0) in self.initial.items()}
+
     def save(self, model: nn.Module, out_dir: Path, model_path: str) -> None:
         """``adapter/`` (PEFT's format) and ``adapter_init/``, the same adapter at step 0: how far A and B moved."""
         with atomic_path(out_dir / ADAPTER, is_dir=True) as tmp:
