@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from experiments.errors import ConfigError
 
@@ -15,7 +15,7 @@ from experiments.errors import ConfigError
 class Accepts:
     """The values of one key: a type, an optional closed or open range, choices, and whether null is allowed."""
 
-    kind: type  # int, float, bool or str
+    kind: type  # int, float, bool, str or dict
     low: float | None = None
     high: float | None = None
     low_open: bool = False
@@ -28,6 +28,8 @@ class Accepts:
             text = " | ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)
         elif self.kind is bool:
             text = "true | false"
+        elif self.kind is dict:
+            text = "a mapping {key: value} (e.g. {value:16})"
         else:
             noun = {int: "an integer", float: "a number", str: "a string"}[self.kind]
             bounds = []
@@ -45,6 +47,8 @@ class Accepts:
             return value in self.choices and type(value) is type(next(c for c in self.choices if c == value))
         if self.kind is bool:
             return isinstance(value, bool)
+        if self.kind is dict:  # its entries are the method's to check
+            return isinstance(value, Mapping)
         if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             return False
         if self.kind is float and (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)):

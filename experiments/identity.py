@@ -31,6 +31,8 @@ SEED = "seed"
 ADDED: dict[str, object] = {
     "data.selection_examples": 0,  # issue 22: no selection slice, the whole training subset trained on
     "train.select_on": "dev",      # issue 22: the reported epoch chosen on the dev set it is reported on
+    "method.rank_pattern": None,   # issue 23: every module at `rank`
+    "method.alpha_pattern": None,  # issue 23: every module at `alpha`
 }
 
 

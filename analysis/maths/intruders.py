@@ -98,3 +98,32 @@ def intruders_at_norm(
     multiplied by any positive constant."""
     w0 = as_matrix(base, "base")
     return intruder_dimensions(w0, w0 + rescale_to_norm(delta, norm), k, threshold, base_basis)
+
+
+def scale_directions(weight: torch.Tensor, positions: list[int], lam: float) -> torch.Tensor:
+    """W with its singular directions at 1-based ``positions`` scaled by λ (float64):
+
+        W' = W + (λ − 1) · Σ_{k ∈ positions} σ_k u_k v_kᵀ
+
+    λ = 1 leaves W; λ = 0 removes exactly those rank-1 components, and nothing else (the others are orthogonal to
+    them). The intervention of Shuttleworth et al. (2024, §5) on W = W₀ + ΔW, with ``positions`` = the intruders'
+    ``Intruders.ranks``; PEFT's ``reduce_intruder_dimension`` applies the same W' (its ``mitigation_lambda`` is this
+    λ, the share of the direction kept) but then re-factors W' − W₀ into a LoRA of the adapter's rank, a truncation
+    this exact W' does not make."""
+    w = as_matrix(weight, "weight")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"λ must be in [0, 1], got {lam!r}")
+    n = min(w.shape)
+    if any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n for k in positions):
+        raise ValueError(f"positions are 1-based ranks in [1, {n}], got {positions!r}")
+    if not positions:
+        return w.clone()
+    u, s, vh = svd(w)
+    idx = torch.tensor(sorted(set(positions))) - 1
+    return w + (lam - 1.0) * (u[:, idx] * s[idx]) @ vh[idx]
+
+
+def control_positions(found: Intruders) -> list[int]:
+    """The control of an intervention on ``found.ranks``: as many of W's top-k directions that are NOT intruders,
+    the highest first (fewer when the top k hold fewer non-intruders)."""
+    return [k for k in range(1, found.k + 1) if k not in set(found.ranks)][: found.count]

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,12 +27,14 @@ class LoRA(Method):
     accepts = {  # and targets, a preset or a list of module names: checked by lorakit in check()
         "rank": POSITIVE_INT,
         "alpha": POSITIVE,
-        "init": Accepts(str, choices=("gaussian", "kaiming", "pissa")),
+        "init": Accepts(str, choices=("gaussian", "kaiming", "pissa", "gradient")),
         "rslora": FLAG,
         "dropout": Accepts(float, low=0, high=1, high_open=True),
         "loraplus_ratio": POSITIVE,
         "freeze_a": FLAG,
         "quantize": Accepts(str, choices=("none", "nf4")),
+        "rank_pattern": Accepts(dict, nullable=True),  # {module-name regex: rank} (PEFT's): lorakit checks it
+        "alpha_pattern": Accepts(dict, nullable=True),
     }
     has_delta = True
     use_dora = False
@@ -41,7 +44,7 @@ class LoRA(Method):
             config = self.config(cfg)
         except lorakit.LoRAError as err:
             raise ConfigError(str(err)) from None
-        if cfg.method.quantize == "nf4" and (config.use_dora or config.init == "pissa"):
+        if cfg.method.quantize == "nf4" and (config.use_dora or config.init in ("pissa", "gradient")):
             raise ConfigError(f"quantize=nf4 keeps W₀ frozen in 4 bits; method={self.name} init={config.init} changes "
                               f"it (DoRA's norm, PiSSA's residual); accepted: quantize=nf4 with method=lora and init "
                               f"gaussian or kaiming")
@@ -51,10 +54,16 @@ class LoRA(Method):
         m = cfg.method
         return lorakit.LoRAConfig(r=m.rank, alpha=float(m.alpha), dropout=float(m.dropout), targets=_targets(m.targets),
                                   init=m.init, rslora=m.rslora, trainable=tuple(cfg.model.head), use_dora=self.use_dora,
-                                  freeze_a=m.freeze_a)
+                                  freeze_a=m.freeze_a, rank_pattern=_mapping(m.get("rank_pattern")),
+                                  alpha_pattern=_mapping(m.get("alpha_pattern")))
 
     def prepare(self, model: nn.Module, cfg: DictConfig) -> list[str]:
-        adapted = lorakit.inject_lora(model, self.config(cfg))
+        gradients = None
+        if cfg.method.init == "gradient":  # LoRA-GA: G₀ of the pretrained model with this seed's head
+            from experiments.gradients import first_gradients
+
+            gradients = first_gradients(model, cfg)
+        adapted = lorakit.inject_lora(model, self.config(cfg), gradients=gradients)
         if cfg.method.quantize == "nf4":  # QLoRA: ΔW and merge are against the dequantized W₀
             try:
                 lorakit.quantize_base(model)
@@ -96,6 +105,8 @@ class LoRA(Method):
         info["targets"] = targets if isinstance(targets, str) else ",".join(targets)
         info["alpha"] = float(info["alpha"])
         info["use_dora"] = self.use_dora
+        for key in ("rank_pattern", "alpha_pattern"):  # JSON text: one cell of the runs table
+            info[key] = json.dumps(_mapping(cfg.method.get(key)))
         return info
 
 
@@ -115,6 +126,11 @@ def factors_replaced(model: nn.Module, factors: dict[str, tuple[torch.Tensor, to
             for name, (a, b) in trained.items():
                 modules[name].lora_A.copy_(a)
                 modules[name].lora_B.copy_(b)
+
+
+def _mapping(node) -> dict:
+    """A pattern node (absent in runs written before it existed) as a plain dict, in its order."""
+    return dict(OmegaConf.to_container(node)) if node else {}
 
 
 def _targets(targets):

@@ -1,0 +1,125 @@
+"""G₀ = ∂L/∂W at the pretrained weights: the first full fine-tuning gradient of every linear layer, on a fixed batch
+set (issue 23: where LoRA's directions come from; LoRA-GA's init, ``init=gradient``).
+
+The fixed batch set is the first ``EXAMPLES`` examples of the run's training subset, in the subset's own order
+(``data.subset_seed``), batched by ``train.batch_size`` and padded as training pads: the same for every seed and
+method, so G₀ changes with the model, the task, the data and the head only. L is the mean over those examples of
+the training loss (each batch's mean loss weighted by its number of examples), evaluated with the model in eval mode
+(no dropout: one number, not a draw). The head is the one the run's seed draws (a new classifier's weights are
+random), so G₀ is per seed: ``run_gradients`` rebuilds it as ``train`` does, seed first.
+
+One door for the analyses: ``run_gradients(run_dir)`` loads a run's pretrained model and training data from its
+``config.yaml`` and returns G₀ of every linear layer outside the head, out × in (GPT-2's Conv1D transposed), fp32,
+cached once per (model, task, data, examples, seed) under ``execution.cache_dir``'s parent, ``gradients/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+import lorakit
+from lorakit.files import load_tensors, save_tensors
+
+EXAMPLES = 256  # the fixed batch set: LoRA-GA's 8 batches of 32 (Wang et al. 2024, §4)
+CACHE_FORMAT = 1
+
+
+def fixed_batches(cfg: DictConfig, tokenizer, examples: int = EXAMPLES) -> DataLoader:
+    """The first ``examples`` training examples of the run's subset, in order, batched as training batches them."""
+    from experiments.data import PadCollator, load_tokenized
+
+    splits, _ = load_tokenized(cfg, tokenizer)
+    split = splits[cfg.task.train_split]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    chosen = Subset(split, range(min(examples, len(split))))
+    return DataLoader(chosen, batch_size=int(cfg.train.batch_size), shuffle=False, collate_fn=PadCollator(pad_id))
+
+
+def gradients(model: nn.Module, batches, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """G₀ = ∂L/∂W (out × in, fp32) of the modules ``names`` (default: every linear layer outside the head) for L the
+    example-weighted mean of the batches' losses, in eval mode; the model's modes, gradients and trainable flags are
+    left as they were."""
+    names = list(names) if names is not None else lorakit.linear_module_names(model)
+    weights = {name: model.get_submodule(name).weight for name in names}
+    transposed = set(lorakit.fan_in_fan_out_modules(model))
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    stored = {name: w.grad for name, w in weights.items()}
+    was_training = model.training
+    total = sum(len(batch["labels"]) for batch in batches)
+    try:
+        model.eval()
+        model.requires_grad_(False)
+        for w in weights.values():
+            w.requires_grad_(True)
+            w.grad = None
+        with torch.enable_grad():
+            for batch in batches:
+                (model(**batch).loss * (len(batch["labels"]) / total)).backward()
+        return {name: (w.grad.t() if name in transposed else w.grad).detach().float().clone()
+                for name, w in weights.items()}
+    finally:
+        for name, w in weights.items():
+            w.grad = stored[name]
+        for p in model.parameters():
+            p.requires_grad_(flags[id(p)])
+        model.train(was_training)
+
+
+def first_gradients(model: nn.Module, cfg: DictConfig, examples: int = EXAMPLES) -> dict[str, torch.Tensor]:
+    """G₀ of ``model`` (the pretrained one with the run's head, before any method touched it) on the run's fixed
+    batch set, from the cache when this (model, task, data, examples, seed) was seen."""
+    from experiments.families import for_run
+    from experiments.models import resolve_model_path
+
+    model_path = resolve_model_path(cfg.model)
+    path = _cache_path(cfg, model_path, examples)
+    if path.is_file():
+        return load_tensors(path)[0]
+    batches = list(fixed_batches(cfg, for_run(cfg).load_tokenizer(cfg, model_path), examples))
+    found = gradients(model, batches)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(path, found, {"format": "pt", "examples": str(examples)})
+    return found
+
+
+def run_gradients(run_dir: str | os.PathLike, examples: int = EXAMPLES, data_dir: str | None = None,
+                  cache_dir: str | None = None) -> dict[str, torch.Tensor]:
+    """The door: G₀ of the run at ``run_dir`` — its pretrained model with its seed's head, its training data — from
+    its resolved ``config.yaml`` (``data_dir``/``cache_dir`` override where the data and cache are)."""
+    from experiments.errors import ConfigError
+    from experiments.families import for_run
+    from experiments.models import resolve_model_path
+    from experiments.train import seed_everything
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no config.yaml; G₀ is rebuilt from the run's resolved config")
+    cfg = OmegaConf.load(path)
+    if data_dir is not None:
+        cfg.execution.data_dir = str(data_dir)
+    if cache_dir is not None:
+        cfg.execution.cache_dir = str(cache_dir)
+    model_path = resolve_model_path(cfg.model)
+    cached = _cache_path(cfg, model_path, examples)
+    if cached.is_file():
+        return load_tensors(cached)[0]
+    seed_everything(int(cfg.seed))  # the head the run started from
+    return first_gradients(for_run(cfg).load_model(cfg, model_path), cfg, examples)
+
+
+def _cache_path(cfg: DictConfig, model_path: str, examples: int) -> Path:
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data.pop("hub", None)
+    fields = {"format": CACHE_FORMAT, "model": model_path, "task": str(cfg.task.name), "data": data,
+              "max_length": cfg.train.max_length, "max_train_samples": cfg.train.max_train_samples,
+              "batch_size": int(cfg.train.batch_size), "examples": int(examples), "seed": int(cfg.seed)}
+    key = hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return Path(str(cfg.execution.cache_dir)).parent / "gradients" / f"{cfg.task.name}-{key}.safetensors"
