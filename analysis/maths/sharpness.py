@@ -33,7 +33,9 @@ def hessian_vector_product(loss_fn: Callable[[], torch.Tensor], params: Sequence
     loss = loss_fn()
     grads = torch.autograd.grad(loss, params, create_graph=True)
     dot = sum((g * v).sum() for g, v in zip(grads, vector))
-    return [h.detach() for h in torch.autograd.grad(dot, params)]
+    # A parameter the loss is linear in has no second derivative in the graph: its row of H is zero.
+    hv = torch.autograd.grad(dot, params, allow_unused=True)
+    return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hv)]
 
 
 def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], iterations: int = 50,
