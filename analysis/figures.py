@@ -123,6 +123,20 @@ def write_index(out: Path, outcomes: list[Outcome], runs: pd.DataFrame, skipped,
     return path
 
 
+def _log_to_wandb(out: Path, outcomes: list[Outcome], runs: pd.DataFrame, argv: list[str], mode: str) -> bool:
+    """One W&B analysis run of what was written (analysis/dashboard.py); True when it failed (the files stay)."""
+    from .dashboard import log_analysis
+
+    try:
+        run_id = log_analysis(out, outcomes, runs, argv, mode)
+    except Exception as err:  # noqa: BLE001 - the files are written; say why W&B has none of them
+        print(f"[analysis] W&B: FAILED — {type(err).__name__}: {err}", file=sys.stderr)
+        return True
+    if run_id:
+        print(f"[analysis] W&B: analysis run {run_id} in {out / 'wandb'} (offline runs upload with `wandb sync`)")
+    return False
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m analysis.figures", description=__doc__.split("\n\n")[0])
     p.add_argument("sweeps", nargs="+", type=Path, help="sweep folders, run folders or folders of sweeps")
@@ -152,6 +166,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="torch threads for the SVDs (default 1: these matrices gain little from more, and OpenMP "
                         "threads on a busy machine can make one SVD 100x slower)")  # fmt: skip
     p.add_argument("--strict", action="store_true", help="exit non-zero when any analysis raises an error")
+    p.add_argument("--wandb", nargs="?", const="auto", choices=["auto", "offline", "online", "disabled"],
+                   help="log every table and figure as one W&B analysis run in the sweeps' project and group "
+                        "(analysis/dashboard.py); without a value: the runs' execution.wandb.mode, else offline")
     args = p.parse_args(argv)
     if args.random_draws < 2:
         p.error(f"--random-draws must be at least 2 (100 or more for a 95% interval), got {args.random_draws}")
@@ -193,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.set_num_threads(threads)
     index = write_index(args.out, outcomes, runs, skipped, argv)
+    if args.wandb and _log_to_wandb(args.out, outcomes, runs, argv, args.wandb):
+        return 1
     produced = sum(bool(o.files) for o in outcomes)
     print(f"[analysis] {produced}/{len(outcomes)} analyses produced; see {index}")
     if produced == 0:
