@@ -5,6 +5,7 @@ from .intruders import Intruders, intruder_dimensions, intruders_at_norm, left_s
 from .linalg import as_matrix, random_gaussian, random_orthonormal, singular_values, svd, top_singular_vectors
 from .projection import Projection, delta_vs_weight, projected_norm, random_projection
 from .spectra import Spectrum, energy_ranks, spectrum
+from .stats import MARGINS, Difference, difference_interval, margin_for, permutation_pvalue, verdict
 from .subspace import (
     FactorDrift,
     delta_overlap,
@@ -22,6 +23,8 @@ from .subspace import (
 from .truncation import best_rank_k, doubling_ranks, truncate_deltas, truncation_error
 
 __all__ = [
+    "MARGINS",
+    "Difference",
     "FactorDrift",
     "Interval",
     "Intruders",
@@ -33,6 +36,7 @@ __all__ = [
     "delta_overlaps",
     "delta_row_space_similarity",
     "delta_vs_weight",
+    "difference_interval",
     "doubling_ranks",
     "energy_ranks",
     "expected_random_similarity",
@@ -41,8 +45,10 @@ __all__ = [
     "intruders_at_norm",
     "left_singular_basis",
     "lora_subspace_similarity",
+    "margin_for",
     "noise_floor",
     "percentile_interval",
+    "permutation_pvalue",
     "projected_norm",
     "random_gaussian",
     "random_orthonormal",
@@ -60,4 +66,5 @@ __all__ = [
     "top_singular_vectors",
     "truncate_deltas",
     "truncation_error",
+    "verdict",
 ]
