@@ -176,6 +176,40 @@ def _lr_search(runs, opts, out):
     return _written([(trials, "lr_search_runs"), (summary, "lr_search")], out, figure)
 
 
+# --- beyond the paper (issue 23): each builder imported where used, beside the Section 7 analyses -----------------
+LR_SEARCH_CSV = Path(__file__).resolve().parent.parent / "results" / "lr_search" / "lr_search.csv"
+
+
+def _rank_allocation(runs, opts, out):
+    from .builders.rank_allocation import rank_allocation_table
+
+    return _written([(rank_allocation_table(runs, opts.task), "rank_allocation")], out)
+
+
+def _gradient_alignment(runs, opts, out):
+    from .builders.gradient_alignment import alignment_summary, gradient_alignment_table
+
+    table = gradient_alignment_table(runs, opts.task, draws=opts.random_draws, seed=opts.seed, data_dir=opts.data_dir)
+    return _written([(table, "gradient_alignment"), (alignment_summary(table), "gradient_alignment_summary")], out)
+
+
+def _intruder_cost(runs, opts, out):
+    from .builders.intruder_cost import intruder_cost_table
+
+    table = intruder_cost_table(runs, opts.task, k=opts.intruder_k, threshold=opts.intruder_eps,
+                                seeds=opts.interpolation_seeds, data_dir=opts.data_dir)  # fmt: skip
+    return _written([(table, "intruder_cost")], out)
+
+
+def _sharpness(runs, opts, out):
+    from .builders.sharpness import sharpness_table
+
+    task = opts.task or runs["task"].value_counts().idxmax()
+    first = runs[runs["task"] == task].sort_values("seed").groupby("label").head(1)  # one run per configuration
+    methods = {row["label"]: row["run_dir"] for _, row in first.iterrows()}
+    return _written([(sharpness_table(methods, LR_SEARCH_CSV, data_dir=opts.data_dir), "sharpness")], out)
+
+
 PRODUCTS: dict[str, tuple[str, Product]] = {
     "table2": ("Table 2: methods compared per task", _table(builders.table2, "table2")),
     "table2_verdicts": ("Table 2's verdicts: each method at its best rate per task against full FT (rule 6)",
@@ -198,4 +232,11 @@ PRODUCTS: dict[str, tuple[str, Product]] = {
     "cross_task": ("Cross-task subspaces: φ between the ΔW of adapters on different tasks", _cross_task),
     "lr_search": ("Learning rates tried (search and confirmation) and the one rule 6 chooses", _lr_search),
     "interpolation": ("Interpolating two tasks' adapters: each task's metric along w·A + (1−w)·B", _interpolation),
+    "rank_allocation": ("Beyond: per-module rank from a full fine-tune's ΔW energy at uniform r=8's budget",
+                        _rank_allocation),
+    "gradient_alignment": ("Beyond: φ between G₀'s top-r subspaces and LoRA's B / Aᵀ and ΔW, vs random",
+                           _gradient_alignment),
+    "intruder_cost": ("Beyond: intruders scaled by λ, dev metric and forgetting, vs top non-intruders",
+                      _intruder_cost),
+    "sharpness": ("Beyond: λ_max at init per method beside its best learning rate (Spearman ρ)", _sharpness),
 }

@@ -96,6 +96,12 @@ SELECTION = "selection"  # the split the reported epoch is chosen on (train.sele
 SELECTION_SUFFIX = "_selection"  # its metrics' suffix in metrics.json: accuracy_selection, eval_loss_selection, ...
 
 
+def selection_metric(cfg: DictConfig) -> str:
+    """The metrics.json key the reported epoch (``best``) and a learning-rate search are chosen by: the task's metric
+    on the dev set (``train.select_on=dev``), or on the selection slice (``selection``: e.g. ``accuracy_selection``)."""
+    return cfg.task.metric + (SELECTION_SUFFIX if cfg.train.select_on == "selection" else "")
+
+
 def selection_slice(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training positions, selection positions) of a training subset of n examples: k of them, chosen by ``seed``
     from a stream of their own (not the subset's), held out and never trained on; both in their original order."""

@@ -8,9 +8,11 @@ the training loss (each batch's mean loss weighted by its number of examples), e
 (no dropout: one number, not a draw). The head is the one the run's seed draws (a new classifier's weights are
 random), so G₀ is per seed: ``run_gradients`` rebuilds it as ``train`` does, seed first.
 
-One door for the analyses: ``run_gradients(run_dir)`` loads a run's pretrained model and training data from its
-``config.yaml`` and returns G₀ of every linear layer outside the head, out × in (GPT-2's Conv1D transposed), fp32,
-cached once per (model, task, data, examples, seed) under ``execution.cache_dir``'s parent, ``gradients/``.
+One door for the analyses that need a run at its start: ``run_config`` reads a run's resolved ``config.yaml`` (or
+composes one from sweep overrides, for a configuration not yet run), ``run_gradients`` returns G₀ of every linear
+layer outside the head, out × in (GPT-2's Conv1D transposed), fp32, cached once per (model, task, data, examples,
+seed) under ``execution.cache_dir``'s parent, ``gradients/``, and ``model_at_init`` builds the model as the run's
+method prepared it at step 0 (its trainable parameters at their init) with the fixed batch set, for λ_max.
 """
 
 from __future__ import annotations
@@ -90,23 +92,59 @@ def first_gradients(model: nn.Module, cfg: DictConfig, examples: int = EXAMPLES)
     return found
 
 
-def run_gradients(run_dir: str | os.PathLike, examples: int = EXAMPLES, data_dir: str | None = None,
-                  cache_dir: str | None = None) -> dict[str, torch.Tensor]:
-    """The door: G₀ of the run at ``run_dir`` — its pretrained model with its seed's head, its training data — from
-    its resolved ``config.yaml`` (``data_dir``/``cache_dir`` override where the data and cache are)."""
+def run_config(source: str | os.PathLike | list[str], data_dir: str | None = None,
+               cache_dir: str | None = None) -> DictConfig:
+    """A run's resolved config: ``source`` a run folder (its ``config.yaml``) or a list of sweep overrides (composed
+    as ``python -m experiments.sweep`` composes them); ``data_dir``/``cache_dir`` override where data and cache are."""
     from experiments.errors import ConfigError
-    from experiments.families import for_run
-    from experiments.models import resolve_model_path
-    from experiments.train import seed_everything
 
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: no config.yaml; G₀ is rebuilt from the run's resolved config")
-    cfg = OmegaConf.load(path)
+    if isinstance(source, (list, tuple)):
+        from hydra import compose, initialize_config_dir
+
+        from experiments.config import register_resolvers
+        from experiments.identity import CONF_DIR
+
+        register_resolvers()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("sweep", overrides=list(source))
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        cfg.pop("hydra", None)
+    else:
+        path = Path(source) / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"{source}: no config.yaml; the run is rebuilt from its resolved config")
+        cfg = OmegaConf.load(path)
     if data_dir is not None:
         cfg.execution.data_dir = str(data_dir)
     if cache_dir is not None:
         cfg.execution.cache_dir = str(cache_dir)
+    return cfg
+
+
+def model_at_init(cfg: DictConfig, examples: int = EXAMPLES):
+    """(model, method, batches): the model as ``train`` builds it — seed, pretrained weights, the method's
+    ``prepare`` — at step 0, in eval mode, and the fixed batch set. Its trainable parameters are the method's."""
+    from experiments.families import for_run
+    from experiments.methods import get_method
+    from experiments.models import resolve_model_path
+    from experiments.train import seed_everything
+
+    family, method, model_path = for_run(cfg), get_method(cfg.method.name), resolve_model_path(cfg.model)
+    seed_everything(int(cfg.seed))
+    model = family.load_model(cfg, model_path)
+    method.prepare(model, cfg)
+    batches = list(fixed_batches(cfg, family.load_tokenizer(cfg, model_path), examples))
+    return model.eval(), method, batches
+
+
+def run_gradients(source: str | os.PathLike | list[str], examples: int = EXAMPLES, data_dir: str | None = None,
+                  cache_dir: str | None = None) -> dict[str, torch.Tensor]:
+    """G₀ of the run at ``source`` (``run_config``) — its pretrained model with its seed's head, its training data."""
+    from experiments.families import for_run
+    from experiments.models import resolve_model_path
+    from experiments.train import seed_everything
+
+    cfg = run_config(source, data_dir, cache_dir)
     model_path = resolve_model_path(cfg.model)
     cached = _cache_path(cfg, model_path, examples)
     if cached.is_file():

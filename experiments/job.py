@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import checkpoint, distributed, store
 from experiments.config import identity, launcher_threads, same_identity
+from experiments.data import selection_metric
 from experiments.tracking import NullLogger, make_logger, sweep_group
 from experiments.train import train
 
@@ -24,7 +25,9 @@ log = logging.getLogger(__name__)
 
 def run_hydra_job(cfg: DictConfig) -> float:
     """The Hydra task: run folder, name and W&B group from Hydra's runtime; threads from the launcher. Returns the
-    run's best dev metric, the value a sweeper that optimises (``hydra/sweeper=optuna``) maximises; NaN when it failed."""
+    run's metric at its reported epoch on the split the epoch is chosen on (``train.select_on``: dev, or the selection
+    slice held out of training), the value a sweeper that optimises (``hydra/sweeper=optuna``) maximises, so a
+    search chooses on the same split; NaN when it failed."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra = HydraConfig.get()
@@ -38,7 +41,7 @@ def run_hydra_job(cfg: DictConfig) -> float:
         name=run_dir.name,  # the overrides, as conf/sweep.yaml's hydra.sweep.subdir names the folder
         group=sweep_group(sweep_dir),
     )
-    return float(status["best"][cfg.task.metric]) if status["status"] == "complete" else math.nan
+    return float(status["best"][selection_metric(cfg)]) if status["status"] == "complete" else math.nan
 
 
 def run_job(cfg: DictConfig, run_dir: Path, name: str, group: str) -> dict:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 import lorakit
 from experiments import checkpoint, distributed, families, probes
-from experiments.data import SELECTION_SUFFIX
+from experiments.data import selection_metric
 from experiments.errors import ConfigError
 from experiments.schema import check_config as validate
 from experiments.methods import get_method
@@ -106,7 +106,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     epochs, loss_curve, window = progress["epochs"], progress["loss_curve"], progress["window"]
     # The reported epoch (`best`): the first with the highest metric on the split train.select_on names, the dev set
     # itself or the selection slice held out of training; its predictions are the ones kept.
-    select_key = task.metric + (SELECTION_SUFFIX if hp.select_on == "selection" else "")
+    select_key = selection_metric(cfg)
     chosen = progress.get("chosen")  # (epoch results, predictions) of the reported epoch so far
     step, train_seconds, train_examples = progress["step"], progress["train_seconds"], progress["train_examples"]
     last_line, rng_pending = time.perf_counter(), resumed is not None

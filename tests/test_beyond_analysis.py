@@ -141,3 +141,16 @@ def test_spearman_and_its_interval():
     rho, interval = spearman_interval([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5], draws=500)
     assert rho == pytest.approx(0.8285714285714285) and interval.lo <= rho <= interval.hi <= 1.0
     assert not math.isnan(interval.mean)
+
+
+def test_best_rates_take_the_confirmed_rate_with_the_highest_median(tmp_path):
+    from analysis.builders.sharpness import best_rates
+
+    rows = ["task,config,budget,lr,score,score min,score max,seeds,verdict",
+            "sst2,LoRA,2k x 1,0.001,76.6,75.9,77.2,3,x", "sst2,LoRA,2k x 1,0.0027,77.6,76.8,78.8,3,x",
+            "sst2,LoRA,2k x 1,0.008,79.0,79.0,79.0,1,search trial",  # one seed: not confirmed
+            "sst2,full FT,2k x 1,5e-05,77.3,74.9,77.4,3,x", "sst2,full FT,2k x 1,0.00027,81.1,81.0,81.1,3,x",
+            "sst2,full FT,2k x 2,5e-05,90.0,90.0,90.0,3,x", "mrpc,LoRA,2k x 1,0.1,99.0,99.0,99.0,3,x"]
+    (tmp_path / "lr.csv").write_text("\n".join(rows) + "\n")
+    best = best_rates(tmp_path / "lr.csv", "sst2").set_index("config")["best lr"].to_dict()
+    assert best == {"LoRA": 0.0027, "full FT": 0.00027}  # at the budget where most configurations were confirmed

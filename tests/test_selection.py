@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from scipy import stats
 
 from experiments.config import CONF_DIR, ConfigError, register_resolvers
-from experiments.data import DataError, selection_slice
+from experiments.data import DataError, selection_metric, selection_slice
 from experiments.families.classification import PREDICTIONS, load_predictions
 from experiments.identity import identity
 from experiments.job import run_job
@@ -46,6 +46,11 @@ def test_defaults_keep_the_identity_of_runs_written_before():
     held = identity(OmegaConf.to_container(make(["data.selection_examples=500", "train.select_on=selection"]),
                                            resolve=False))
     assert held["data"]["selection_examples"] == 500 and held["train"]["select_on"] == "selection"
+
+
+def test_the_epoch_and_a_search_choose_by_the_metric_on_the_select_on_split():
+    assert selection_metric(make(["task=mrpc"])) == "accuracy"
+    assert selection_metric(make(["task=stsb", "data.selection_examples=8", "train.select_on=selection"])) == "pearson_selection"
 
 
 def test_select_on_selection_without_a_slice_is_one_line():

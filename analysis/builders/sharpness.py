@@ -1,0 +1,93 @@
+"""Does each method's best learning rate follow the curvature? λ_max at init beside the searched best rate (issue 23,
+beyond the paper; Lee et al. 2026; the maths in ``maths.sharpness``).
+
+For each method configuration (a run folder, or a list of sweep overrides for one not yet run, e.g.
+``["task=sst2", "method=lora", "rank=8"]``) the model is built as its run would start (experiments' one door, ``experiments.gradients.model_at_init``: seed, pretrained weights, the
+method's ``prepare``), and λ_max of the training loss on the fixed batch set w.r.t. everything the method trains (the
+task head included: it trains in every method) is found by power iteration on Hessian-vector products. Beside it,
+the method's best rate from the learning-rate results (``results/lr_search/lr_search.csv``): at one training budget,
+the confirmed rate (≥ 3 seeds) with the highest median. Across methods, Spearman's ρ between λ_max and the best rate
+with a bootstrap interval over methods; the stability bound η < 2/λ predicts ρ < 0.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ..maths.sharpness import spearman_interval, top_hessian_eigenvalue
+from ..runs import MissingRuns
+from .table import Table
+
+CONFIRMED_SEEDS = 3  # a rate confirmed with this many seeds or more is a candidate for the best
+
+
+def best_rates(lr_csv: str | Path, task: str, budget: str | None = None) -> pd.DataFrame:
+    """{config, budget, best lr, score}: per configuration of ``task``, at ``budget`` (default: the budget with the
+    most configurations confirmed), the confirmed rate with the highest median score."""
+    table = pd.read_csv(lr_csv)
+    table = table[(table["task"] == task) & (table["seeds"] >= CONFIRMED_SEEDS)]
+    if table.empty:
+        raise MissingRuns(f"{lr_csv}: no rate confirmed with {CONFIRMED_SEEDS}+ seeds on {task}")
+    if budget is None:
+        budget = table.groupby("budget")["config"].nunique().idxmax()
+    at = table[table["budget"] == budget]
+    best = at.loc[at.groupby("config")["score"].idxmax(), ["config", "budget", "lr", "score"]]
+    return best.rename(columns={"lr": "best lr"}).reset_index(drop=True)
+
+
+def sharpness_table(methods: dict[str, str | Path | list[str]], lr_csv: str | Path | None = None,
+                    examples: int = 64, iterations: int = 20, tol: float = 1e-3, draws: int = 2000,
+                    data_dir: str | None = None) -> Table:
+    """One row per configuration (``methods``: its name in the lr_search table → a run folder or sweep overrides, all
+    of one task): λ_max at init, the trainable parameters, whether the power iteration converged, and the best rate
+    where the table has one; ρ(λ_max, best lr) with its 95% bootstrap interval in the title and the verdict column."""
+    from experiments.gradients import model_at_init, run_config
+
+    records, tasks = [], set()
+    for name, source in methods.items():
+        cfg = run_config(source, data_dir)
+        tasks.add(str(cfg.task.name))
+        model, _, batches = model_at_init(cfg, examples)
+        params = [p for p in model.parameters() if p.requires_grad]
+        total = sum(len(b["labels"]) for b in batches)
+
+        def loss():
+            return sum(model(**b).loss * (len(b["labels"]) / total) for b in batches)
+
+        found = top_hessian_eigenvalue(loss, params, iterations, tol)
+        records.append({"config": name, "trainable": sum(p.numel() for p in params), "λ_max": found.value,
+                        "iterations": found.iterations, "converged": found.converged, "2/λ_max": 2 / found.value
+                        if found.value > 0 else math.nan})  # fmt: skip
+    if len(tasks) != 1:
+        raise ValueError(f"the configurations compared must share one task, got {sorted(tasks)}")
+    task, frame = tasks.pop(), pd.DataFrame(records)
+    title = f"Sharpness at init — {task}: λ_max of the training loss on {examples} fixed examples w.r.t. each " \
+            f"method's trainable parameters"
+    missing = []
+    if lr_csv is not None:
+        frame = frame.merge(best_rates(lr_csv, task), on="config", how="left")
+        both = frame.dropna(subset=["best lr", "λ_max"])
+        if len(both) >= 3:
+            rho, interval = spearman_interval(both["λ_max"].tolist(), both["best lr"].tolist(), draws)
+            verdict = ("holds: ρ < 0, interval below 0" if interval.hi < 0 else
+                       "not held: interval above 0" if interval.lo > 0 else "not told apart: interval spans 0")
+            frame["ρ(λ_max, best lr)"] = rho
+            frame["ρ 2.5%"], frame["ρ 97.5%"], frame["verdict"] = interval.lo, interval.hi, verdict
+            title += f"; Spearman ρ with the best rate {rho:.2f} [{interval.lo:.2f}, {interval.hi:.2f}] ({verdict})"
+        else:
+            missing.append("the rank correlation — needs the best rate of three or more of these configurations "
+                           f"in {lr_csv}")
+    return Table(
+        frame=frame,
+        title=title,
+        runs=[],
+        notes=[f"Power iteration on Hessian-vector products (double backward), {iterations} iterations at most, "
+               f"relative tolerance {tol:g} (analysis/maths/sharpness.py). Best lr: the confirmed rate (≥ "
+               f"{CONFIRMED_SEEDS} seeds) with the highest median at one budget. ρ's interval: {draws} bootstrap "
+               f"resamples of the configurations."],
+        float_format=".4g",
+        missing_controls=missing,
+    )  # fmt: skip
