@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .runs import KIND_LABELS, parse_module, runs_footnote, targets_label  # noqa: E402
+from . import builders, roles  # noqa: E402
 from .builders import SubspaceGrids, task_order  # noqa: E402
 
 CMAP = "viridis"
@@ -79,19 +80,20 @@ def plot_subspace_grids(data: SubspaceGrids, zoom: int | None = None) -> Figure:
 
 def plot_metric_vs_rank(runs: pd.DataFrame) -> Figure:
     """Table 6 as a plot: median metric (×100) vs r per target set, min–max over seeds shaded, full FT dashed."""
-    lora = runs[(runs["method"] == "lora") & runs["rank"].notna()]
+    lora = runs[runs["has_factors"].eq(True) & runs["rank"].notna()]
+    lora = lora.assign(config=builders.config_names(lora, ("task", "rank")))
     tasks = _by_task(lora)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.0 * len(tasks), 3.2), squeeze=False, layout="constrained")
     for ax, task in zip(axes[0], tasks):
         on_task = lora[lora["task"] == task]
-        for targets, group in on_task.groupby("targets"):
+        for config, group in on_task.groupby("config"):
             stats = group.groupby("rank")["score"].agg(["median", "min", "max"]).sort_index() * 100
             ranks = stats.index.astype(int)
-            ax.plot(ranks, stats["median"], marker="o", label=f"LoRA {targets_label(targets)}")
+            ax.plot(ranks, stats["median"], marker="o", label=config)
             ax.fill_between(ranks, stats["min"], stats["max"], alpha=0.2)
-        full = runs[(runs["method"] == "full") & (runs["task"] == task)]
-        if len(full):
-            ax.axhline(full["score"].median() * 100, color="0.3", ls="--", lw=1, label="full fine-tuning")
+        full = runs[roles.reference(runs) & (runs["task"] == task)]
+        for config_id, group in full.groupby("config_id"):
+            ax.axhline(group["score"].median() * 100, color="0.3", ls="--", lw=1, label=group["label"].iloc[0])
         ax.set_xscale("log", base=2)
         ranks = sorted(int(r) for r in on_task["rank"].unique())
         ax.set_xticks(ranks, [str(r) for r in ranks])

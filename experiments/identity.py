@@ -31,6 +31,7 @@ SEED = "seed"
 ADDED: dict[str, object] = {
     "data.selection_examples": 0,  # issue 22: no selection slice, the whole training subset trained on
     "train.select_on": "dev",      # issue 22: the reported epoch chosen on the dev set it is reported on
+    "save_delta": {"dtype": "fp32", "modules": "all"},  # issue 26: ΔW of every module the method adapts, in fp32
     "method.rank_pattern": None,   # issue 23: every module at `rank`
     "method.alpha_pattern": None,  # issue 23: every module at `alpha`
 }
@@ -100,7 +101,7 @@ def canonical(config: dict, method_defaults: dict | None = None) -> dict:
     if isinstance(kept.get("method"), dict):
         method = dict(kept["method"])
         for key in method_keys(method.get("name")) if isinstance(method.get("name"), str) else ():
-            if key not in method and key in defaults and not isinstance(defaults[key], (dict, list)):
+            if key not in method and key in defaults:
                 method[key] = defaults[key]
         kept["method"] = method
     return json.loads(json.dumps(kept, default=str, sort_keys=True))

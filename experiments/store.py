@@ -10,24 +10,26 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from experiments import records
 from lorakit.files import atomic_path
-from lorakit.state import CONFIG_NAME
 
-CONFIG, METRICS, DELTAS = "config.yaml", "metrics.json", "delta_weights.safetensors"
-ADAPTER, ADAPTER_INIT, BOTTLENECK = "adapter", "adapter_init", "bottleneck_adapters"
+from experiments.records import COMPLETE, CONFIG, DELTAS, FAILED, METRICS, SUPERSEDED  # noqa: E402 (the contract's names)
+
 GENERATIONS = "generations.jsonl"  # a causal-LM run's outputs on its eval inputs
-COMPLETE, FAILED, SUPERSEDED = "COMPLETE", "FAILED", "SUPERSEDED"
 STAGING = ".partial"  # a run's files until it completes: nothing usable-looking sits in an unfinished run folder
-RUN_FILES = (CONFIG, METRICS, ADAPTER, ADAPTER_INIT, BOTTLENECK, DELTAS, GENERATIONS, COMPLETE, FAILED, "wandb", STAGING)
+# What in a run folder is not a result: Hydra's own files (.hydra/, the job's log) and the checkpoint a rerun resumes
+# from (experiments/checkpoint.py). Everything else is the run's (the method's files, whatever they are, included).
+NOT_RESULTS = (".hydra", ".checkpoint")
 TABLE = "runs"
 log = logging.getLogger(__name__)
 
@@ -80,10 +82,23 @@ def stored_config(run_dir: Path) -> dict | None:
 def clear_run(run_dir: Path) -> None:
     """Remove a previous attempt's results and the temporary files a killed write left; Hydra's own files (.hydra/,
     the job log) stay."""
-    run_dir = Path(run_dir)
-    leftovers = [p for p in run_dir.iterdir() if any(p.name.startswith(f".{name}.") for name in RUN_FILES)]
-    for path in [run_dir / name for name in RUN_FILES] + leftovers:
+    for path in results(run_dir):
         remove(path)
+
+
+def results(run_dir: Path) -> list[Path]:
+    """Every entry of a run folder that a run wrote (``NOT_RESULTS`` and Hydra's ``*.log`` left out), temporary files
+    a killed write left included."""
+    return [p for p in sorted(Path(run_dir).iterdir())
+            if p.name not in NOT_RESULTS and not (p.is_file() and p.suffix == ".log")]
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (apparent sizes), 0 when it is gone."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.is_dir() else 0
 
 
 def remove(path: Path) -> None:
@@ -104,9 +119,8 @@ def set_aside(run_dir: Path, reason: str) -> Path:
     if aside.exists():
         shutil.rmtree(aside)
     aside.mkdir()
-    for name in RUN_FILES:
-        if (run_dir / name).exists():
-            os.replace(run_dir / name, aside / name)
+    for path in results(run_dir):
+        os.replace(path, aside / path.name)
     write_json(aside / SUPERSEDED, {"by": str(run_dir), "reason": reason})
     return aside
 
@@ -117,8 +131,9 @@ def drop_superseded(run_dir: Path) -> None:
         shutil.rmtree(aside)
 
 
-def publish(run_dir: Path, metrics: dict) -> None:
-    """Move the staged files into the run folder, then write metrics.json and COMPLETE, last."""
+def publish(run_dir: Path, metrics: dict, seal: Callable[[Path], str] | None = None) -> None:
+    """Move the staged files into the run folder, then write metrics.json and COMPLETE, last (holding ``seal(run_dir)``:
+    the files' checksums, experiments/integrity.py)."""
     staging = Path(run_dir) / STAGING
     if staging.is_dir():
         for path in staging.iterdir():
@@ -127,16 +142,16 @@ def publish(run_dir: Path, metrics: dict) -> None:
                 shutil.rmtree(target)
             os.replace(path, target)
         staging.rmdir()
-    mark_complete(run_dir, metrics)
+    mark_complete(run_dir, metrics, seal)
 
 
 def write_config(run_dir: Path, cfg: DictConfig) -> None:
     write_text(Path(run_dir) / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def mark_complete(run_dir: Path, metrics: dict) -> None:
+def mark_complete(run_dir: Path, metrics: dict, seal: Callable[[Path], str] | None = None) -> None:
     write_json(Path(run_dir) / METRICS, metrics)
-    write_text(Path(run_dir) / COMPLETE, "")
+    write_text(Path(run_dir) / COMPLETE, seal(Path(run_dir)) if seal else "")
 
 
 def mark_failed(run_dir: Path, err: BaseException) -> dict:
@@ -153,37 +168,20 @@ def mark_failed(run_dir: Path, err: BaseException) -> dict:
 
 
 def run_status(run_dir: Path) -> str:
-    if (Path(run_dir) / SUPERSEDED).is_file():
-        return "superseded"
-    if is_complete(run_dir):
-        return "complete"
-    return "failed" if (Path(run_dir) / FAILED).is_file() else "incomplete"
+    return records.status(run_dir)
 
 
 def _row(run_dir: Path) -> dict:
-    row: dict[str, Any] = {"name": run_dir.name, "status": run_status(run_dir), "path": str(run_dir)}
-    if row["status"] == "complete":
-        metrics = json.loads((run_dir / METRICS).read_text())
-        row.update(metrics["run"])
-        row["metric"] = metrics["metric"]
-        row["best_epoch"] = metrics["best"]["epoch"]
-        row.update({f"best_{k}": v for k, v in metrics["best"].items() if k != "epoch"})
-        row.update({f"last_{k}": v for k, v in metrics["last"].items() if k != "epoch"})
-        keys = ("trainable_params", "method_params", "total_params", "wall_time_s", "train_examples_per_s",
-                "peak_memory_mb", "device")
-        for key in keys:
-            row[key] = metrics.get(key)
-        row["flags"] = "; ".join(metrics.get("flags") or []) or None
-        forgetting = metrics.get("forgetting") or {}
-        row.update({"forgetting": forgetting.get("value"), "forgetting_before": forgetting.get("before"),
-                    "forgetting_after": forgetting.get("after")})
-    else:
-        config = stored_config(run_dir) or {}
-        method = config.get("method", {})
-        row.update({k: method[k] for k in ("rank", "alpha", "targets") if k in method})
-        row.update({"task": config.get("task", {}).get("name"), "method": method.get("name"), "seed": config.get("seed")})
-        if row["status"] == "failed":
-            row["error"] = json.loads((run_dir / FAILED).read_text())["error"]
+    """A run's row in runs.csv: experiments/records.py's record (one reader for this table and the analyses'), the
+    run's folder as ``path``; a folder whose files cannot be read is listed as damaged, never dropped."""
+    try:
+        row = records.read_record(run_dir)
+    except (OSError, ValueError) as err:
+        return {"name": run_dir.name, "status": "damaged", "error": f"{type(err).__name__}: {err}",
+                "path": str(run_dir)}
+    row["path"] = row.pop("run_dir")
+    row.pop("label_parts", None), row.pop("method_columns", None)
+    row["size_on_disk_mb"] = folder_bytes(run_dir) / 1e6  # what the run keeps: ΔW dominates a full fine-tune
     return row
 
 
@@ -198,27 +196,29 @@ def run_folders(sweep_dir: Path, superseded: bool = False) -> list[Path]:
     )
 
 
-SORT_KEYS = ("task", "method", "targets", "rank", "alpha", "seed", "name")
+SORT_KEYS = ("task", "label", "config_id", "seed", "name")
 
 
 def collect_runs(sweep_dir: Path) -> pd.DataFrame:
-    """One row per run folder (set-aside ones included): its values, status, best/last metrics, size and cost; sorted
-    by task, method, targets, rank, alpha and seed, numbers as numbers (4, 8, 16, 64)."""
+    """One row per run folder (set-aside ones included): its identity, status, best/last metrics, size and cost; sorted
+    by task, label, configuration and seed, numbers as numbers (4, 8, 16, 64)."""
     table = pd.DataFrame([_row(p) for p in run_folders(sweep_dir, superseded=True)])
     by = [k for k in SORT_KEYS if k in table]
     return table.sort_values(by, key=_sortable, na_position="last", ignore_index=True) if by else table
 
 
 def _sortable(column: pd.Series) -> pd.Series:
-    """Numbers before text, numbers by value: rank 2, 16, 64, then 'abc'; missing values last."""
+    """Numbers before text, numbers by value, and the numbers inside text by value too: rank 2, 16, 64; 'LoRA (r=4)'
+    before 'LoRA (r=16)'; missing values last."""
 
     def key(value):
         if value is None or isinstance(value, float) and value != value:
-            return (2, 0.0, "")
+            return (2, 0.0, ())
         try:
-            return (0, float(value), "")
+            return (0, float(value), ())
         except (TypeError, ValueError):
-            return (1, 0.0, str(value))
+            chunks = re.split(r"(\d+(?:\.\d+)?)", str(value))
+            return (1, 0.0, tuple((0, float(c), "") if i % 2 else (1, 0.0, c) for i, c in enumerate(chunks)))
 
     return column.map(key)
 
@@ -235,35 +235,3 @@ def write_run_table(sweep_dir: Path) -> pd.DataFrame:
     with atomic_path(Path(sweep_dir) / f"{TABLE}.parquet") as tmp:
         table.to_parquet(tmp, index=False)
     return table
-
-
-def find_init_adapter(init_from: DictConfig, seed: int) -> Path | None:
-    """The adapter a run's LoRA factors start from (``init_from`` in conf/sweep.yaml), or None for a fresh start.
-
-    ``init_from.dir`` is an adapter folder, a run folder holding ``adapter/``, or a sweep folder; in a sweep folder
-    ``init_from.task`` picks the source, the complete LoRA run of that task with this ``seed`` (Appendix D: MNLI for
-    MRPC, RTE and STS-B), and ``task: null`` means no source (how the paper preset leaves its other tasks alone).
-    A half-written or failed run is never a source.
-    """
-    if init_from.dir is None:
-        return None
-    root = Path(init_from.dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"init_from.dir={root} does not exist; give an adapter, run or sweep folder")
-    if (root / CONFIG_NAME).is_file():  # an adapter folder
-        return root
-    if (root / CONFIG).is_file():  # a run folder
-        if not is_complete(root) or not (root / ADAPTER).is_dir():
-            raise FileNotFoundError(f"init_from.dir={root} is not a complete LoRA run (no {COMPLETE} or no {ADAPTER}/)")
-        return root / ADAPTER
-    if init_from.task is None:
-        return None
-    for run_dir in run_folders(root):
-        if is_complete(run_dir) and (run_dir / ADAPTER).is_dir():
-            run = json.loads((run_dir / METRICS).read_text())["run"]
-            if run["task"] == init_from.task and run["method"] in ("lora", "dora") and run["seed"] == seed:
-                return run_dir / ADAPTER
-    raise FileNotFoundError(
-        f"init_from: no complete LoRA run of task={init_from.task} with seed={seed} in {root}; "
-        f"run it into that sweep folder first (task={init_from.task} seed={seed})"
-    )

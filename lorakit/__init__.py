@@ -18,7 +18,7 @@ from .bottleneck import (
     load_bottleneck_adapters,
     save_bottleneck_adapters,
 )
-from .config import TARGET_PRESETS, LoRAConfig, LoRAError, lora_scale, resolve_targets
+from .config import TARGET_PRESETS, LoRAConfig, LoRAError, describe_targets, lora_scale, resolve_targets
 from .dora import DoRALinear
 from .inject import (
     count_lora_parameters,
@@ -58,6 +58,7 @@ __all__ = [
     "NF4LoRALinear",
     "PiSSALinear",
     "TARGET_PRESETS",
+    "describe_targets",
     "active_adapters",
     "adapter_modules",
     "adapter_names",

@@ -29,13 +29,23 @@ _PROJECTIONS: dict[str, tuple[str, ...]] = {
     "v": ("value", "value_proj", "v_proj", _FUSED_QKV),
     "o": ("attention.output.dense", "o_proj", "attn.c_proj"),
 }
-# The MLP's linear layers: BERT/RoBERTa/DeBERTa, LLaMA-style gated MLPs, GPT-2 (Conv1D).
-_MLP: tuple[str, ...] = ("intermediate.dense", "output.dense", "gate_proj", "up_proj", "down_proj", "mlp.c_fc",
-                         "mlp.c_proj")
+# The MLP's linear layers, each with its role: BERT/RoBERTa/DeBERTa, LLaMA-style gated MLPs, GPT-2 (Conv1D).
+_MLP_KINDS: dict[str, str] = {"intermediate.dense": "ffn_in", "output.dense": "ffn_out", "gate_proj": "ffn_gate",
+                              "up_proj": "ffn_in", "down_proj": "ffn_out", "mlp.c_fc": "ffn_in", "mlp.c_proj": "ffn_out"}
+_MLP: tuple[str, ...] = tuple(_MLP_KINDS)
 
 
 def _projection_names(letters: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for letter in "qkvo" if letter in letters for name in _PROJECTIONS[letter]))
+
+
+def module_kinds() -> tuple[tuple[str, str], ...]:
+    """(module-name suffix, kind) for every name the presets know, most specific suffix first (so
+    "attention.output.dense" is W_o before "output.dense" is the MLP's): the one table from which the analyses read
+    what a module is. Kinds: q, k, v, o, ``qkv`` (GPT-2's fused ``c_attn``), ffn_in, ffn_gate, ffn_out."""
+    kinds = {name: letter for letter, names in _PROJECTIONS.items() for name in names if name != _FUSED_QKV}
+    kinds |= {_FUSED_QKV: "qkv", **_MLP_KINDS}
+    return tuple(sorted(kinds.items(), key=lambda item: -item[0].count(".")))
 
 
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
@@ -43,6 +53,23 @@ TARGET_PRESETS: dict[str, tuple[str, ...]] = {
     "qkvo": _projection_names("qkvo"),
     "all": _projection_names("qkvo") + _MLP,
 }
+
+_KIND_NAMES = {"q": "Wq", "k": "Wk", "v": "Wv", "o": "Wo"}
+
+
+def describe_targets(targets: str | Sequence[str] | None) -> str:
+    """A target preset as the paper writes it: ``"qv"`` → ``"Wq, Wv"``; ``"all"`` → ``"all (attn + MLP)"``; a list of
+    names (or their comma-joined text) as given."""
+    if targets is None or targets != targets:  # None, or NaN from a table
+        return "—"
+    if not isinstance(targets, str):
+        return ",".join(targets)
+    if targets == "all":
+        return "all (attn + MLP)"
+    if targets and set(targets) <= set(_PROJECTIONS):
+        return ", ".join(_KIND_NAMES[c] for c in "qkvo" if c in targets)
+    return targets
+
 
 INITS = ("gaussian", "kaiming", "pissa", "gradient")
 # Inits that replace the frozen W by a residual, so the adapter is saved as a plain LoRA of rank 2r (lorakit.pissa).

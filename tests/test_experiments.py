@@ -9,8 +9,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from experiments.methods.lora import find_init_adapter
 from experiments import data as data_module
-from experiments import store
+from experiments import identity, store
 from experiments.config import CONF_DIR, ConfigError, register_resolvers
 from experiments.data import DataError, PadCollator, load_tokenized, read_glue
 from experiments.job import run_job
@@ -27,8 +28,16 @@ def make(overrides):
 
 
 def test_train_returns_the_metrics_of_the_contract(tiny_overrides):
-    metrics = train(make(tiny_overrides), name="rank=2")
-    assert metrics["run"] == {
+    cfg = make(tiny_overrides)
+    metrics = train(cfg, name="rank=2")
+    run = dict(metrics["run"])
+    # The run describes itself: its identity, the id its seeds share, the method's name for it and its facts.
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert run.pop("identity") == identity.canonical(resolved) and "execution" not in identity.canonical(resolved)
+    assert run.pop("config_id") == identity.config_id(resolved) == identity.config_id({**resolved, "seed": 7})
+    assert run.pop("label") == "LoRA (r=2, Wq, Wv)" and run.pop("label_parts") == {"rank": "r=2", "targets": "Wq, Wv"}
+    assert run.pop("facts") == {"has_delta": True, "has_factors": True, "files": ["adapter", "adapter_init"]}
+    assert run == {
         "name": "rank=2", "task": "sst2", "method": "lora", "model": "minilm", "model_path": metrics["run"]["model_path"],
         "seed": 0, "shuffle_labels": False, "family": "sequence_classification", "rank": 2, "alpha": 4.0,
         "targets": "qv", "init": "gaussian",
@@ -236,11 +245,11 @@ def test_init_from_finds_the_source_run_or_says_what_is_missing(tiny_overrides, 
     sweep_dir = tmp_path / "sweep"
     run_job(make(tiny_overrides + ["task=mnli", "train.epochs=1"]), sweep_dir / "task=mnli", name="task=mnli", group="t")
     source = OmegaConf.create({"dir": str(sweep_dir), "task": "mnli"})
-    assert store.find_init_adapter(source, seed=0) == sweep_dir / "task=mnli" / "adapter"
-    assert store.find_init_adapter(OmegaConf.create({"dir": str(sweep_dir), "task": None}), seed=0) is None
-    assert store.find_init_adapter(OmegaConf.create({"dir": str(sweep_dir / "task=mnli"), "task": None}), seed=0) \
+    assert find_init_adapter(source, seed=0) == sweep_dir / "task=mnli" / "adapter"
+    assert find_init_adapter(OmegaConf.create({"dir": str(sweep_dir), "task": None}), seed=0) is None
+    assert find_init_adapter(OmegaConf.create({"dir": str(sweep_dir / "task=mnli"), "task": None}), seed=0) \
         == sweep_dir / "task=mnli" / "adapter"
     with pytest.raises(FileNotFoundError, match="no complete LoRA run of task=mnli with seed=1 in"):
-        store.find_init_adapter(source, seed=1)
+        find_init_adapter(source, seed=1)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        store.find_init_adapter(OmegaConf.create({"dir": str(tmp_path / "nowhere"), "task": "mnli"}), seed=0)
+        find_init_adapter(OmegaConf.create({"dir": str(tmp_path / "nowhere"), "task": "mnli"}), seed=0)

@@ -155,8 +155,8 @@ def test_scan_skips_incomplete_and_failed_runs_by_name(sweep):
     table, skipped = scan_runs([sweep])
     assert len(table) == 11 and set(table["method"]) == {"lora", "full", "head", "bitfit"}
     assert table.loc[table["method"] == "bitfit", "has_weights"].tolist() == [False]
-    assert table["shuffle_labels"].sum() == 1 and table["has_truncation"].sum() == 7
-    full = table[(table["method"] == "full") & ~table["shuffle_labels"]]
+    assert table["data.shuffle_labels"].sum() == 1 and table["has_truncation"].sum() == 7
+    full = table[(table["method"] == "full") & ~table["data.shuffle_labels"]]
     assert full["forgetting"].tolist() == [0.1, 0.1] and full["forgetting_after"].tolist() == pytest.approx([0.7, 0.7])
     assert table.loc[table["method"] == "lora", "has_init"].all()
     reasons = {Path(s.path).name: s.reason for s in skipped}
@@ -177,17 +177,17 @@ def test_tensors_load_lazily_with_model_names(sweep):
     factors = lora_factors(str(run))
     name = "bert.encoder.layer.1.attention.self.query"
     assert factors[name][0].shape == (8, HIDDEN) and factors[name][1].shape == (HIDDEN, 8)
-    assert spectrum(run_deltas(str(run), "lora")[name]).numerical_rank == 8
+    assert spectrum(run_deltas(str(run))[name]).numerical_rank == 8
     assert init_factors(str(run))[name][1].abs().max() == 0  # B₀ = 0 at step 0
-    full = run_deltas(str(sweep / "method=full,seed=1"), "full")
+    full = run_deltas(str(sweep / "method=full,seed=1"))
     assert "bert.encoder.layer.0.intermediate.dense" in full and full[name].shape == (HIDDEN, HIDDEN)
     # ΔW from delta_weights.safetensors when the run wrote it: the same as scale·B·A from its adapter
     with_file = sweep / "rank=8,seed=2"
     from_adapter = read_adapter(with_file / "adapter").delta_weights()
-    from_file = run_deltas(str(with_file), "lora")
+    from_file = run_deltas(str(with_file))
     assert torch.allclose(from_file[name], from_adapter[name], atol=1e-6)
-    with pytest.raises(RunError, match=r"no ΔW \(method=bitfit"):
-        run_deltas(str(sweep / "method=bitfit,seed=1"), "bitfit")
+    with pytest.raises(RunError, match=r"no ΔW \(no delta_weights.safetensors and no adapter/\)"):
+        run_deltas(str(sweep / "method=bitfit,seed=1"))
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +224,7 @@ def test_figure_command_writes_every_file(sweep, produced):
     # One GLUE task: only the analyses of generation runs and across tasks have nothing to work on
     assert skipped_analyses(index) == ONE_GLUE_TASK_SKIPS
     assert "rank=8,seed=3" in index and "CUDA out of memory" in index
-    assert "missing control" not in index and "no ΔW (method=bitfit)" in index
+    assert "missing control" not in index and "no ΔW (BitFit has none)" in index
     written = "".join(p.read_text() for p in out.iterdir() if p.suffix in (".md", ".csv"))
     assert str(sweep.parent) not in written and "/tmp" not in written  # no machine paths in anything written
     table2 = pd.read_csv(out / "table2.csv")

@@ -1,4 +1,4 @@
-"""What every builder shares: how a run's configuration is named, which runs a weight analysis can use, the head-only
+"""What every builder shares: how a configuration is named (by its id, never by method names), which runs a weight analysis can use, the head-only
 baseline a gain is measured from, the spread over seeds, and module ordering."""
 
 from __future__ import annotations
@@ -8,60 +8,83 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..runs import DELTA_METHODS, KIND_LABELS, targets_label
+from experiments.methods import join_label
+from experiments.records import identity_columns
+
+from .. import roles
+from ..runs import KIND_LABELS
 from ..runs.modules import kind_order
 
-METHOD_NAMES = {"full": "full FT", "head": "head only", "bitfit": "BitFit", "lora": "LoRA", "dora": "DoRA",
-                "adapter": "Adapter"}  # fmt: skip
 SPREAD_NOTE = "Cells: median over seeds [min, max] (min–max shown when seeds differ); seeds: how many."
 MIN_SEEDS = 3  # a learning rate is confirmed with this many seeds; fewer are search trials
 
 
-def _set(value: object) -> bool:
-    return value is not None and value is not pd.NA and not (isinstance(value, float) and math.isnan(value))
+def config_names(runs: pd.DataFrame, laid_out: tuple[str, ...] = ("task",), model: bool = False) -> pd.Series:
+    """One name per configuration (``config_id``), aligned with ``runs``: the method's own label (experiments/records),
+    its parts for the ``laid_out`` columns left out (a table that has a column per rank does not repeat 'r=8'), then
+    ``[key=value, ...]`` for every identity column that differs between configurations of that label within one
+    laid-out cell (a batch size, a budget, a learning rate, α): two configurations never share a name, so no table
+    pools them, and nothing is named that does not vary. ``model`` puts the model's name first ('minilm LoRA (r=8,
+    Wq, Wv)')."""
+    if runs.empty:
+        return pd.Series([], index=runs.index, dtype=object)
+    laid = [c for c in laid_out if c in runs]
+    base = pd.Series([join_label(r["title"], [t for k, t in (r["label_parts"] or {}).items() if k not in laid_out])
+                      for _, r in runs.iterrows()], index=runs.index)  # fmt: skip
+    shown = {k for parts in runs["label_parts"] for k in (parts or {})} - set(laid_out)
+    candidates = [c for c in identity_columns(runs.columns) if c not in (*laid_out, "seed", "method", "model")
+                  and c not in shown]  # fmt: skip
+    names = base.copy()
+    for _, group in runs.groupby(base, sort=False):
+        cells = list(group.groupby(laid, dropna=False, sort=False)) if laid else [((), group)]
+        varying = [c for c in candidates if any(_distinct(cell[c]) > 1 for _, cell in cells)]
+        for index, row in group.iterrows():
+            extra = [f"{c}={_value(row[c])}" for c in varying]
+            names[index] = f"{names[index]} [{', '.join(extra)}]" if extra else names[index]
+    if model and "model" in runs:
+        names = runs["model"].astype(str) + " " + names
+    # The guard behind the rule: configurations still sharing a name in a cell (ids that differ in a key no run of
+    # the table shows) get their id.
+    clash = runs.assign(_name=names).groupby([*laid, "_name"], dropna=False)["config_id"].transform("nunique") > 1
+    return names.where(~clash, names + " {" + runs["config_id"].astype(str) + "}")
 
 
-def _flag(value: object) -> bool:
-    """True only for a boolean true (Python's or NumPy's): a missing key of an older run reads as false."""
-    return isinstance(value, (bool, np.bool_)) and bool(value)
+def varying_columns(runs: pd.DataFrame, laid_out: tuple[str, ...] = ("task",)) -> list[str]:
+    """The identity columns that vary across ``runs`` beyond ``laid_out`` and the seed: what a table's header says
+    its configurations differ in."""
+    return [c for c in identity_columns(runs.columns)
+            if c not in (*laid_out, "seed") and c in runs and _distinct(runs[c]) > 1]
 
 
-def config_label(row: pd.Series, vary: dict[str, bool] | None = None) -> str:
-    """One name per configuration: 'full FT', 'head only', 'BitFit', 'Adapter (size=64)', 'LoRA (r=8, Wq, Wv)',
-    'DoRA (r=8, Wq, Wv, rsLoRA)', 'QLoRA (r=8, Wq, Wv)' (LoRA on an NF4 base), ...; ``vary`` ({"alpha": True, "init": True}) adds what differs between the
-    runs shown; an init other than the paper's Gaussian is always named, and the learning rate when the runs read hold
-    the method at several (``several_lrs``; ``vary={"lr": False}`` leaves it out where the rate is a column of its own).
-    A run on shuffled labels (a control) says so."""
-    vary = vary or {}
-    method = row["method"]
-    name = "QLoRA" if method == "lora" and row.get("quantize") == "nf4" else METHOD_NAMES.get(method, str(method))
-    parts = []
-    if method in ("lora", "dora") or (method not in METHOD_NAMES and _set(row.get("rank"))):
-        parts += [f"r={int(row['rank'])}" if _set(row.get("rank")) else "r=?", targets_label(row.get("targets"))]
-        if vary.get("alpha") and _set(row.get("alpha")):
-            parts.append(f"α={float(row['alpha']):g}")
-        if _set(row.get("init")) and (vary.get("init") or row["init"] != "gaussian"):  # never pool Kaiming with Gaussian
-            parts.append(str(row["init"]))
-        if _flag(row.get("rslora")):
-            parts.append("rsLoRA")
-        if _set(row.get("loraplus_ratio")) and float(row["loraplus_ratio"]) != 1.0:
-            parts.append(f"LoRA+ λ={float(row['loraplus_ratio']):g}")
-        if _flag(row.get("freeze_a")):
-            parts.append("A frozen")
-    if method == "adapter" and _set(row.get("adapter_size")):
-        parts.append(f"size={int(row['adapter_size'])}")
-    if vary.get("lr", _flag(row.get("several_lrs"))) and _set(row.get("lr")):
-        parts.append(f"lr={float(row['lr']):.3g}")
-    label = f"{name} ({', '.join(parts)})" if parts else name
-    return label + (" [shuffled labels]" if _flag(row.get("shuffle_labels")) else "")
+def varying_note(runs: pd.DataFrame, laid_out: tuple[str, ...] = ("task",)) -> str:
+    """'Configurations (...) differ in: method, rank, train.epochs.' for a table's notes (one home for the sentence)."""
+    cols = varying_columns(runs, laid_out)
+    return ("Rows are configurations (one config_id each: seeds are pooled only within one); they differ in "
+            + (", ".join(cols) if cols else "nothing but the seed") + ".")
+
+
+def _distinct(values: pd.Series) -> int:
+    return len({_value(v) for v in values})
+
+
+def _value(value: object) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def column(runs: pd.DataFrame, name: str) -> pd.Series:
+    """``runs[name]``, or missing values where no run has the key (the columns follow the runs' identities)."""
+    return runs[name] if name in runs else pd.Series(math.nan, index=runs.index, dtype=float)
 
 
 def training_budget(row: pd.Series) -> str:
-    """A run's training budget as tables print it: '2,000 × 2 ep' ('all' when the training set was not capped).
-    Runs of different budgets are different arms: no table pools them under one rate or seed."""
-    samples = row["train_samples"]
-    examples = "all" if pd.isna(samples) else f"{int(samples):,}"
-    return f"{examples} × {int(row['epochs'])} ep" if pd.notna(row["epochs"]) else examples
+    """A run's training budget as tables print it: '2,000 × 2 ep' ('all' when the training set was not capped)."""
+    samples, epochs = row.get("train.max_train_samples"), row.get("train.epochs")
+    examples = "all" if samples is None or pd.isna(samples) else f"{int(samples):,}"
+    return f"{examples} × {int(epochs)} ep" if epochs is not None and pd.notna(epochs) else examples
 
 
 def beats(a: pd.Series, b: pd.Series) -> tuple[bool, float, float]:
@@ -74,25 +97,25 @@ def beats(a: pd.Series, b: pd.Series) -> tuple[bool, float, float]:
 
 def true_label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs trained on the task's own labels: shuffled-label runs are noise controls, not results."""
-    return runs[~runs["shuffle_labels"].eq(True)]
+    return runs[~runs["data.shuffle_labels"].eq(True)] if "data.shuffle_labels" in runs else runs
 
 
 def weight_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """(runs whose ΔW is on disk, one line per run left out and why: 'label: no ΔW (method=bitfit)')."""
+    """(runs whose ΔW is on disk, one line per run left out and why: 'run: no ΔW (BitFit has none)')."""
     has = runs["has_weights"].eq(True)
-    skipped = [f"{r['label']}: no ΔW (method={r['method']})" if r["method"] not in DELTA_METHODS
-               else f"{r['label']}: no ΔW on disk (method={r['method']}, no delta_weights.safetensors)"
+    skipped = [f"{r['run']}: no ΔW ({r['label']} has none)" if not r["has_delta"]
+               else f"{r['run']}: no ΔW on disk ({r['label']}, no delta_weights.safetensors)"
                for _, r in runs[~has].iterrows()]  # fmt: skip
     return runs[has], skipped
 
 
 def head_baseline(runs: pd.DataFrame, task: str, column: str = "score_last") -> float:
-    """The head-only baseline of ``task``: median ``column`` of its method=head runs on true labels, at the learning
-    rate whose median is highest when they were trained at several (the strongest baseline the runs give, so a gain
-    over it is never a weak head's); NaN if none."""
+    """The head-only baseline of ``task`` (analysis/roles.py): median ``column`` of its runs on true labels, of the
+    configuration whose median is highest when there are several (rates, budgets: the strongest baseline the runs
+    give, so a gain over it is never a weak head's); NaN if none."""
     head = true_label_runs(runs)
-    head = head[(head["method"] == "head") & (head["task"] == task)].dropna(subset=[column])
-    return float(head.groupby("lr", dropna=False)[column].median().max()) if len(head) else math.nan
+    head = head[roles.baseline(head) & (head["task"] == task)].dropna(subset=[column])
+    return float(head.groupby("config_id")[column].median().max()) if len(head) else math.nan
 
 
 def seed_spread(frame: pd.DataFrame, by: list[str], values: list[str], scale: float = 1.0) -> pd.DataFrame:

@@ -29,7 +29,8 @@ import torch
 from ..maths import Interval, random_subspace_overlap, singular_subspaces, subspace_overlap
 from ..runs import KIND_LABELS, MissingRuns, parse_module, run_deltas, sort_modules
 from ..runs.select import groups_across_tasks, lora_with
-from .common import config_label, weight_runs
+from .. import roles
+from .common import config_names, weight_runs
 from .metric_tables import task_order
 from .table import Table
 
@@ -58,16 +59,16 @@ def cross_task_pairs(runs: pd.DataFrame, draws: int = 100, seed: int = 0) -> Tab
     runs, left_out = weight_runs(runs)
     groups = groups_across_tasks(lora_with(runs, set()))
     if not groups:
-        tasks = sorted(set(runs.loc[runs["method"] == "lora", "task"].dropna()))
+        tasks = sorted(set(runs.loc[roles.studied(runs), "task"].dropna()))
         raise MissingRuns(f"{WHAT}; LoRA runs with ΔW found on tasks {tasks}")
     bases: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     chance: dict[tuple[int, int], Interval] = {}  # (d, r) -> the random interval, drawn once
 
     def subspaces(row: pd.Series) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        if row["label"] not in bases:  # one SVD per run and module, however many pairs it is in
+        if row["run"] not in bases:  # one SVD per run and module, however many pairs it is in
             r = int(row["rank"])
-            bases[row["label"]] = {n: singular_subspaces(d, r) for n, d in run_deltas(row["run_dir"], "lora").items()}
-        return bases[row["label"]]
+            bases[row["run"]] = {n: singular_subspaces(d, r) for n, d in run_deltas(row["run_dir"]).items()}
+        return bases[row["run"]]
 
     def random(d: int, r: int) -> Interval:
         if (d, r) not in chance:
@@ -76,7 +77,7 @@ def cross_task_pairs(runs: pd.DataFrame, draws: int = 100, seed: int = 0) -> Tab
 
     records, used = [], set()
     for group in groups:
-        config, r = config_label(group.iloc[0]), int(group["rank"].iloc[0])
+        config, r = config_names(group).iloc[0], int(group["rank"].iloc[0])
         for comparison, x, y in _pairs(group):
             bx, by = subspaces(x), subspaces(y)
             for name in sort_modules([n for n in bx if n in by]):
@@ -92,7 +93,7 @@ def cross_task_pairs(runs: pd.DataFrame, draws: int = 100, seed: int = 0) -> Tab
                     record.update({f"random {side}": interval.mean, f"random {side} 2.5%": interval.lo,
                                    f"random {side} 97.5%": interval.hi})  # fmt: skip
                 records.append(record)
-            used |= {x["label"], y["label"]}
+            used |= {x["run"], y["run"]}
     if not records:
         raise MissingRuns(f"{WHAT}; the runs of one setting share no adapted module")
     first = groups[0]
@@ -101,7 +102,7 @@ def cross_task_pairs(runs: pd.DataFrame, draws: int = 100, seed: int = 0) -> Tab
         title="Cross-task subspaces: φ(r, r) between the ΔW of LoRA runs on two tasks, per module and pair of runs",
         runs=sorted(used),
         notes=[f"Random: φ(r, r) of two Haar-random r-dim subspaces of R^d, mean [2.5%, 97.5%] of {draws} draws.",
-               f"Heat map: {config_label(first.iloc[0])}, tasks {', '.join(task_order(first['task']))}."],
+               f"Heat map: {config_names(first).iloc[0]}, tasks {', '.join(task_order(first['task']))}."],
         float_format=".3f",
         left_out=left_out,
     )

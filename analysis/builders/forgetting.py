@@ -14,7 +14,7 @@ import math
 import pandas as pd
 
 from ..runs import MissingRuns
-from .common import SPREAD_NOTE, config_label, head_baseline, seed_spread, true_label_runs
+from .common import SPREAD_NOTE, config_names, head_baseline, seed_spread, true_label_runs, varying_note
 from .table import Table
 
 GAIN, FORGETTING = "task gain", "forgetting"
@@ -29,13 +29,14 @@ def forgetting_table(runs: pd.DataFrame) -> Table:
         raise MissingRuns("forgetting needs runs whose metrics.json has a 'forgetting' block "
                           "({'probe', 'before', 'after', 'value'}), written by the training code")  # fmt: skip
     rows, missing = [], []
-    for _, run in measured.sort_values(["task", "method", "rank", "seed", "label"]).iterrows():
+    names = config_names(measured)
+    for index, run in measured.sort_values(["task", "label", "seed", "run"]).iterrows():
         baseline = head_baseline(true, run["task"])
         if math.isnan(baseline):
             line = f"head-only baseline — needs method=head runs on {run['task']} (the gain is measured from it)"
             missing += [line] if line not in missing else []
-        rows.append({"task": run["task"], "method": config_label(run),
-                     "rank": run["rank"], "seed": run["seed"], "metric": run["metric"],
+        rows.append({"task": run["task"], "method": names[index],
+                     "rank": run.get("rank"), "seed": run["seed"], "metric": run["metric"],
                      "probe": run["forgetting_probe"], "metric (last)": 100 * run["score_last"],
                      GAIN: 100 * (run["score_last"] - baseline), FORGETTING: 100 * run["forgetting"],
                      "probe before": 100 * run["forgetting_before"], "probe after": 100 * run["forgetting_after"]})
@@ -44,9 +45,10 @@ def forgetting_table(runs: pd.DataFrame) -> Table:
     return Table(
         frame=frame,
         title="Forgetting: task gain over the head-only baseline vs the base model's own skill lost (×100)",
-        runs=list(measured["label"]),
+        runs=list(measured["run"]),
         notes=["task gain: last-epoch metric − the median last-epoch metric of the task's method=head runs. "
-               "forgetting: probe before − after fine-tuning (positive: skill lost). " + SPREAD_NOTE],
+               "forgetting: probe before − after fine-tuning (positive: skill lost). " + SPREAD_NOTE,
+               varying_note(measured)],
         float_format=".2f",
         missing_controls=missing,
     )  # fmt: skip

@@ -11,8 +11,9 @@ from __future__ import annotations
 import pandas as pd
 
 from ..runs import CLASSIFICATION, MissingRuns, read_best, read_generations, short_path
-from .common import SPREAD_NOTE, config_label
-from .metric_tables import METHOD_ORDER, _median_min_max
+from .. import roles
+from .common import SPREAD_NOTE, config_names
+from .metric_tables import _median_min_max
 from .table import Table, human_count
 
 PAPER_TABLE3 = {  # GPT-2 M, E2E test set (the paper's Table 3): the rows a CPU table is read beside
@@ -33,25 +34,24 @@ def _generation_runs(runs: pd.DataFrame, what: str) -> pd.DataFrame:
 def table3(runs: pd.DataFrame) -> Table:
     """Table 3 analogue: one row per task / model / method configuration, one column per metric."""
     runs = _generation_runs(runs, "Table 3")
-    best = {label: read_best(d) for label, d in zip(runs["label"], runs["run_dir"])}
+    best = {label: read_best(d) for label, d in zip(runs["run"], runs["run_dir"])}
     metrics = [m for m in METRIC_ORDER if any(m in b for b in best.values())]
-    frame = runs.assign(config=[f"{r['task']} {r['model']} {config_label(r)}" for _, r in runs.iterrows()])
+    frame = runs.assign(config=runs["task"].astype(str) + " " + config_names(runs, model=True), _order=roles.order(runs))
     rows = []
     for config, group in frame.groupby("config", sort=False):
         row = {"task / model / method": config, "params": group["method_params"].median()}
         for m in metrics:
-            values = pd.Series([best[label].get(m) for label in group["label"]], dtype=float)
+            values = pd.Series([best[label].get(m) for label in group["run"]], dtype=float)
             row.update(dict(zip((m, f"{m} min", f"{m} max"), _median_min_max(values, scale=1.0))))
         row["seeds"] = str(group["seed"].nunique())
-        method = group["method"].iloc[0]
-        row["_order"] = (METHOD_ORDER + (method,)).index(method)
+        row["_order"] = group["_order"].iloc[0]
         rows.append(row)
     table = pd.DataFrame(rows).sort_values(["_order", "task / model / method"]).drop(columns="_order")
     paper = pd.DataFrame([{"task / model / method": name, **values, "seeds": "—"} for name, values in PAPER_TABLE3.items()])
     return Table(
         frame=pd.concat([table, paper], ignore_index=True),
         title="Table 3 analogue: generation metrics per method (median over seeds [min, max], best epoch)",
-        runs=list(runs["label"]),
+        runs=list(runs["run"]),
         notes=["BLEU (sacrebleu, 13a) and ROUGE-L (F, best reference) 0–100; NIST (NLTK, n=5); each generation "
                "scored against every reference of its input. METEOR and CIDEr are not computed offline "
                "(experiments/nlg_metrics.py). The paper's rows (GPT-2 M on the full E2E data, beam 10) are printed "
@@ -69,12 +69,13 @@ def generation_samples(runs: pd.DataFrame, count: int = 5, seed: int = 0) -> Tab
         raise MissingRuns(f"generation samples need a run of seed {seed}; found seeds {sorted(runs['seed'].unique())}")
     rows: dict[str, dict] = {}
     used = []
-    for _, run in chosen.iterrows():
+    names = config_names(chosen, model=True)
+    for index, run in chosen.iterrows():
         outputs = read_generations(run["run_dir"])[:count]
         if not outputs:
             continue
-        used.append(run["label"])
-        column = f"{run['model']} {config_label(run)}"
+        used.append(run["run"])
+        column = names[index]
         for item in outputs:
             row = rows.setdefault(item["mr"], {"input": item["mr"], "a reference": item["references"][0],
                                                "references": len(item["references"])})

@@ -14,7 +14,7 @@ import pandas as pd
 from ..maths import expected_random_similarity, factor_drift
 from ..runs import KIND_LABELS, MissingRuns, init_factors, lora_factors, parse_module, sort_modules
 from ..runs.select import choose_task
-from .common import config_label, module_sort_key, seed_spread, true_label_runs
+from .common import config_names, module_sort_key, seed_spread, true_label_runs
 from .table import Table
 
 CHANGE, SIMILARITY = "‖A−A₀‖_F / ‖A₀‖_F", "φ(A, A₀)"
@@ -24,12 +24,13 @@ def init_drift_table(runs: pd.DataFrame, task: str | None = None) -> Table:
     """Per LoRA configuration and module kind: ‖A−A₀‖/‖A₀‖ and φ(A, A₀), median [min, max] over every adapted
     layer and seed (one row per module kind); the per-layer values in ``Table.frame`` are pooled, not averaged first."""
     lora = true_label_runs(runs)
-    lora = lora[(lora["method"] == "lora") & lora["has_init"].eq(True)]
+    lora = lora[lora["has_factors"].eq(True) & lora["has_init"].eq(True)]
     task = choose_task(lora, task, "how far A moved from its init needs LoRA runs with adapter_init/ (the factors "
                                    "at step 0)")  # fmt: skip
     lora = lora[lora["task"] == task]
     records = []
-    for _, run in lora.sort_values(["rank", "seed", "label"]).iterrows():
+    names = config_names(lora)
+    for index, run in lora.sort_values(["rank", "seed", "run"]).iterrows():
         trained, init = lora_factors(run["run_dir"]), init_factors(run["run_dir"])
         for name in sort_modules([n for n in trained if n in init]):
             a, a0 = trained[name][0], init[name][0]
@@ -37,7 +38,7 @@ def init_drift_table(runs: pd.DataFrame, task: str | None = None) -> Table:
                 continue  # A₀ = 0 (an init that zeroes A): no relative change to report
             drift = factor_drift(a, a0)
             kind = parse_module(name).kind
-            records.append({"LoRA": config_label(run), "r": int(run["rank"]), "seed": run["seed"],
+            records.append({"LoRA": names[index], "r": int(run["rank"]), "seed": run["seed"],
                             "module": KIND_LABELS.get(kind, kind), CHANGE: drift.relative_change,
                             SIMILARITY: drift.similarity,
                             "random φ r/d_in": expected_random_similarity(min(a.shape), a.shape[1])})  # fmt: skip
@@ -50,7 +51,7 @@ def init_drift_table(runs: pd.DataFrame, task: str | None = None) -> Table:
         frame=frame,
         title=f"How far A moved from its init — {task}: ‖A−A₀‖_F/‖A₀‖_F and φ(A, A₀) of the row spaces (top-r right "
         "singular subspaces)",
-        runs=list(lora["label"]),
+        runs=list(lora["run"]),
         notes=["Cells: median [min, max] pooled over every adapted layer and seed; seeds: how many. φ(A, A₀) = 1: A "
                "reads the input through its init's directions; r/d_in: unrelated subspaces."],
         float_format=".3g",

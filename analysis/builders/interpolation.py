@@ -25,10 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.records import FACTORS
+
 from ..runs import MissingRuns, RunError
 from ..runs.dev_sets import DevSet, dev_set
 from ..runs.select import groups_across_tasks, lora_with
-from .common import config_label, head_baseline, true_label_runs
+from .common import config_names, head_baseline, true_label_runs
 from .metric_tables import task_order
 from .table import Table
 
@@ -37,7 +39,7 @@ NAMES = ("A", "B")  # the two adapters' names on the model; "mix" is a weighted 
 
 def _with_adapter(runs: pd.DataFrame) -> pd.DataFrame:
     lora = lora_with(true_label_runs(runs), set())
-    return lora[[(Path(d) / "adapter").is_dir() for d in lora["run_dir"]]] if len(lora) else lora
+    return lora[[(Path(d) / FACTORS).is_dir() for d in lora["run_dir"]]] if len(lora) else lora
 
 
 def choose_pair(runs: pd.DataFrame, pair: tuple[str, str] | None = None) -> tuple[pd.DataFrame, str, str, list[int]]:
@@ -76,8 +78,8 @@ def _task_pairs(group: pd.DataFrame) -> list[tuple[str, str]]:
 def _checked_head(row: pd.Series) -> None:
     from lorakit import read_adapter
 
-    if not read_adapter(Path(row["run_dir"]) / "adapter").extra:
-        raise RunError(f"{row['label']}: adapter/ holds no trained head (modules_to_save); the interpolation scores "
+    if not read_adapter(Path(row["run_dir"]) / FACTORS).extra:
+        raise RunError(f"{row['run']}: adapter/ holds no trained head (modules_to_save); the interpolation scores "
                        f"each task with its own head")  # fmt: skip
 
 
@@ -108,7 +110,7 @@ def interpolation_curves(
     that the rebuilt evaluation is the run's, and ``head-only baseline`` the task's method=head median."""
     from lorakit import delete_adapter, load_adapter
 
-    from experiments.config import ConfigError
+    from experiments.errors import ConfigError
     from experiments.models import load_model, load_tokenizer
 
     if isinstance(points, bool) or not isinstance(points, int) or points < 2:
@@ -134,7 +136,7 @@ def interpolation_curves(
     for seed in common:
         for labels, model in models.items():
             for name, task in zip(NAMES, (a, b)):
-                load_adapter(model, Path(rows[task, seed]["run_dir"]) / "adapter", head=dev[task].num_labels == labels,
+                load_adapter(model, Path(rows[task, seed]["run_dir"]) / FACTORS, head=dev[task].num_labels == labels,
                              name=name)  # fmt: skip
             for name, task in zip(NAMES, (a, b)):
                 if dev[task].num_labels != labels:
@@ -153,9 +155,9 @@ def interpolation_curves(
     missing = [f"head-only baseline — needs method=head runs on {t}" for t in (a, b) if math.isnan(baselines[t])]
     return Table(
         frame=frame,
-        title=f"Interpolation {a} + {b} ({config_label(group.iloc[0])}): dev metric ×100 of each task with "
+        title=f"Interpolation {a} + {b} ({config_names(group).iloc[0]}): dev metric ×100 of each task with "
         f"w·ΔW_{a} + (1 − w)·ΔW_{b} and with its own adapter alone at the same scale, each task with its own head",
-        runs=sorted(row["label"] for row in rows.values()),
+        runs=sorted(row["run"] for row in rows.values()),
         notes=[f"w: the weight of {a}'s update (1: {a}'s adapter alone; 0: {b}'s). combine_adapters(how='cat'), exact. "
                f"value: the mix. alone: the task's own adapter alone at its weight in the mix (w·ΔW_{a} for {a}, "
                f"(1 − w)·ΔW_{b} for {b}), the control: value − alone is what the other task's factors do (< 0: "

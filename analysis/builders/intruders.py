@@ -17,7 +17,8 @@ import torch
 from ..maths import intruder_dimensions, intruders_at_norm, left_singular_basis
 from ..runs import KIND_LABELS, MissingRuns, run_base_weights, parse_module, run_deltas
 from ..runs.select import choose_task
-from .common import SPREAD_NOTE, config_label, module_sort_key, seed_spread, true_label_runs, weight_runs
+from .. import roles
+from .common import SPREAD_NOTE, config_names, module_sort_key, seed_spread, true_label_runs, weight_runs
 from .table import Table
 
 
@@ -25,7 +26,7 @@ def _full_norms(full: pd.DataFrame) -> dict[str, float]:
     """{module: median over the full fine-tune's seeds of ‖ΔW‖_F}: the common norm updates are matched to."""
     norms: dict[str, list[float]] = {}
     for _, run in full.iterrows():
-        for name, d in run_deltas(run["run_dir"], "full").items():
+        for name, d in run_deltas(run["run_dir"]).items():
             norms.setdefault(name, []).append(float(torch.linalg.matrix_norm(d.double())))
     return {name: float(torch.tensor(v).median()) for name, v in norms.items()}
 
@@ -38,15 +39,16 @@ def intruder_table(runs: pd.DataFrame, task: str | None = None, k: int = 10, thr
     task = choose_task(usable, task, "intruder dimensions need runs with a ΔW and run.model_path")
     on_task = usable[usable["task"] == task]
     on_task = on_task[on_task["model_path"] == on_task["model_path"].iloc[0]]
-    full = on_task[on_task["method"] == "full"]
+    full = on_task[roles.reference(on_task)]
     target = _full_norms(full) if len(full) else {}
     missing = [] if len(full) else [f"matched-norm intruders — need a full fine-tune on {task} (method=full) whose "
                                     "‖ΔW‖_F per module sets the common norm"]  # fmt: skip
     records = []
+    config_of = config_names(on_task)
     # Module outer, run inner: W₀'s decomposition is shared by every run of one module and dropped before the next,
     # so memory holds one module's W₀, its basis and one ΔW, never the model's.
-    readers = [(run, run_deltas(run["run_dir"], run["method"]), run_base_weights(run))
-               for _, run in on_task.sort_values(["seed", "label"]).iterrows()]
+    readers = [(run, run_deltas(run["run_dir"]), run_base_weights(run))
+               for _, run in on_task.sort_values(["seed", "run"]).iterrows()]
     names = list(dict.fromkeys(name for _, deltas, _ in readers for name in deltas))
     for name in names:
         basis = None
@@ -63,7 +65,7 @@ def intruder_table(runs: pd.DataFrame, task: str | None = None, k: int = 10, thr
             matched = (intruders_at_norm(w, d, target[name], kk, threshold, base_basis=basis)
                        if name in target else None)  # fmt: skip
             mid = parse_module(name)
-            records.append({"method": config_label(run), "seed": run["seed"], "layer": mid.layer,
+            records.append({"method": config_of[run.name], "seed": run["seed"], "layer": mid.layer,
                             "module": KIND_LABELS.get(mid.kind, mid.kind), "k": kk, "ε": threshold,
                             "‖ΔW‖_F": float(torch.linalg.matrix_norm(d.double())),
                             "intruders": raw.count,
@@ -81,7 +83,7 @@ def intruder_table(runs: pd.DataFrame, task: str | None = None, k: int = 10, thr
         frame=table,
         title=f"Intruder dimensions — {task}: top-{k} singular vectors of W₀+ΔW whose max |cos| with the singular "
         f"vectors of W₀ is below ε={threshold}, raw and at matched update norm",
-        runs=list(on_task["label"]),
+        runs=list(on_task["run"]),
         notes=["Matched norm: each ΔW rescaled to the full fine-tune's ‖ΔW‖_F of the same module (median over its "
                "seeds) before counting. " + SPREAD_NOTE],
         formats={"lowest max-cos": lambda v: f"{v:.3f}", "lowest max-cos at matched norm": lambda v: f"{v:.3f}",

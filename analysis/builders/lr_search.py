@@ -16,7 +16,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..runs import MissingRuns
-from .common import MIN_SEEDS, beats, config_label, seed_spread, training_budget, true_label_runs
+from .common import MIN_SEEDS, beats, column, config_names, seed_spread, training_budget, true_label_runs
 from .table import Table
 
 def _verdict(group: pd.DataFrame, min_seeds: int) -> dict[float, str]:
@@ -45,13 +45,13 @@ def lr_search_tables(runs: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> tuple[Ta
     """(one row per run: task, configuration, budget, learning rate, seed, dev metric ×100; per task, configuration
     and training budget, one row per learning rate: the metric's median [min, max] over seeds and the verdict of rule 6
     among the rates with ≥ ``min_seeds`` seeds)."""
-    runs = true_label_runs(runs)
+    runs = true_label_runs(runs).assign(lr=lambda f: column(f, "lr"))
     runs = runs[runs["lr"].notna() & runs["score"].notna()]
     if runs.empty:
         raise MissingRuns("the learning-rate table needs complete runs with a learning rate in config.yaml (method.lr)")
-    frame = runs.assign(config=[config_label(r, {"lr": False}) for _, r in runs.iterrows()],  # the rate: a column
-                        budget=[training_budget(r) for _, r in runs.iterrows()])  # fmt: skip
-    frame = frame.drop_duplicates(["task", "config", "budget", "lr", "seed"])  # a trial and its confirmation rerun
+    laid_out = ("task", "lr", "train.max_train_samples", "train.epochs")  # the rate and the budget: columns
+    frame = runs.assign(config=config_names(runs, laid_out), budget=[training_budget(r) for _, r in runs.iterrows()])
+    frame = frame.drop_duplicates(["config_id", "seed"])  # a trial and its confirmation rerun: the same run twice
     tried = frame.groupby(["task", "config", "budget"])["lr"].nunique()
     if not (tried >= 2).any():
         found = ", ".join(f"{t} {c} ({b}): lr {frame.loc[(frame.task == t) & (frame.config == c), 'lr'].iloc[0]:.2g}"
@@ -66,14 +66,14 @@ def lr_search_tables(runs: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> tuple[Ta
         verdicts.update({(*key, lr): line for lr, line in _verdict(group, min_seeds).items()})
     table["verdict"] = [verdicts[(r.task, r.config, r.budget, r.lr)] for r in table.itertuples()]
     table = table.sort_values(["task", "config", "budget", "lr"]).reset_index(drop=True)
-    points = frame.assign(score=frame["score"] * 100)[["task", "config", "budget", "lr", "seed", "score", "label"]]
+    points = frame.assign(score=frame["score"] * 100)[["task", "config", "budget", "lr", "seed", "score", "run"]]
     trials = Table(frame=points.sort_values(["task", "config", "budget", "lr", "seed"]).reset_index(drop=True),
                    title="Every run of the learning-rate search and its confirmation: dev metric ×100",
-                   runs=list(frame["label"]), formats={"lr": lambda v: f"{v:.3g}"})  # fmt: skip
+                   runs=list(frame["run"]), formats={"lr": lambda v: f"{v:.3g}"})  # fmt: skip
     return trials, Table(
         frame=table,
         title="Learning rates tried: dev metric ×100, median over seeds [min, max], and which one wins (rule 6)",
-        runs=list(frame["label"]),
+        runs=list(frame["run"]),
         notes=[f"A rate is confirmed with ≥ {min_seeds} seeds; fewer are search trials (Optuna, one seed each). "
                "Rule 6: a beats b only when a's median exceeds b's by more than the larger of the two seed ranges. "
                "'chosen' is the best median when it beats every other confirmed rate; otherwise no rate is chosen."],

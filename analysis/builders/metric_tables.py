@@ -13,11 +13,13 @@ correlation, Pearson). Every builder returns a ``Table`` or raises ``MissingRuns
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 
-from ..runs import CLASSIFICATION, MissingRuns, targets_label
-from .common import METHOD_NAMES, MIN_SEEDS, SPREAD_NOTE, beats, config_label, training_budget, true_label_runs
+from .. import roles
+from ..runs import CLASSIFICATION, MissingRuns
+from .common import MIN_SEEDS, SPREAD_NOTE, beats, column, config_names, training_budget, true_label_runs, varying_note
 from .table import Table, human_count
 
 PAPER_TASK_ORDER = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")
@@ -50,35 +52,30 @@ def _controls_left_out(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """The GLUE runs on true labels, and a line per run left out: shuffled-label controls (generation runs have
     their own table, ``generation.table3``, and are not listed)."""
     runs = runs[runs["family"] == CLASSIFICATION]
-    shuffled = runs[runs["shuffle_labels"].eq(True)]
-    return true_label_runs(runs), [f"{label}: shuffled labels (a noise control)" for label in shuffled["label"]]
+    shuffled = runs[runs["data.shuffle_labels"].eq(True)] if "data.shuffle_labels" in runs else runs.iloc[:0]
+    return true_label_runs(runs), [f"{run}: shuffled labels (a noise control)" for run in shuffled["run"]]
 
 
 # ---------------------------------------------------------------------------------------------------- tables
 
-# Table 2's row order: the paper's baseline first, LoRA and its variants, other parameter-efficient methods, head last.
-METHOD_ORDER = ("full", "lora", "dora", "adapter", "bitfit")
-
 
 def table2(runs: pd.DataFrame) -> Table:
-    """Table 2 analogue: one row per model / method / configuration (every method found: full FT, LoRA, DoRA,
-    Adapter, BitFit, head only, ...), one column per task: median over seeds ×100 with [min, max] beside it."""
+    """Table 2 analogue: one row per model and configuration (every method found), one column per task: median
+    over seeds ×100 with [min, max] beside it. Rows are configurations (``config_id``), never method names: two runs
+    that differ in anything but the seed (a budget, a batch size, a rate) are two rows."""
     if runs.empty:
         raise MissingRuns("Table 2 needs LoRA and full fine-tuning runs; no complete runs were found")
     runs, left_out = _controls_left_out(runs)
-    methods = {m: set(runs.loc[runs["method"] == m, "task"]) for m in ("lora", "full")}
-    shared = methods["lora"] & methods["full"]
+    shared = set(runs.loc[roles.studied(runs), "task"]) & set(runs.loc[roles.reference(runs), "task"])
     if not shared:
-        have = ", ".join(f"{m} on {sorted(t) or 'no task'}" for m, t in methods.items())
+        have = ", ".join(f"{m} on {sorted(set(runs.loc[runs['method'] == m, 'task'])) or 'no task'}"
+                         for m in (roles.STUDIED, roles.REFERENCE))  # fmt: skip
         raise MissingRuns(f"Table 2 needs LoRA and full fine-tuning runs on a common task; found {have}")
-    family = runs[runs["method"].isin(["lora", "dora"])]
-    vary = {c: family[c].nunique(dropna=False) > 1 for c in ("alpha", "init")}
-    frame = runs.assign(config=[f"{r['model']} {config_label(r, vary)}" for _, r in runs.iterrows()])
+    frame = runs.assign(config=config_names(runs, model=True), _order=roles.order(runs))
     tasks = _tasks(frame)
     rows = []
     for config, group in frame.groupby("config", sort=False):
         per_task = group.groupby("task")["score"]
-        counts = per_task.size()
         row = {"model / method": config, "params": group["method_params"].median(),
                "trainable": group["trainable_params"].median()}
         medians = {}
@@ -89,22 +86,29 @@ def table2(runs: pd.DataFrame) -> Table:
                 medians[t] = med
         if len(tasks) > 1:
             row["avg"] = sum(medians.values()) / len(tasks) if len(medians) == len(tasks) else math.nan
-        row["seeds"] = _seed_range(counts)
-        method = group["method"].iloc[0]
-        row["_order"] = 99 if method == "head" else (METHOD_ORDER + (method,)).index(method)
+        row["seeds"] = _seed_range(per_task.size())
+        row["_order"] = group["_order"].iloc[0]
         rows.append(row)
-    table = pd.DataFrame(rows).sort_values(["_order", "model / method"]).drop(columns="_order")
+    table = pd.DataFrame(rows).sort_values(["_order", "model / method"], key=_natural_key).drop(columns="_order")
     metrics = frame.groupby("task")["metric"].first()
     return Table(
         frame=table.reset_index(drop=True),
         title="Table 2 analogue: methods compared per task (median over seeds [min, max], best epoch, ×100)",
-        runs=list(runs["label"]),
+        runs=list(runs["run"]),
         notes=["Metrics: " + ", ".join(f"{t} {metrics[t]}" for t in tasks) + ". Params: what the method trains, the "
                "paper's count (LoRA: the factors; FT: every weight); trainable: the same plus the task head. "
-               + SPREAD_NOTE],
+               + SPREAD_NOTE, varying_note(runs)],
         formats={"params": human_count, "trainable": human_count},
         left_out=left_out,
     )  # fmt: skip
+
+
+def _natural_key(column: pd.Series) -> pd.Series:
+    """Sort text with the numbers in it by value ('r=4' before 'r=16')."""
+    if column.dtype != object:
+        return column
+    return column.map(lambda v: tuple((0, float(c), "") if i % 2 else (1, 0.0, c)
+                                      for i, c in enumerate(re.split(r"(\d+(?:\.\d+)?)", str(v)))))
 
 
 def table2_verdicts(runs: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Table:
@@ -116,12 +120,13 @@ def table2_verdicts(runs: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Table:
     trial at 2,000 × 1 is not a seed of the same rate at 2,000 × 2."""
     runs, left_out = _controls_left_out(runs)
     runs = runs[runs["score"].notna()]
-    full = runs[runs["method"] == "full"]
+    full = runs[roles.reference(runs)]
     if full.empty:
         raise MissingRuns("Table 2's verdicts need full fine-tuning runs to compare against; none were found")
-    frame = runs.assign(config=[f"{r['model']} {config_label(r, {'lr': False})}" for _, r in runs.iterrows()],
+    laid_out = ("task", "lr", "train.max_train_samples", "train.epochs")  # rates and budgets: columns of their own
+    frame = runs.assign(config=config_names(runs, laid_out, model=True), _order=roles.order(runs), lr=column(runs, "lr"),
                         budget=[training_budget(r) for _, r in runs.iterrows()])  # fmt: skip
-    frame = frame.drop_duplicates(["task", "config", "budget", "lr", "seed"])  # a search trial and its rerun: one seed
+    frame = frame.drop_duplicates(["config_id", "seed"])  # a search trial and its rerun: one seed
     best = {}  # (task, config, budget) -> the runs at the rate with the best median
     for (task, config, budget), group in frame.groupby(["task", "config", "budget"], sort=False, dropna=False):
         by_lr = dict(list(group.groupby("lr", dropna=False)))
@@ -130,25 +135,27 @@ def table2_verdicts(runs: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Table:
         best[task, config, budget] = (lr, pool[lr], sorted(by_lr))
     rows, used = [], []
     for (task, config, budget), (lr, group, tried) in best.items():
-        model, method = group["model"].iloc[0], group["method"].iloc[0]
-        reference = best.get((task, f"{model} {METHOD_NAMES['full']}", budget))
-        if reference is None:
+        model = group["model"].iloc[0]
+        references = [g for (t, _, b), (_, g, _) in best.items() if t == task and b == budget
+                      and roles.reference(g).all() and g["model"].iloc[0] == model]  # fmt: skip
+        if not references:
             continue
+        reference = max(references, key=lambda g: g["score"].median())  # full FT at its best
         scores = group["score"] * 100
         med, lo, hi = _median_min_max(group["score"])
         row = {"task": task, "model / method": config, "budget": budget, "lr": lr, "score": med, "score min": lo,
                "score max": hi, "seeds": scores.size, "rates tried": ", ".join(f"{r:.3g}" for r in tried)}
-        if method == "full":
+        if group["config_id"].iloc[0] == reference["config_id"].iloc[0]:
             row["vs full FT"] = "the reference"
         else:
-            full_scores = reference[1]["score"] * 100
+            full_scores = reference["score"] * 100
             won, margin, spread = beats(scores, full_scores)
             lost, _, _ = beats(full_scores, scores)
             word = "beats full FT" if won else "beaten by full FT" if lost else "within the spread"
             row["vs full FT"] = f"{word}: {margin:+.1f} vs seed range {spread:.1f}"
-        row["_order"] = 99 if method == "head" else (METHOD_ORDER + (method,)).index(method)
+        row["_order"] = group["_order"].iloc[0]
         rows.append(row)
-        used += list(group["label"])
+        used += list(group["run"])
     if not rows:
         raise MissingRuns("Table 2's verdicts need a method and full fine-tuning on a common task, model and training "
                           "budget; found "
@@ -172,21 +179,23 @@ def table2_verdicts(runs: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Table:
 
 
 def table6(runs: pd.DataFrame) -> Table:
-    """Table 6 analogue: metric vs rank r, one row per task and target set, median of seeds ×100 [min, max]."""
+    """Table 6 analogue: metric vs rank r, one row per task and configuration but for r (LoRA on {Wq, Wv}; DoRA or
+    rsLoRA rows of their own), median of seeds ×100 [min, max]. Every method with a rank and factors is read."""
     runs, left_out = _controls_left_out(runs)
-    lora = runs[(runs["method"] == "lora") & runs["rank"].notna()]
-    counts = lora.groupby(["task", "targets"])["rank"].nunique() if not lora.empty else pd.Series(dtype=int)
+    ranked = runs[runs["has_factors"].eq(True) & runs["rank"].notna()] if "rank" in runs else runs.iloc[:0]
+    ranked = ranked.assign(config=config_names(ranked, ("task", "rank")))
+    counts = ranked.groupby(["task", "config"])["rank"].nunique() if not ranked.empty else pd.Series(dtype=int)
     usable = counts[counts >= 2]
     if usable.empty:
-        found = ", ".join(f"{t}/{g}: r={sorted(lora[(lora.task == t) & (lora.targets == g)]['rank'].unique())}"
-                          for t, g in counts.index) or "no LoRA runs"  # fmt: skip
+        found = ", ".join(f"{t}/{c}: r={sorted(ranked[(ranked.task == t) & (ranked.config == c)]['rank'].unique())}"
+                          for t, c in counts.index) or "no LoRA runs"  # fmt: skip
         raise MissingRuns(f"Table 6 needs LoRA runs at two or more ranks on the same task and targets; found {found}")
-    ranks = sorted(int(r) for r in lora["rank"].unique())
+    ranks = sorted(int(r) for r in ranked["rank"].unique())
     rows, used = [], []
-    for task, targets in usable.index:
-        group = lora[(lora["task"] == task) & (lora["targets"] == targets)]
-        used += list(group["label"])
-        row = {"task": task, "weight type": targets_label(targets)}
+    for task, config in usable.index:
+        group = ranked[(ranked["task"] == task) & (ranked["config"] == config)]
+        used += list(group["run"])
+        row = {"task": task, "configuration": config}
         for r in ranks:
             med, lo, hi = _median_min_max(group.loc[group["rank"] == r, "score"])
             row.update({f"r={r}": med, f"r={r} min": lo, f"r={r} max": hi})
@@ -196,7 +205,7 @@ def table6(runs: pd.DataFrame) -> Table:
         frame=pd.DataFrame(rows),
         title="Table 6 analogue: metric vs LoRA rank r (median over seeds [min, max], best epoch, ×100)",
         runs=used,
-        notes=[SPREAD_NOTE],
+        notes=[SPREAD_NOTE, varying_note(ranked, ("task", "rank"))],
         left_out=left_out,
     )
 
@@ -206,13 +215,14 @@ def table5(runs: pd.DataFrame) -> Table:
 
     Within a task the head is the same for every run, so runs with equal ``trainable_params`` have equal LoRA
     budgets (Wq at r=8 = {Wq, Wk} at r=4 = all four at r=2 for square projections). Per task the budget shared by
-    the most target sets is shown, median over seeds ×100 [min, max].
+    the most configurations is shown, median over seeds ×100 [min, max]; a row per configuration but for r.
     """
     runs, left_out = _controls_left_out(runs)
-    lora = runs[(runs["method"] == "lora") & runs["trainable_params"].notna()]
+    lora = runs[runs["has_factors"].eq(True) & runs["trainable_params"].notna()]
+    lora = lora.assign(config=config_names(lora, ("task", "rank")))
     picks = []
     for task, group in lora.groupby("task"):
-        by_budget = group.groupby("trainable_params")["targets"].nunique()
+        by_budget = group.groupby("trainable_params")["config"].nunique()
         if by_budget.max() >= 2:
             budget = by_budget[by_budget == by_budget.max()].index.max()
             picks.append((task, int(budget), group[group["trainable_params"] == budget]))
@@ -222,26 +232,27 @@ def table5(runs: pd.DataFrame) -> Table:
             f"(e.g. targets=q r=8 and targets=qv r=4); found target sets {sorted(set(lora['targets'].dropna()))}"
         )
     order = ["q", "k", "v", "o", "qk", "qv", "qkvo", "all"]
-    targets = sorted({t for _, _, g in picks for t in g["targets"]}, key=lambda t: (order + [t]).index(t))
+    chosen = pd.concat([g for _, _, g in picks])
+    configs = chosen.drop_duplicates("config").assign(_t=lambda f: f["targets"].map(lambda t: (order + [t]).index(t)))
     rows = []
-    for t in targets:
-        row: dict[str, object] = {"weight type": targets_label(t)}
-        ranks = sorted({int(r) for _, _, g in picks for r in g.loc[g["targets"] == t, "rank"]})
+    for config in configs.sort_values(["_t", "config"])["config"]:
+        row: dict[str, object] = {"configuration": config}
+        ranks = sorted({int(r) for _, _, g in picks for r in g.loc[g["config"] == config, "rank"]})
         row["rank r"] = ", ".join(map(str, ranks))
         seeds = []
         for task, _, group in picks:
-            med, lo, hi = _median_min_max(group.loc[group["targets"] == t, "score"])
+            med, lo, hi = _median_min_max(group.loc[group["config"] == config, "score"])
             row.update({task: med, f"{task} min": lo, f"{task} max": hi})
-            seeds.append(int((group["targets"] == t).sum()))
+            seeds.append(int((group["config"] == config).sum()))
         row["seeds"] = _seed_range(pd.Series(seeds))
         rows.append(row)
     return Table(
         frame=pd.DataFrame(rows),
         title="Table 5 analogue: metric per weight type at a fixed parameter budget (median over seeds [min, max], "
         "×100)",
-        runs=[label for _, _, g in picks for label in g["label"]],
+        runs=list(chosen["run"]),
         notes=["Budget (trainable parameters incl. head): " + ", ".join(_budget(t, b, g) for t, b, g in picks),
-               SPREAD_NOTE],
+               SPREAD_NOTE, varying_note(chosen, ("task", "rank"))],
         left_out=left_out,
     )
 

@@ -14,7 +14,8 @@ from ..maths import delta_vs_weight, random_projection
 from ..runs import KIND_LABELS, MissingRuns, run_base_weights, parse_module, run_deltas, short_path
 from ..runs.modules import find_module
 from ..runs.select import adapted_layers, choose_layer, groups_by_setting, lora_with
-from .common import SPREAD_NOTE, config_label, true_label_runs, weight_runs
+from .. import roles
+from .common import SPREAD_NOTE, config_names, true_label_runs, weight_runs
 from .table import Table
 
 DELTA = "‖UᵀWVᵀ‖_F, U,V of ΔW"
@@ -60,7 +61,7 @@ def table7(
     present = sorted(int(r) for r in group["rank"].unique())
     chosen = [r for r in ranks if r in present] or present
     picked = group[group["rank"].isin(chosen)]
-    full = runs[(runs["method"] == "full") & (runs["task"] == group["task"].iloc[0])]
+    full = runs[roles.reference(runs) & (runs["task"] == group["task"].iloc[0])]
     full = full[full["model_path"] == group["model_path"].iloc[0]]
     layer, where = choose_layer(adapted_layers(picked), layer, "Table 7")
     first = picked.iloc[0]
@@ -75,22 +76,22 @@ def table7(
             for arm in arms:
                 values = []
                 for _, run in arm.iterrows():
-                    deltas = run_deltas(run["run_dir"], run["method"])
+                    deltas = run_deltas(run["run_dir"])
                     name = find_module(list(deltas), layer, kind)
                     if name is None or name not in w0:
-                        raise MissingRuns(f"Table 7: {run['label']} or the base model lacks {KIND_LABELS[kind]} at "
+                        raise MissingRuns(f"Table 7: {run['run']} or the base model lacks {KIND_LABELS[kind]} at "
                                           f"layer {layer}")  # fmt: skip
                     random = random or random_projection(w0[name], r, draws, seed)
                     p = delta_vs_weight(deltas[name], w0[name], r, random=random)
                     proj_weight = p.proj_weight
                     values.append({"seed": run["seed"], "‖ΔW‖_F": p.delta_norm, DELTA: p.proj_delta,
                                    AMPLIFICATION: p.amplification})  # fmt: skip
-                config = "full FT" if arm["method"].iloc[0] == "full" else config_label(arm.iloc[0])
+                config = arm["label"].iloc[0] if roles.reference(arm).all() else config_names(arm).iloc[0]
                 rows.append(_row(kind, config, r, pd.DataFrame(values), random, p.weight_norm, proj_weight))
     return Table(
         frame=pd.DataFrame(rows),
         title=f"Table 7 analogue: ΔW vs W — {first['task']}, {where}",
-        runs=list(picked["label"]) + list(full["label"]),
+        runs=list(picked["run"]) + list(full["run"]),
         notes=[
             "U, V: top-r left/right singular vectors of ΔW or of the pretrained W itself; random: Haar-random "
             f"orthonormal U, V of rank r, mean [95% interval] of {draws} draws (generator seed {seed}). vs random: "

@@ -21,7 +21,8 @@ from ..maths import noise_floor, signal_rank, singular_values, spectrum
 from ..runs import KIND_LABELS, parse_module, run_deltas, sort_modules
 from ..runs.lazy import Derived
 from ..runs.select import choose_task
-from .common import SPREAD_NOTE, config_label, seed_spread, true_label_runs, weight_runs
+from .. import roles
+from .common import SPREAD_NOTE, config_names, seed_spread, true_label_runs, weight_runs
 from .table import Table
 
 SEED_FLOOR, SHUFFLED_FLOOR = "noise floor: seed difference", "noise floor: shuffled labels"
@@ -30,19 +31,19 @@ SEED_FLOOR, SHUFFLED_FLOOR = "noise floor: seed difference", "noise floor: shuff
 def _floors(full: pd.DataFrame, shuffled: pd.DataFrame, task: str) -> tuple[dict, list[str], list[str]]:
     """({floor name: {module: floor ΔW}}, the runs used, the controls missing with the runs that would give them)."""
     floors, used, missing = {}, [], []
-    seeds = full.drop_duplicates("seed").sort_values(["seed", "label"])
+    seeds = full.drop_duplicates("seed").sort_values(["seed", "run"])
     if len(seeds) >= 2:
         a, b = seeds.iloc[0], seeds.iloc[1]
-        da, db = run_deltas(a["run_dir"], "full"), run_deltas(b["run_dir"], "full")
+        da, db = run_deltas(a["run_dir"]), run_deltas(b["run_dir"])
         floors[SEED_FLOOR] = Derived([n for n in da if n in db], lambda n: noise_floor(da[n], db[n]))  # per module
-        used += [a["label"], b["label"]]
+        used += [a["run"], b["run"]]
     else:
         missing.append(f"seed noise floor — needs two full fine-tunes on {task} that differ only in seed "
                        f"(method=full, shuffle_labels=false, two seeds); found {len(seeds)}")  # fmt: skip
     if len(shuffled):
-        s = shuffled.sort_values(["seed", "label"]).iloc[0]
-        floors[SHUFFLED_FLOOR] = run_deltas(s["run_dir"], "full")
-        used.append(s["label"])
+        s = shuffled.sort_values(["seed", "run"]).iloc[0]
+        floors[SHUFFLED_FLOOR] = run_deltas(s["run_dir"])
+        used.append(s["run"])
     else:
         missing.append(f"shuffled-label noise floor — needs a full fine-tune on {task} with shuffle_labels=true")
     return floors, used, missing
@@ -68,19 +69,22 @@ def spectra_table(
     {module name: cumulative energy}} of each configuration's lowest seed, for plotting."""
     usable, left_out = weight_runs(runs)
     true = true_label_runs(usable)
-    full_all = true[true["method"] == "full"]
+    full_all = true[roles.reference(true)]
     task = choose_task(full_all, task, "the ΔW spectra need a full fine-tuning run with delta_weights.safetensors")
     full = full_all[full_all["task"] == task]
     full = full[full["model_path"] == full["model_path"].iloc[0]]
-    shuffled = usable[usable["shuffle_labels"].eq(True) & (usable["method"] == "full") & (usable["task"] == task)]
-    floors, floor_runs, missing = _floors(full, shuffled, task)
+    seeds = full.groupby("config_id")["seed"].nunique()
+    floor_config = seeds[seeds == seeds.max()].index.min()  # the seed floor: two seeds of one configuration
+    shuffled = usable[usable["data.shuffle_labels"].eq(True) & roles.reference(usable) & (usable["task"] == task)]
+    floors, floor_runs, missing = _floors(full[full["config_id"] == floor_config], shuffled, task)
     tops = {f: {n: float(singular_values(d)[0]) for n, d in by_module.items()} for f, by_module in floors.items()}
-    on_task = true[(true["task"] == task) & (true["method"] != "full")]
-    configs = pd.concat([full, on_task]).sort_values(["seed", "label"])
+    on_task = true[(true["task"] == task) & ~roles.reference(true)]
+    configs = pd.concat([full, on_task]).sort_values(["seed", "run"])
+    names = config_names(configs)
     records, curves = [], {}
-    for _, run in configs.iterrows():
-        config = config_label(run)
-        deltas = run_deltas(run["run_dir"], run["method"])
+    for index, run in configs.iterrows():
+        config = names[index]
+        deltas = run_deltas(run["run_dir"])
         for name in sort_modules(list(deltas)):
             row, spec = _module_row(name, deltas[name], fractions, tops)
             records.append({"method": config, "seed": run["seed"], **row})
@@ -100,7 +104,7 @@ def spectra_table(
         frame=table,
         title=f"ΔW spectra — {task}: rank reaching 90% / 99% of Σσ², effective rank and signal rank per layer and "
         "module, beside the noise floors",
-        runs=list(configs["label"]) + floor_runs,
+        runs=list(configs["run"]) + floor_runs,
         notes=["Effective rank: exp of the entropy of σ/Σσ (Roy & Vetterli 2007). Noise floors: seed difference = "
                "(ΔW₁ − ΔW₂)/√2 of two full fine-tunes differing only in seed; shuffled labels = ΔW of a full "
                "fine-tune on shuffled labels. Signal rank: the number of singular values of ΔW above the floor's "

@@ -31,7 +31,8 @@ from ..runs.select import (
     pick_seed_pair,
     rank_pair,
 )
-from .common import SPREAD_NOTE, config_label, module_sort_key, seed_spread, true_label_runs, weight_runs
+from .. import roles
+from .common import SPREAD_NOTE, config_names, module_sort_key, seed_spread, true_label_runs, weight_runs
 from .table import Table
 
 
@@ -54,7 +55,7 @@ def _a_factors(row: pd.Series, layer: int, kinds: tuple[str, ...], read=lora_fac
     for kind in kinds:
         name = find_module(list(factors), layer, kind)
         if name is None:
-            raise MissingRuns(f"{row['label']}: no LoRA factors for {KIND_LABELS[kind]} at layer {layer}")
+            raise MissingRuns(f"{row['run']}: no LoRA factors for {KIND_LABELS[kind]} at layer {layer}")
         out[kind] = factors[name][0]
     return out
 
@@ -101,12 +102,12 @@ def figure3_grids(
         grids = {f"ΔW{k}": lora_subspace_similarity(a_lo[k], a_hi[k]) for k in ("q", "v")}
         of = "A"
     else:
-        d_lo, d_hi = run_deltas(lo["run_dir"], "lora"), run_deltas(hi["run_dir"], "lora")
+        d_lo, d_hi = run_deltas(lo["run_dir"]), run_deltas(hi["run_dir"])
         grids = {}
         for k in ("q", "v"):
             name = find_module(list(d_lo), layer, k)
             if name is None or name not in d_hi:
-                raise MissingRuns(f"Figure 3: no ΔW{k} at layer {layer} in {lo['label']} or {hi['label']}")
+                raise MissingRuns(f"Figure 3: no ΔW{k} at layer {layer} in {lo['run']} or {hi['run']}")
             grids[f"ΔW{k} row space"] = delta_row_space_similarity(d_lo[name], d_hi[name], r_lo, r_hi)
         of = "ΔW (right singular vectors)"
     seeds = f"seed {lo['seed']}" if lo["seed"] == hi["seed"] else f"seeds {lo['seed']} and {hi['seed']}"
@@ -115,7 +116,7 @@ def figure3_grids(
         title=f"φ({of} at r={r_lo}, r={r_hi}, i, j) — {lo['task']}, {where}",
         ylabel=f"i (top-i directions at r={r_lo})",
         xlabel=f"j (top-j directions at r={r_hi})",
-        runs=[lo["label"], hi["label"]],
+        runs=[lo["run"], hi["run"]],
         notes=[seeds, _drift_note(lo, layer), _drift_note(hi, layer)],
     )
 
@@ -139,7 +140,7 @@ def figure4_grids(
         title=f"φ(A_r={r} seed {a['seed']}, A_r={r} seed {b['seed']}, i, j) — {a['task']}, {where}",
         ylabel=f"i (seed {a['seed']})",
         xlabel=f"j (seed {b['seed']})",
-        runs=[a["label"], b["label"]],
+        runs=[a["run"], b["run"]],
         notes=[f"random baseline: two {r}x{fa['q'].shape[1]} N(0, 1) matrices, generator seed {seed}",
                f"seed {a['seed']} " + _drift_note(a, layer), f"seed {b['seed']} " + _drift_note(b, layer)],
     )
@@ -150,25 +151,28 @@ def overlap_table(runs: pd.DataFrame, task: str | None = None) -> Table:
     the same module (the full run of the same seed, else its lowest seed), with the random-subspace expectation r/d
     beside it; median [min, max] over seeds."""
     runs, left_out = weight_runs(true_label_runs(runs))
-    full = runs[runs["method"] == "full"]
-    lora = runs[runs["method"].isin(["lora", "dora"]) & runs["rank"].notna()]
+    full = runs[roles.reference(runs)]
+    lora = runs[runs["has_factors"].eq(True) & runs["rank"].notna()] if "rank" in runs else runs.iloc[:0]
     both = full[full["task"].isin(set(lora["task"]))]
     task = choose_task(both, task, "LoRA vs full overlap needs LoRA and full fine-tuning runs on a common task")
-    full = full[full["task"] == task].sort_values(["seed", "label"])
+    full = full[full["task"] == task].sort_values(["seed", "run"])
+    seeds = full.groupby("config_id")["seed"].nunique()
+    full = full[full["config_id"] == seeds[seeds == seeds.max()].index.min()]  # one reference configuration
     by_seed = {s: row for s, row in zip(full["seed"], [r for _, r in full.iterrows()])}
     lora = lora[lora["task"] == task]
     rows, used = [], set()
-    for _, run in lora.iterrows():
+    names = config_names(lora)
+    for index, run in lora.iterrows():
         r = int(run["rank"])
         full_row = by_seed.get(run["seed"], full.iloc[0])
-        full_d, deltas = run_deltas(full_row["run_dir"], "full"), run_deltas(run["run_dir"], run["method"])
-        used |= {run["label"], full_row["label"]}
+        full_d, deltas = run_deltas(full_row["run_dir"]), run_deltas(run["run_dir"])
+        used |= {run["run"], full_row["run"]}
         for name in sort_modules([n for n in deltas if n in full_d]):
             mid = parse_module(name)
             out_dim, in_dim = deltas[name].shape
             left, right = delta_overlaps(deltas[name], full_d[name], r)
             rows.append({
-                "LoRA": config_label(run), "r": r, "seed": run["seed"], "layer": mid.layer,
+                "LoRA": names[index], "r": r, "seed": run["seed"], "layer": mid.layer,
                 "module": KIND_LABELS.get(mid.kind, mid.kind), "φ left (k=r)": left, "φ right (k=r)": right,
                 "random left r/d_out": expected_random_similarity(r, out_dim),
                 "random right r/d_in": expected_random_similarity(r, in_dim),
@@ -231,7 +235,7 @@ def subspace_summary(runs: pd.DataFrame, task: str | None = None, zoom: int = 8,
                 records.append({"comparison": comparison, "ranks": ranks_compared, "pair": label, "layer": layer,
                                 "module": KIND_LABELS[kind], "φ(1,1)": phi11, f"mean φ, i,j ≤ {zoom} but (1,1)": rest,
                                 "random φ(1,1)": rand11, f"random mean φ, i,j ≤ {zoom} but (1,1)": rand_rest})
-        sources |= {a["label"], b["label"]}
+        sources |= {a["run"], b["run"]}
     if not records:
         raise MissingRuns(what)
     frame = pd.DataFrame(records)

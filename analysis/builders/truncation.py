@@ -18,7 +18,8 @@ import math
 import pandas as pd
 
 from ..runs import MissingRuns, read_truncation
-from .common import SPREAD_NOTE, config_label, head_baseline, seed_spread, true_label_runs
+from .. import roles
+from .common import SPREAD_NOTE, config_names, head_baseline, seed_spread, true_label_runs
 from .table import Table
 
 KEEP = 0.9
@@ -43,10 +44,11 @@ def truncation_tables(runs: pd.DataFrame) -> tuple[Table, Table]:
         raise MissingRuns("rank truncation needs runs whose metrics.json has a 'truncation' list "
                           "([{'k': 1, '<metric>': value}, ...]), written by the training code")  # fmt: skip
     points, summary, missing = [], [], []
-    for _, run in cut.sort_values(["task", "method", "rank", "seed", "label"]).iterrows():
+    names = config_names(cut)
+    for index, run in cut.sort_values(["task", "label", "seed", "run"]).iterrows():
         curve = read_truncation(run["run_dir"], run["metric"])
-        config = config_label(run)
-        points += [{"run": run["label"], "task": run["task"], "method": config, "rank": run["rank"],
+        config = names[index]
+        points += [{"run": run["run"], "task": run["task"], "method": config, "rank": run.get("rank"),
                     "seed": run["seed"], "k": k, "metric": run["metric"], "value": 100 * v} for k, v in curve]
         baseline = head_baseline(true, run["task"])
         if math.isnan(baseline):
@@ -66,15 +68,15 @@ def truncation_tables(runs: pd.DataFrame) -> tuple[Table, Table]:
     curves = Table(
         frame=pd.DataFrame(points),
         title="Rank truncation: the task metric (×100) with every adapted ΔW replaced by its best rank-k approximation",
-        runs=list(cut["label"]),
+        runs=list(cut["run"]),
         notes=["value: the dev-set metric ×100 at truncation rank k; the untruncated value is in truncation_summary."],
         float_format=".2f",
     )
     return curves, Table(
         frame=table,
         title=f"Rank truncation: the rank that keeps {KEEP:.0%} of the fine-tune's gain over the head-only baseline",
-        runs=list(cut["label"]) + list(true.loc[(true["method"] == "head") & true["task"].isin(set(cut["task"])),
-                                                "label"]),
+        runs=list(cut["run"]) + list(true.loc[roles.baseline(true) & true["task"].isin(set(cut["task"])),
+                                                "run"]),
         notes=["Gain: last-epoch metric − the median last-epoch metric of the task's method=head runs (×100). "
                f"Rank for {KEEP:.0%} of gain: the smallest k evaluated with metric(k) − baseline ≥ {KEEP:g} · gain, "
                "per run; a run no evaluated k brings there has no value (seeds reaching counts them). " + SPREAD_NOTE],

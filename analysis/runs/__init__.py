@@ -3,8 +3,6 @@ each analysis looks at."""
 
 from .folders import (
     CLASSIFICATION,
-    COLUMNS,
-    DELTA_METHODS,
     MissingRuns,
     RunError,
     RunWarning,
@@ -15,6 +13,7 @@ from .folders import (
     read_generations,
     read_truncation,
     runs_footnote,
+    runs_table,
     scan_runs,
     short_path,
 )
@@ -23,8 +22,6 @@ from .tensors import base_weights, init_factors, lora_factors, num_labels, run_b
 
 __all__ = [
     "CLASSIFICATION",
-    "COLUMNS",
-    "DELTA_METHODS",
     "KINDS",
     "KIND_LABELS",
     "MissingRuns",
@@ -45,6 +42,7 @@ __all__ = [
     "run_base_weights",
     "run_deltas",
     "runs_footnote",
+    "runs_table",
     "scan_runs",
     "short_path",
     "sort_modules",

@@ -11,26 +11,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
-import yaml
+
+from experiments import records
+from experiments.records import FACTORS, FACTORS_INIT
 
 _MARKERS = ("COMPLETE", "FAILED", "metrics.json", "config.yaml")
-
-COLUMNS = (
-    "label", "sweep", "name", "task", "family", "method", "model", "model_path", "rank", "alpha", "targets", "seed", "init",
-    "rslora", "use_dora", "loraplus_ratio", "freeze_a", "quantize", "adapter_size", "shuffle_labels", "metric", "score",
-    "score_last", "best_epoch", "trainable_params", "method_params", "total_params", "forgetting",
-    "forgetting_before", "forgetting_after", "forgetting_probe", "adapted_modules", "has_weights", "has_init",
-    "has_truncation", "lr", "several_lrs", "train_samples", "epochs", "run_dir",
-)  # fmt: skip
-CLASSIFICATION = "sequence_classification"  # the task family of GLUE runs; causal_lm: generation (E2E)
-# Methods that change the encoder's weight matrices, so have a ΔW; the others (head, bitfit, adapter) do not.
-DELTA_METHODS = ("lora", "dora", "full")
+CLASSIFICATION = records.CLASSIFICATION  # the task family of GLUE runs; causal_lm: generation (E2E)
 
 
 class RunError(ValueError):
@@ -78,123 +72,97 @@ def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return sorted(dict.fromkeys(found))
 
 
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-
-
-def _read_forgetting(metrics: dict) -> dict:
-    block = metrics.get("forgetting")
-    if block is None:
-        return {"forgetting": math.nan, "forgetting_before": math.nan, "forgetting_after": math.nan,
-                "forgetting_probe": None}  # fmt: skip
-    if not isinstance(block, dict):
-        raise RunError(f"metrics.json forgetting must be a dict (probe, before, after, value), got {block!r}")
-    return {"forgetting": _number(block.get("value")), "forgetting_before": _number(block.get("before")),
-            "forgetting_after": _number(block.get("after")), "forgetting_probe": block.get("probe")}  # fmt: skip
-
-
 def read_config(run_dir: str | os.PathLike) -> dict:
     """A run's resolved ``config.yaml`` as a dict; empty when the folder has none."""
-    path = Path(run_dir) / "config.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-
-
-def _from_config(run_dir: Path) -> dict:
-    """What only the run's config.yaml holds: the method's learning rate and the training budget (``train_samples``
-    None: the whole training split), and the task family of a run written before metrics.json named it (else GLUE
-    classification)."""
-    config = read_config(run_dir)
-    method, train = config.get("method") or {}, config.get("train") or {}
-    return {"lr": _number(method.get("lr")), "train_samples": train.get("max_train_samples"),
-            "epochs": train.get("epochs"), "family": (config.get("task") or {}).get("family") or CLASSIFICATION}
-
-
-def _read_run(run_dir: Path) -> dict:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    run = metrics.get("run") or {}
-    metric = metrics.get("metric")
-    best, last = metrics.get("best") or {}, metrics.get("last") or {}
-    method = run.get("method")
-    if not isinstance(method, str) or not method:
-        raise RunError(f"run.method must name the method (lora, dora, full, head, bitfit, adapter, ...), "
-                       f"got {method!r}")
-    sweep = run_dir.parent.name
-    name = run.get("name") or run_dir.name
-    config = _from_config(run_dir)
-    return {
-        "label": f"{sweep}/{run_dir.name}",
-        "sweep": sweep,
-        "name": name,
-        "task": run.get("task"),
-        "family": run.get("family") or config["family"],
-        "method": method,
-        "model": run.get("model"),
-        "model_path": run.get("model_path"),
-        **{key: run.get(key) for key in ("rank", "alpha", "targets")},
-        "seed": run.get("seed", metrics.get("seed")),
-        **{key: run.get(key) for key in ("init", "rslora", "use_dora", "loraplus_ratio", "freeze_a", "quantize",
-                                           "adapter_size")},
-        "shuffle_labels": bool(run.get("shuffle_labels") or False),
-        "metric": metric,
-        "score": best.get(metric, math.nan),
-        "score_last": last.get(metric, math.nan),
-        "best_epoch": best.get("epoch"),
-        "trainable_params": metrics.get("trainable_params"),
-        # Runs written before method_params existed: a full fine-tune trains everything; LoRA's head is unknown here.
-        "method_params": metrics.get("method_params", metrics.get("trainable_params") if method == "full" else None),
-        "total_params": metrics.get("total_params"),
-        **_read_forgetting(metrics),
-        "adapted_modules": list(metrics.get("adapted_modules") or []),
-        "has_truncation": bool(metrics.get("truncation")),
-        **{key: config[key] for key in ("lr", "train_samples", "epochs")},
-        "run_dir": str(run_dir),
-    }
+    return records.read_config(run_dir)
 
 
 def scan_runs(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[Skipped]]:
-    """(one row per complete run, the folders skipped and why). Columns: ``COLUMNS``; ``score`` is the task's
-    primary metric at the best epoch (``metrics.json["best"][metric]``), as in the paper's Table 2; ``has_weights``
-    says whether the run's ΔW is there for the weight analyses (delta_weights.safetensors, or a LoRA adapter/),
-    ``has_init`` whether adapter_init/ (the LoRA factors at step 0) is; ``forgetting*`` come from
-    ``metrics.json["forgetting"]`` and ``has_truncation`` says whether ``metrics.json["truncation"]`` is there."""
+    """(one row per complete run, the folders skipped and why).
+
+    Each row is the run's record (experiments/records.py: the one reader shared with the sweep's runs.csv): its
+    identity flattened into columns by rule (``task``, ``method``, ``rank``, ``train.batch_size``, ...: a new
+    method's keys appear with no edit here), ``config_id`` (the seeds of one configuration share it, and nothing
+    else does), ``label`` (the method's own name for the configuration), ``run`` (``<sweep>/<folder>``: how files
+    and notes name one run), the method's facts ``has_delta`` / ``has_factors``, and the metrics: ``score`` is the
+    task's primary metric at the reported epoch (``metrics.json["best"][metric]``), as in the paper's Table 2.
+    ``has_weights`` says whether the run's ΔW is there for the weight analyses (delta_weights.safetensors, or the
+    factors of a method that has them), ``has_init`` whether ``adapter_init/`` (the factors at step 0) is."""
     rows, skipped = [], []
     for run_dir in find_run_dirs(paths):
-        if (run_dir / "FAILED").exists():
+        state = records.status(run_dir)
+        if state == "failed":
             try:
                 error = json.loads((run_dir / "FAILED").read_text()).get("error", "")
             except (OSError, ValueError):
                 error = ""
             skipped.append(Skipped(str(run_dir), f"run failed ({error})" if error else "run failed"))
             continue
-        if not (run_dir / "COMPLETE").exists():
+        if state != "complete":
             skipped.append(Skipped(str(run_dir), "incomplete (no COMPLETE file)"))
             continue
-        try:
-            row = _read_run(run_dir)
-        except (OSError, ValueError, AttributeError, TypeError) as err:
-            skipped.append(Skipped(str(run_dir), f"unreadable metrics.json ({err})"))
+        damage = _damage(run_dir)
+        if damage:
+            skipped.append(Skipped(str(run_dir), f"damaged: {damage}"))
             continue
-        # LoRA runs written before every method saved delta_weights.safetensors give ΔW through adapter/.
+        try:
+            row = records.read_record(run_dir)
+        except (OSError, ValueError, AttributeError, TypeError, KeyError) as err:
+            skipped.append(Skipped(str(run_dir), f"unreadable metrics.json or config.yaml ({err})"))
+            continue
         row["has_weights"] = (run_dir / "delta_weights.safetensors").exists() or (
-            row["method"] == "lora" and (run_dir / "adapter").is_dir())
-        row["has_init"] = (run_dir / "adapter_init").is_dir()
-        if row["method"] in DELTA_METHODS and not row["has_weights"]:
-            warnings.warn(f"{row['label']}: no delta_weights.safetensors; usable for metric tables only", RunWarning,
+            row["has_factors"] and (run_dir / FACTORS).is_dir())  # older runs give ΔW through their factors
+        row["has_init"] = (run_dir / FACTORS_INIT).is_dir()
+        if row["has_delta"] and not row["has_weights"]:
+            warnings.warn(f"{row['run']}: no delta_weights.safetensors; usable for metric tables only", RunWarning,
                           stacklevel=2)  # fmt: skip
         rows.append(row)
-    table = pd.DataFrame(rows, columns=list(COLUMNS))
-    for col in ("rank", "seed", "best_epoch", "trainable_params", "method_params", "total_params", "adapter_size",
-                "train_samples", "epochs"):
-        table[col] = pd.array(table[col], dtype="Int64")
-    for col in ("has_weights", "has_init", "has_truncation", "shuffle_labels"):
-        table[col] = table[col].astype(bool)
-    for col in ("score", "score_last", "forgetting", "forgetting_before", "forgetting_after", "lr"):
-        table[col] = table[col].astype(float)
-    # A method read at several learning rates: its configurations are named by rate (builders.config_label), so no
-    # table pools a searched rate with the default.
-    table["several_lrs"] = table.groupby("method")["lr"].transform("nunique").gt(1) if len(table) else False
-    table = table.sort_values(["task", "method", "targets", "rank", "seed", "label"], na_position="first")
-    return table.reset_index(drop=True), skipped
+    return runs_table(rows), skipped
+
+
+def runs_table(rows: list[dict]) -> pd.DataFrame:
+    """Records (experiments/records.py) as the analyses' run table: typed and sorted."""
+    table = pd.DataFrame(rows)
+    if table.empty:
+        table = pd.DataFrame(columns=sorted(records.RECORD_COLUMNS | {"task", "method", "seed", "data.shuffle_labels"}))
+    return _typed(table).reset_index(drop=True)
+
+
+def _damage(run_dir: Path) -> str | None:
+    """Why a complete run's files cannot be trusted (a checksum that does not match, a truncated file), or None."""
+    try:
+        from experiments.integrity import run_damage
+    except ImportError:  # a checkout without the integrity checks
+        return None
+    return run_damage(run_dir)
+
+
+def _typed(table: pd.DataFrame) -> pd.DataFrame:
+    """Whole numbers as nullable integers (rank 8, not 8.0, beside a full fine-tune's missing rank), flags as bools,
+    scores as floats; sorted by task, label (numbers in it by value), configuration and seed."""
+    for col in table.columns:
+        values = table[col].dropna()
+        if col in ("score", "score_last", "forgetting", "forgetting_before", "forgetting_after", "lr"):
+            table[col] = pd.to_numeric(table[col], errors="coerce").astype(float)
+        elif len(values) and all(isinstance(v, (bool, np.bool_)) for v in values):
+            table[col] = table[col].map(lambda v: bool(v) if v is not None and v == v else False).astype(bool)
+        elif len(values) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            table[col] = pd.array(table[col].astype(object).where(table[col].notna(), None), dtype="Int64")
+    for col in ("has_weights", "has_init", "has_truncation", "has_delta", "has_factors"):
+        if col in table:
+            table[col] = table[col].astype(bool)
+    if "data.shuffle_labels" not in table and len(table):
+        table["data.shuffle_labels"] = False
+    keys = [k for k in ("task", "label", "config_id", "seed", "run") if k in table]
+    return table.sort_values(keys, key=_natural, na_position="first") if len(table) else table
+
+
+def _natural(column: pd.Series) -> pd.Series:
+    """Text compared with the numbers inside it by value: 'LoRA (r=4, ...)' before 'LoRA (r=16, ...)'."""
+    if column.dtype != object:
+        return column
+    return column.map(lambda v: tuple((0, float(c), "") if i % 2 else (1, 0.0, c) for i, c in
+                                      enumerate(re.split(r"(\d+(?:\.\d+)?)", str(v)))))
 
 
 def load_runs(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:

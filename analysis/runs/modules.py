@@ -1,7 +1,8 @@
 """Parse module names (``bert.encoder.layer.3.attention.self.query``) into a layer index and a module kind.
 
 Kinds follow the paper's notation: ``q``, ``k``, ``v``, ``o`` for W_q, W_k, W_v, W_o, and ``ffn_in`` / ``ffn_out``
-for the MLP's two linears. BERT, RoBERTa, DeBERTa-v2 and LLaMA-style names are recognised.
+for the MLP's two linears. BERT, RoBERTa, DeBERTa-v2, LLaMA-style and GPT-2 names are recognised: the table is lorakit's
+(``lorakit.config.module_kinds``), the one the target presets use.
 """
 
 from __future__ import annotations
@@ -9,29 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-KINDS = ("q", "k", "v", "o", "ffn_gate", "ffn_in", "ffn_out")  # ffn_gate: LLaMA's gated MLP has two input linears
-KIND_LABELS = {"q": "Wq", "k": "Wk", "v": "Wv", "o": "Wo", "ffn_gate": "FFN gate", "ffn_in": "FFN in",
-               "ffn_out": "FFN out"}
+from lorakit.config import describe_targets, module_kinds
 
-# Most specific suffix first: "attention.output.dense" must win over the MLP's "output.dense".
-_SUFFIXES: tuple[tuple[str, str], ...] = (
-    ("attention.output.dense", "o"),
-    ("intermediate.dense", "ffn_in"),
-    ("output.dense", "ffn_out"),
-    ("query", "q"),
-    ("query_proj", "q"),
-    ("q_proj", "q"),
-    ("key", "k"),
-    ("key_proj", "k"),
-    ("k_proj", "k"),
-    ("value", "v"),
-    ("value_proj", "v"),
-    ("v_proj", "v"),
-    ("o_proj", "o"),
-    ("up_proj", "ffn_in"),
-    ("gate_proj", "ffn_gate"),
-    ("down_proj", "ffn_out"),
-)
+KINDS = ("q", "k", "v", "o", "qkv", "ffn_gate", "ffn_in", "ffn_out")  # ffn_gate: LLaMA's gated MLP; qkv: GPT-2's c_attn
+KIND_LABELS = {"q": "Wq", "k": "Wk", "v": "Wv", "o": "Wo", "qkv": "Wqkv", "ffn_gate": "FFN gate", "ffn_in": "FFN in",
+               "ffn_out": "FFN out"}
+# lorakit's module-name table (the names its target presets know), most specific suffix first.
+_SUFFIXES: tuple[tuple[str, str], ...] = module_kinds()
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)(?:\.|$)")
 
 
@@ -81,11 +66,4 @@ def find_module(names: list[str], layer: int, kind: str) -> str | None:
 
 def targets_label(targets: str | None) -> str:
     """A target preset as the paper writes it: ``"qv"`` -> ``"Wq, Wv"``; ``"all"`` -> ``"all (attn + MLP)"``."""
-    if targets is None or targets != targets:  # None or NaN from pandas
-        return "—"
-    t = str(targets)
-    if t == "all":
-        return "all (attn + MLP)"
-    if t and set(t) <= set("qkvo"):
-        return ", ".join(KIND_LABELS[c] for c in "qkvo" if c in t)
-    return t
+    return describe_targets(targets)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .modules import parse_module
+from experiments.records import identity_columns
+
+from .. import roles
 from .folders import MissingRuns
+from .modules import parse_module
 
 
 def module_kinds(row: pd.Series) -> set[str]:
@@ -43,7 +46,7 @@ def choose_layer(layers: list[int], layer: int | None, what: str) -> tuple[int, 
 
 def lora_with(runs: pd.DataFrame, kinds: set[str], task: str | None = None) -> pd.DataFrame:
     """Complete LoRA runs on true labels (on ``task`` when given) that adapted every module kind in ``kinds``."""
-    lora = runs[(runs["method"] == "lora") & ~runs["shuffle_labels"].eq(True)]
+    lora = runs[roles.studied(runs) & ~runs["data.shuffle_labels"].eq(True)]
     if task is not None:
         lora = lora[lora["task"] == task]
     keep = [kinds <= module_kinds(row) for _, row in lora.iterrows()]
@@ -51,27 +54,26 @@ def lora_with(runs: pd.DataFrame, kinds: set[str], task: str | None = None) -> p
 
 
 def groups_by_setting(lora: pd.DataFrame) -> list[pd.DataFrame]:
-    """LoRA runs split by their setting (task, model, targets, init, rsLoRA, LoRA+, frozen A), the setting held fixed
-    while ranks or seeds vary; ``qv`` first (the paper's choice), then the largest group."""
-    keys = ["task", "model", "model_path", "targets", "init", "rslora", "loraplus_ratio", "freeze_a"]
-    groups = [g for _, g in lora.groupby(keys, dropna=False, sort=True)]
+    """LoRA runs split by their setting: everything in their identity but the rank, the seed and an α that moves with
+    the rank (α = 2r; never two α at one rank in a group), so never two budgets, inits or target sets in one group:
+    the setting held fixed while ranks or seeds vary; ``qv`` first (the paper's choice), then the largest group."""
+    groups = []
+    for _, group in lora.groupby(setting_ids(lora, free=("rank", "alpha", "seed")), sort=True):
+        tied = "alpha" not in group or group.groupby("rank")["alpha"].nunique().max() <= 1
+        groups += [group] if tied else [g for _, g in group.groupby("alpha", sort=True)]
     return sorted(groups, key=lambda g: (g["targets"].iloc[0] != "qv", -len(g)))
 
 
-_DEFAULTS = {"rslora": False, "loraplus_ratio": 1.0, "freeze_a": False, "quantize": "none"}
-
-
 def groups_across_tasks(lora: pd.DataFrame) -> list[pd.DataFrame]:
-    """LoRA runs split by everything but task and seed (model, rank, α, targets, init, rsLoRA, LoRA+, frozen A,
-    quantization): the runs whose updates can be compared across tasks, one run per (task, seed) (the lowest label
-    when a sweep repeats one). Groups with two or more tasks only; ``qv`` first (the paper's choice), then the one
-    with the most tasks, then the most runs."""
-    keys = ["model", "model_path", "targets", "rank", "alpha", "init", "rslora", "loraplus_ratio", "freeze_a", "quantize"]
+    """LoRA runs split by their method's setting and model (every key of the ``method`` node: rank, α, targets, init,
+    ...; no list here), the runs whose updates can be compared across tasks (whose budgets differ by task), one run
+    per (task, seed) (the lowest ``run`` when a sweep repeats one). Groups with two or more tasks only; ``qv`` first
+    (the paper's choice), then the one with the most tasks, then the most runs."""
     lora = lora[lora["task"].notna() & lora["seed"].notna() & lora["rank"].notna()]
-    # A run written before a key existed ran with its default: the same setting as one that records the default.
-    setting = lora[keys].astype(object).fillna(_DEFAULTS)
-    groups = [lora.loc[index].sort_values(["seed", "label"]).drop_duplicates(["task", "seed"])
-              for index in setting.groupby(keys, dropna=False, sort=False).groups.values()]  # fmt: skip
+    keys = ["model", "model_path", *method_columns(lora)]
+    setting = setting_ids(lora[keys], free=())
+    groups = [lora.loc[index].sort_values(["seed", "run"]).drop_duplicates(["task", "seed"])
+              for index in lora.groupby(setting, sort=False).groups.values()]  # fmt: skip
     groups = [g for g in groups if g["task"].nunique() >= 2]
     return sorted(groups, key=lambda g: (g["targets"].iloc[0] != "qv", -g["task"].nunique(), -len(g)))
 
@@ -112,7 +114,7 @@ def pick_seed_pair(group: pd.DataFrame, rank: int | None) -> tuple[pd.Series, pd
 
 def lowest_seed(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """One run per ``by`` group: the one with the lowest seed (then label), so reruns pick the same runs."""
-    return rows.sort_values(["seed", "label"]).groupby(by, dropna=False, sort=True).head(1).sort_values(by)
+    return rows.sort_values(["seed", "run"]).groupby(by, dropna=False, sort=True).head(1).sort_values(by)
 
 
 def choose_task(candidates: pd.DataFrame, task: str | None, what: str) -> str:
@@ -125,3 +127,19 @@ def choose_task(candidates: pd.DataFrame, task: str | None, what: str) -> str:
             raise MissingRuns(f"{what} (task {task!r} not among {sorted(tasks.index)})")
         return task
     return str(tasks.index[0])
+
+
+def setting_ids(runs: pd.DataFrame, free: tuple[str, ...]) -> pd.Series:
+    """A key per run that is equal exactly when two runs agree on every identity column but ``free`` (the columns a
+    figure varies): ``config_id`` with those columns let go."""
+    columns = [c for c in identity_columns(runs.columns) if c not in free]
+    missing = lambda v: v is None or v is pd.NA or (isinstance(v, float) and v != v)  # noqa: E731
+    return pd.Series(["|".join("—" if missing(v) else str(v) for v in row)
+                      for row in runs[columns].itertuples(index=False)], index=runs.index, dtype=object)
+
+
+def method_columns(runs: pd.DataFrame) -> list[str]:
+    """The identity columns of the ``method`` node, the method itself included (each record lists its own in
+    ``method_columns``, experiments/records.py)."""
+    listed = {c for cols in runs["method_columns"] for c in (cols or [])} if "method_columns" in runs else set()
+    return [c for c in runs.columns if c in listed]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Iterable, Mapping
 
 import torch
 from omegaconf import DictConfig
@@ -40,6 +40,12 @@ def get_method(name: str) -> "Method":
     return _REGISTRY[name]()
 
 
+def find_method(name: str) -> "Method | None":
+    """The registered method of that name, or None: how a reader of old run folders asks without failing."""
+    _import_all()
+    return _REGISTRY[name]() if name in _REGISTRY else None
+
+
 def _import_all() -> None:
     for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         importlib.import_module(f"{__name__}.{module.name}")
@@ -50,8 +56,30 @@ class Method:
     ``method`` node and the values each accepts), and override what differs from "train the head alone"."""
 
     name: ClassVar[str]
+    title: ClassVar[str] = ""  # how tables name it ("full FT", "LoRA"); the name when empty
     accepts: ClassVar[dict[str, Accepts]] = {}
     has_delta: ClassVar[bool] = False  # whether the run writes ΔW (delta_weights.safetensors) for the analyses
+    has_factors: ClassVar[bool] = False  # whether ΔW is s·B·A with factors the run keeps (adapter/, adapter_init/)
+    files: ClassVar[tuple[str, ...]] = ()  # the files and folders of its own it writes into the run folder (save)
+
+    def describe(self, method: Mapping) -> dict[str, str]:
+        """The parts of the method's configuration a table names it by, key → text (LoRA: ``{"rank": "r=8",
+        "targets": "Wq, Wv"}``), from its resolved ``method`` node as a plain mapping (an old run's config.yaml reads
+        the same). Default: each of its own keys as ``key=value``. Parts are names, never a grouping: runs are grouped
+        by ``config_id`` (experiments/identity.py), and what else varies between runs of one label is named beside it."""
+        return {key: f"{key}={_text(method[key])}" for key in self.accepts if key in method}
+
+    def label(self, method: Mapping) -> str:
+        """'LoRA (r=8, Wq, Wv)', 'full FT': the title and ``describe``'s parts."""
+        return join_label(self.display_title(method), self.describe(method).values())
+
+    def display_title(self, method: Mapping) -> str:
+        return self.title or self.name
+
+    @classmethod
+    def facts(cls) -> dict:
+        """What the analyses need to know about the method, written into each run (``run.facts`` of metrics.json)."""
+        return {"has_delta": cls.has_delta, "has_factors": cls.has_factors, "files": list(cls.files)}
 
     def check(self, cfg: DictConfig) -> None:
         """Checks across keys that ``accepts`` cannot express; raise ConfigError."""
@@ -88,3 +116,18 @@ class Method:
     def run_info(self, cfg: DictConfig) -> dict:
         """The method's keys for the ``run`` block of metrics.json and the runs table."""
         return {key: cfg.method[key] for key in self.accepts}
+
+
+def join_label(title: str, parts: Iterable[str]) -> str:
+    parts = [p for p in parts if p]
+    return f"{title} ({', '.join(parts)})" if parts else title
+
+
+def _text(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)

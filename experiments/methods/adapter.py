@@ -10,13 +10,20 @@ from torch import nn
 import lorakit
 from experiments.methods import Method, register
 from experiments.accepts import POSITIVE_INT
-from experiments.store import BOTTLENECK, atomic_path
+from lorakit.files import atomic_path
+
+BOTTLENECK = "bottleneck_adapters"
 
 
 @register
 class Adapter(Method):
     name = "adapter"
+    title = "Adapter"
     accepts = {"adapter_size": POSITIVE_INT}
+    files = (BOTTLENECK,)
+
+    def describe(self, method) -> dict[str, str]:
+        return {"adapter_size": f"size={method.get('adapter_size')}"}
 
     def prepare(self, model: nn.Module, cfg: DictConfig) -> list[str]:
         config = lorakit.AdapterConfig(size=cfg.method.adapter_size, trainable=tuple(cfg.model.head))

@@ -13,6 +13,7 @@ from experiments.methods import Method, register
 @register
 class BitFit(Method):
     name = "bitfit"
+    title = "BitFit"
 
     def prepare(self, model: nn.Module, cfg: DictConfig) -> list[str]:
         return lorakit.apply_bitfit(model, head=tuple(cfg.model.head))

@@ -8,4 +8,5 @@ from experiments.methods.lora import LoRA
 @register
 class DoRA(LoRA):
     name = "dora"
+    title = "DoRA"
     use_dora = True

@@ -13,6 +13,7 @@ from experiments.methods import Method, register
 @register
 class Full(Method):
     name = "full"
+    title = "full FT"
     has_delta = True
 
     def prepare(self, model: nn.Module, cfg: DictConfig) -> list[str]:

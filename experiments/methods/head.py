@@ -6,3 +6,4 @@ from experiments.methods import Method, register
 @register
 class Head(Method):
     name = "head"  # Method's defaults are this method: freeze all but the head, nothing adapted, no ΔW
+    title = "head only"

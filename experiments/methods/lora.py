@@ -16,14 +16,20 @@ from torch import nn
 
 import lorakit
 from experiments.errors import ConfigError
+from experiments.quiet import allow_optional
 from experiments.methods import Method, register
 from experiments.accepts import FLAG, POSITIVE, POSITIVE_INT, Accepts
-from experiments.store import ADAPTER, ADAPTER_INIT, atomic_path, find_init_adapter
+from experiments import store
+from lorakit.files import atomic_path
+from lorakit.state import CONFIG_NAME
+
+from experiments.records import FACTORS as ADAPTER, FACTORS_INIT as ADAPTER_INIT
 
 
 @register
 class LoRA(Method):
     name = "lora"
+    title = "LoRA"
     accepts = {  # and targets, a preset or a list of module names: checked by lorakit in check()
         "rank": POSITIVE_INT,
         "alpha": POSITIVE,
@@ -37,6 +43,8 @@ class LoRA(Method):
         "alpha_pattern": Accepts(dict, nullable=True),
     }
     has_delta = True
+    has_factors = True
+    files = (ADAPTER, ADAPTER_INIT)
     use_dora = False
 
     def check(self, cfg: DictConfig) -> None:
@@ -65,6 +73,7 @@ class LoRA(Method):
             gradients = first_gradients(model, cfg)
         adapted = lorakit.inject_lora(model, self.config(cfg), gradients=gradients)
         if cfg.method.quantize == "nf4":  # QLoRA: ΔW and merge are against the dequantized W₀
+            allow_optional("torchao")  # hidden from transformers at the entry point (experiments/quiet.py)
             try:
                 lorakit.quantize_base(model)
             except lorakit.LoRAError as err:
@@ -98,6 +107,28 @@ class LoRA(Method):
             lorakit.save_adapter(model, tmp, base_model_name_or_path=model_path)
         with factors_replaced(model, self.initial), atomic_path(out_dir / ADAPTER_INIT, is_dir=True) as tmp:
             lorakit.save_adapter(model, tmp, base_model_name_or_path=model_path)
+
+    def display_title(self, method) -> str:
+        return "QLoRA" if method.get("quantize") == "nf4" else self.title
+
+    def describe(self, method) -> dict[str, str]:
+        """r and the target set always; what differs from plain LoRA (the paper's Gaussian A, α/r, one rate, both
+        factors trained, no dropout) when it does."""
+        parts = {"rank": f"r={method.get('rank')}", "targets": lorakit.describe_targets(method.get("targets"))}
+        if method.get("init", "gaussian") != "gaussian":
+            parts["init"] = str(method["init"])
+        if method.get("rslora"):
+            parts["rslora"] = "rsLoRA"
+        if float(method.get("loraplus_ratio", 1.0)) != 1.0:
+            parts["loraplus_ratio"] = f"LoRA+ λ={float(method['loraplus_ratio']):g}"
+        if method.get("freeze_a"):
+            parts["freeze_a"] = "A frozen"
+        if float(method.get("dropout", 0.0) or 0.0) != 0.0:
+            parts["dropout"] = f"dropout={float(method['dropout']):g}"
+        for key, what in (("rank_pattern", "r"), ("alpha_pattern", "α")):
+            if method.get(key):  # several allocations share this label; config_id tells them apart
+                parts[key] = f"{what} per module ({len(method[key])} patterns)"
+        return parts
 
     def run_info(self, cfg: DictConfig) -> dict:
         info = super().run_info(cfg)
@@ -136,3 +167,35 @@ def _mapping(node) -> dict:
 def _targets(targets):
     """A ``targets`` node as lorakit takes it: a preset string, or a tuple of module names."""
     return targets if isinstance(targets, str) else tuple(OmegaConf.to_container(targets))
+
+
+def find_init_adapter(init_from: DictConfig, seed: int) -> Path | None:
+    """The adapter a run's LoRA factors start from (``init_from`` in conf/sweep.yaml), or None for a fresh start.
+
+    ``init_from.dir`` is an adapter folder, a run folder holding ``adapter/``, or a sweep folder; in a sweep folder
+    ``init_from.task`` picks the source, the complete LoRA run of that task with this ``seed`` (Appendix D: MNLI for
+    MRPC, RTE and STS-B), and ``task: null`` means no source (how the paper preset leaves its other tasks alone).
+    A half-written or failed run is never a source.
+    """
+    if init_from.dir is None:
+        return None
+    root = Path(init_from.dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"init_from.dir={root} does not exist; give an adapter, run or sweep folder")
+    if (root / CONFIG_NAME).is_file():  # an adapter folder
+        return root
+    if (root / store.CONFIG).is_file():  # a run folder
+        if not store.is_complete(root) or not (root / ADAPTER).is_dir():
+            raise FileNotFoundError(f"init_from.dir={root} is not a complete LoRA run (no {store.COMPLETE} or no {ADAPTER}/)")
+        return root / ADAPTER
+    if init_from.task is None:
+        return None
+    for run_dir in store.run_folders(root):
+        if store.is_complete(run_dir) and (run_dir / ADAPTER).is_dir():
+            run = json.loads((run_dir / store.METRICS).read_text())["run"]
+            if run["task"] == init_from.task and run["seed"] == seed:
+                return run_dir / ADAPTER
+    raise FileNotFoundError(
+        f"init_from: no complete LoRA run of task={init_from.task} with seed={seed} in {root}; "
+        f"run it into that sweep folder first (task={init_from.task} seed={seed})"
+    )
