@@ -156,6 +156,17 @@ def test_regression_runs_are_paired_by_their_index():
     assert verdict(result, margin_for("pearson")) == "better"
 
 
+def test_logits_of_a_classifier_are_read_as_its_classes():
+    rng = np.random.default_rng(9)
+    labels = rng.integers(0, 2, 500)
+    runs = [(np.eye(2)[np.where(rng.random(500) < p, labels, 1 - labels)] + 0.1 * rng.random((500, 2)), labels)
+            for p in (0.9, 0.9, 0.9, 0.7, 0.7, 0.7)]
+    result = difference_interval(runs[:3], runs[3:], "f1", resamples=300)
+    f1 = [100 * f1_score(labels, outputs.argmax(1)) for outputs, _ in runs]
+    assert result.estimate == pytest.approx(np.mean(f1[:3]) - np.mean(f1[3:])) and result.low > 10
+    assert result.p_value == pytest.approx(0.1) and verdict(result, margin_for("f1")) == "better"
+
+
 def test_runs_on_other_examples_or_mixed_inputs_are_refused():
     labels = np.array([0, 1, 1, 0])
     with pytest.raises(ValueError, match="not scored on the same examples"):

@@ -290,7 +290,8 @@ def _seed_resampled(table: np.ndarray, resamples: int, rng: np.random.Generator,
 
 
 def _is_score(run) -> bool:
-    return np.ndim(run) == 0 and not isinstance(run, Mapping)
+    """A per-run score (a number), not per-example outputs (a pair or a mapping of arrays)."""
+    return isinstance(run, (int, float, np.number)) or (isinstance(run, np.ndarray) and run.ndim == 0)
 
 
 def _aligned(runs: Sequence) -> tuple[list[np.ndarray], np.ndarray]:
