@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,10 +11,25 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from experiments import distributed
+from experiments import distributed, faults
 from experiments.errors import ConfigError
 from experiments.schema import check_config as validate
-from experiments.store import TABLE, unwritable, write_run_table
+from experiments.store import TABLE, collect_runs, unwritable, write_run_table
+
+
+def _create(folder: Path) -> str | None:
+    """Create the sweep folder now, before Hydra does (its mkdir fails with a traceback), and write a file in it: why
+    that failed (permissions, a read-only or full file system), or None. Root passes ``unwritable``'s access check
+    wherever it goes, so only trying tells."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".lorakit-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        where = err.filename or folder
+        return faults.describe(err, folder) or f"{err.strerror or err} ({errno.errorcode.get(err.errno, '?')}) at {where}"
+    return None
 
 
 class SweepCallback(Callback):
@@ -25,7 +42,7 @@ class SweepCallback(Callback):
         share; a swept value (``rank=0,8``) is checked by its own job, which fails alone."""
         try:
             validate(config)
-            reason = unwritable(Path(config.hydra.sweep.dir))
+            reason = unwritable(Path(config.hydra.sweep.dir)) or _create(Path(config.hydra.sweep.dir))
             if reason:
                 raise ConfigError(f"hydra.sweep.dir={config.hydra.sweep.dir} cannot be written: {reason}; "
                                   f"choose another with hydra.sweep.dir=...")
@@ -43,9 +60,17 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir() or not distributed.is_main():
             return
-        table = write_run_table(sweep_dir)
+        try:
+            table = write_run_table(sweep_dir)
+        except OSError as err:  # a full disk: the runs are what they are; the table is one line short
+            print(f"[lorakit] runs table not written: {faults.describe(err, sweep_dir) or err}", file=sys.stderr,
+                  flush=True)
+            table = collect_runs(sweep_dir)
         counts = table["status"].value_counts().to_dict() if len(table) else {}
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no runs"
         print(f"[lorakit] {summary}; table: {sweep_dir / (TABLE + '.csv')}", flush=True)
         unfinished = table["status"].isin(["failed", "incomplete"]) if len(table) else []
         SweepCallback.failed = table.loc[unfinished, "name"].tolist() if len(table) else []
+        flagged = table[(table["status"] == "complete") & table["flags"].notna()] if "flags" in table else table[:0]
+        for _, row in flagged.iterrows():  # complete, counted as results, and said: e.g. constant predictions
+            print(f"[lorakit] flagged: {row['name']}: {row['flags']}", flush=True)

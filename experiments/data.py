@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from experiments.errors import ConfigError
 from experiments.store import atomic_path
 
 CACHE_FORMAT = 1
+log = logging.getLogger(__name__)
 
 
 class DataError(ConfigError):
@@ -204,9 +206,9 @@ def load_tokenized(cfg: DictConfig, tokenizer) -> tuple[dict[str, TokenizedSplit
         fields["selection_examples"] = held_out
     key = json.dumps(fields, sort_keys=True)
     path = Path(cfg.execution.cache_dir) / f"{task.name}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.npz"
-    if path.is_file():
-        with np.load(path) as arrays:
-            return _shuffled(cfg, {s: TokenizedSplit.from_arrays(arrays, f"{s}/") for s in splits}), source
+    cached = _read_cache(path, splits)
+    if cached is not None:
+        return _shuffled(cfg, cached), source
 
     regression = task.num_labels == 1
     out = {}
@@ -225,6 +227,28 @@ def load_tokenized(cfg: DictConfig, tokenizer) -> tuple[dict[str, TokenizedSplit
     with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(key)  # what the hashed name stands for
     return _shuffled(cfg, out), source
+
+
+def _read_cache(path: Path, splits: list[str]) -> dict[str, TokenizedSplit] | None:
+    """A cache entry's splits, or None when there is none; a damaged entry (truncated, foreign, holding pickled
+    objects, inconsistent offsets) is never trusted: one warning line, and the caller tokenizes again and replaces it.
+    Read without pickle: a cache folder may be shared."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            out = {s: TokenizedSplit.from_arrays({k: arrays[k] for k in arrays.files}, f"{s}/") for s in splits}
+        for split, data in out.items():
+            offsets = data.offsets
+            if offsets.ndim != 1 or offsets[0] != 0 or (np.diff(offsets) < 0).any() or offsets[-1] != len(data.ids) \
+                    or len(data.labels) != len(offsets) - 1 \
+                    or (data.type_ids is not None and len(data.type_ids) != len(data.ids)):
+                raise ValueError(f"the {split} split's offsets, tokens and labels disagree")
+    except Exception as err:  # zipfile, numpy, OS and key errors alike: the entry cannot be read back as written
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.warning("tokenized cache entry %s is damaged (%s: %s); tokenizing again", path, type(err).__name__, reason)
+        return None
+    return out
 
 
 def _shuffled(cfg: DictConfig, splits: dict[str, TokenizedSplit]) -> dict[str, TokenizedSplit]:

@@ -1,8 +1,11 @@
 """One job of a sweep: skip it if its results exist, else train, record the outcome, and never raise.
 
 A job that raises (bad input, a NaN loss, anything) is written down as FAILED and returns; the launcher goes on with
-the others. Its W&B run is closed either way, so the next job in the same process logs into a run of its own. A
-complete run is never deleted before its replacement is: a rerun with another config sets it aside first.
+the others. A disk or memory that ran out is one line naming what and where (experiments/faults.py). Its W&B run is
+closed either way, so the next job in the same process logs into a run of its own. A complete run is never deleted
+before its replacement is: a rerun with another config, or of a run whose files no longer match their checksums
+(experiments/integrity.py), sets it aside first. A preemption signal ends the job at the next step with a
+checkpoint (experiments/preemption.py): neither FAILED nor COMPLETE, it resumes on the rerun.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from experiments import checkpoint, distributed, store
+from experiments import checkpoint, distributed, faults, integrity, preemption, store
 from experiments.config import identity, launcher_threads, same_identity
 from experiments.data import selection_metric
 from experiments.tracking import NullLogger, make_logger, sweep_group
@@ -57,14 +60,16 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str, group: str) -> dict:
 def _run_shared(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group: str) -> dict:
     """Under DDP: every process reads the folder's state before process 0 changes anything, so all agree on skipping
     and on resuming; then process 0 runs the usual job and the others train alongside without writing."""
-    skip = _same_run_complete(run_dir, resolved)
+    skip = _same_run_complete(run_dir, resolved) and integrity.run_damage(run_dir) is None  # as process 0 decides
     resume = checkpoint.matches(run_dir / checkpoint.FOLDER, identity(resolved))
     distributed.barrier()
     if distributed.is_main():
         return _run_locked(cfg, resolved, run_dir, name, group)
     if skip:
         return {"name": name, "status": "complete", "skipped": True, "best": {}}
-    metrics = train(cfg, out_dir=None, name=name, checkpoints=run_dir / checkpoint.FOLDER if resume else None)
+    with preemption.watch() as stop:
+        metrics = train(cfg, out_dir=None, name=name, checkpoints=run_dir / checkpoint.FOLDER if resume else None,
+                        stop=stop)
     return {"name": name, "status": "complete", "skipped": False, "best": metrics["best"]}
 
 
@@ -74,7 +79,11 @@ def _same_run_complete(run_dir: Path, resolved: dict) -> bool:
 
 
 def _run_locked(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group: str) -> dict:
-    if _same_run_complete(run_dir, resolved):
+    damage = integrity.run_damage(run_dir)
+    if damage:
+        aside = store.set_aside(run_dir, f"damaged: {damage}")
+        log.warning("%s: damaged (%s); set aside in %s while it trains again", name, damage, aside.name)
+    elif _same_run_complete(run_dir, resolved):
         log.info("%s: complete results exist, skipped", name)
         metrics = json.loads((run_dir / store.METRICS).read_text())
         return {"name": name, "status": "complete", "skipped": True, "best": metrics["best"]}
@@ -87,22 +96,29 @@ def _run_locked(cfg: DictConfig, resolved: dict, run_dir: Path, name: str, group
         log.warning("%s: its checkpoint was made with another config; starting from step 0", name)
         store.remove(checkpoints)
     store.clear_run(run_dir)
-    store.write_config(run_dir, cfg)
-    checkpoints.mkdir(exist_ok=True)
-    checkpoint.write_identity(checkpoints, identity(resolved))
 
     logger, exit_code = NullLogger(), 1
     try:
+        store.write_config(run_dir, cfg)
+        checkpoints.mkdir(exist_ok=True)
+        checkpoint.write_identity(checkpoints, identity(resolved))
         logger = make_logger(cfg.execution.wandb, group, name, resolved, run_dir)
-        metrics = train(cfg, out_dir=run_dir / store.STAGING, logger=logger, name=name, checkpoints=checkpoints)
-        store.publish(run_dir, metrics)
+        with preemption.watch() as stop:
+            metrics = train(cfg, out_dir=run_dir / store.STAGING, logger=logger, name=name, checkpoints=checkpoints,
+                            stop=stop)
+        store.publish(run_dir, metrics, seal=integrity.seal)
         store.remove(checkpoints)
         store.drop_superseded(run_dir)
         exit_code = 0
         return {"name": name, "status": "complete", "skipped": False, "best": metrics["best"]}
     except Exception as err:
-        record = store.mark_failed(run_dir, err)
-        log.error("%s: FAILED: %s", name, record["error"])
-        return {"name": name, "status": "failed", "error": record["error"]}
+        err = faults.wrapped(err, run_dir)
+        try:
+            error = store.mark_failed(run_dir, err)["error"]
+        except OSError as unwritten:  # the disk that failed the run refuses FAILED too: the log keeps the line
+            error = f"{type(err).__name__}: {err}"
+            log.error("%s: FAILED could not be written (%s)", name, faults.describe(unwritten, run_dir) or unwritten)
+        log.error("%s: FAILED: %s", name, error)
+        return {"name": name, "status": "failed", "error": error}
     finally:
         logger.finish(exit_code=exit_code)

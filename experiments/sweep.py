@@ -2,22 +2,27 @@
 
 Each job trains one run into ``multirun/<date>/<time>-<id>/<overrides>/``; afterwards runs.csv and runs.parquet
 list every run of the sweep. Re-run into the same folder (``hydra.sweep.dir=...``) to finish a sweep: complete runs
-are skipped, failed and half-written ones trained again. Exit status 1 when a run failed.
+are skipped, failed and half-written ones trained again. Exit status 1 when a run failed; 128 + the signal's number
+when a preemption signal stopped it (experiments/preemption.py: rerun the same command to resume).
 """
 
 from __future__ import annotations
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from experiments.quiet import quiet_start
 
-from experiments import distributed
-from experiments.callbacks import SweepCallback
-from experiments.config import moved_keys, register_resolvers
-from experiments.errors import ConfigError
-from experiments.search import register_optuna_schema
-from experiments.job import run_hydra_job
+quiet_start()  # before anything imports transformers: its first screen is the config and progress (experiments/quiet.py)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from experiments import distributed, preemption  # noqa: E402
+from experiments.callbacks import SweepCallback  # noqa: E402
+from experiments.config import moved_keys, register_resolvers  # noqa: E402
+from experiments.errors import ConfigError  # noqa: E402
+from experiments.search import register_optuna_schema  # noqa: E402
+from experiments.job import run_hydra_job  # noqa: E402
 
 register_resolvers()  # before @hydra.main composes conf/sweep.yaml, which uses them
 register_optuna_schema()  # conf/hydra/sweeper/optuna.yaml extends the plugin's schema under its own name
@@ -34,7 +39,11 @@ def cli() -> None:
     except ConfigError as err:
         print(err, file=sys.stderr)
         sys.exit(1)
-    main()
+    try:
+        main()
+    except preemption.Preempted as err:  # the run's checkpoint holds the step it stopped at
+        print(f"[lorakit] {err}", file=sys.stderr, flush=True)
+        sys.exit(preemption.exit_status(err))
     if SweepCallback.failed:
         print(f"[lorakit] failed: {', '.join(SweepCallback.failed)} (see FAILED in each folder)", file=sys.stderr)
         sys.exit(1)

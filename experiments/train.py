@@ -22,18 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
-from safetensors.torch import save_file
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 import lorakit
-from experiments import checkpoint, distributed, families, probes
+from lorakit.files import save_tensors
+from experiments import checkpoint, distributed, families, preemption, probes
 from experiments.data import selection_metric
 from experiments.errors import ConfigError
+from experiments.identity import identity as run_identity
 from experiments.schema import check_config as validate
 from experiments.methods import get_method
 from experiments.models import resolve_model_path, untrained_pooler
-from experiments.store import DELTAS, atomic_path
+from experiments.store import DELTAS
 from experiments.monitor import SpectralMonitor
 from experiments.tracking import NullLogger, run_summary
 
@@ -46,17 +47,18 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Diverged(RuntimeError):
-    """The training loss grew past ``train.divergence_factor`` times its first logged value."""
+    """The training loss or an eval loss grew past ``train.divergence_factor`` times its first value."""
 
 
 def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | None = None, name: str = "default",
-          checkpoints: Path | None = None) -> dict:
+          checkpoints: Path | None = None, stop: preemption.Watch | None = None) -> dict:
     """Fine-tune, evaluate after every epoch, probe, and return the run's metrics (metrics.json, docs/CONTRACTS.md).
 
     With ``out_dir`` (and ``save: true``) the method's files and ΔW are written there. ``logger`` receives per-step
     loss and learning rate, per-epoch metrics and a summary. With ``checkpoints`` (a folder) the training state is
     saved there every ``execution.checkpoint_every`` steps, and a state found there is resumed from
-    (experiments/checkpoint.py).
+    (experiments/checkpoint.py). With ``stop`` (experiments/preemption.py) a preemption signal ends the run at the
+    next step, checkpointed there.
     """
     validate(cfg)
     method = get_method(cfg.method.name)
@@ -97,7 +99,8 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     progress = {"epoch": 1, "batches_done": 0, "step": 0, "epochs": [], "loss_curve": [], "window": [],
                 "train_seconds": 0.0, "train_examples": 0}
     generator = _generator(train_batches)
-    resumed = checkpoint.load(checkpoints) if checkpoints else None
+    identity = run_identity(OmegaConf.to_container(cfg, resolve=True))
+    resumed = checkpoint.load(checkpoints, identity, model, name, distributed.is_main()) if checkpoints else None
     if resumed:
         checkpoint.restore(resumed, model, optimizer, scheduler)
         progress = resumed["progress"]
@@ -109,6 +112,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     select_key = selection_metric(cfg)
     chosen = progress.get("chosen")  # (epoch results, predictions) of the reported epoch so far
     step, train_seconds, train_examples = progress["step"], progress["train_seconds"], progress["train_examples"]
+    initial = progress.get("initial_loss")  # the first step's loss, at the initial weights: divergence's reference
     last_line, rng_pending = time.perf_counter(), resumed is not None
     monitor = SpectralMonitor.for_run(cfg, method, adapted, checkpoints, progress["step"])  # ΔW as it trains
     for epoch in range(progress["epoch"], hp.epochs + 1):
@@ -132,6 +136,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
                 loss = trained(**batch).loss
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1} (epoch {epoch}); lower the learning rate")
+            initial = loss.item() if initial is None else initial
             loss.backward()
             if hp.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
@@ -148,12 +153,17 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
                 logger.log({"train/loss": point["loss"], "train/lr": point["lr"], "epoch": epoch}, step=step)
                 bar.set_postfix(loss=f"{point['loss']:.4f}")
                 window = []
-                _check_divergence(loss_curve, hp.divergence_factor)
-            if checkpoints and execution.checkpoint_every and step % execution.checkpoint_every == 0 and distributed.is_main():
+                _check_divergence(loss_curve, hp.divergence_factor, initial)
+            stopping = stop is not None and stop.requested is not None  # preempted: checkpoint here, then exit
+            periodic = execution.checkpoint_every and step % execution.checkpoint_every == 0
+            if checkpoints and (periodic or stopping) and distributed.is_main():
                 progress = {"epoch": epoch, "batches_done": index + 1, "step": step, "epochs": epochs,
                             "loss_curve": loss_curve, "window": window, "train_examples": train_examples, "chosen": chosen,
-                            "train_seconds": train_seconds + time.perf_counter() - epoch_start}
-                checkpoint.save(checkpoints, model, optimizer, scheduler, progress, epoch_generator)
+                            "train_seconds": train_seconds + time.perf_counter() - epoch_start, "initial_loss": initial}
+                checkpoint.save(checkpoints, model, optimizer, scheduler, progress, epoch_generator, identity)
+            if stopping:
+                stop.stop(f"{name}: preempted ({preemption.name(stop.requested)}) at step {step} (epoch {epoch}); its "
+                          f"checkpoint is in {checkpoints}: rerun the same command to resume from that step")
             if not show_progress and time.perf_counter() - last_line > PROGRESS_SECONDS:
                 seconds = train_seconds + time.perf_counter() - epoch_start
                 log.info("%s step %d/%d (epoch %d), loss %.4f, %.0f examples/s", name, step, total_steps, epoch,
@@ -168,6 +178,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
         scores, predictions = evaluation(model, device, autocast)
         results = {"epoch": epoch, **scores}
         epochs.append(results)
+        _check_evaluation(epochs, hp.divergence_factor, initial)
         if chosen is None or results[select_key] > chosen[0][select_key]:
             chosen = (results, predictions)
         logger.log({**{f"eval/{k}": v for k, v in results.items() if k != "epoch"}, "epoch": epoch}, step=step)
@@ -185,9 +196,8 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     if out_dir is not None and cfg.save:
         method.save(model, Path(out_dir), model_path)
         evaluation.save(chosen[1], Path(out_dir))  # the reported epoch's
-        if deltas:
-            with atomic_path(Path(out_dir) / DELTAS) as tmp:
-                save_file({k: v.float().contiguous() for k, v in deltas.items()}, str(tmp))
+        if deltas:  # with its checksum (lorakit_sha256), which experiments/integrity.py verifies
+            save_tensors(Path(out_dir) / DELTAS, {k: v.float() for k, v in deltas.items()}, {"format": "pt"})
 
     best = chosen[0]
     flags = evaluation.flags(predictions)
@@ -244,11 +254,30 @@ def _generator(loader) -> torch.Generator:
     return getattr(sampler, "generator", None) or loader.generator
 
 
-def _check_divergence(loss_curve: list[dict], factor: float) -> None:
-    first, now = loss_curve[0]["loss"], loss_curve[-1]["loss"]
-    if len(loss_curve) > 1 and now > factor * first:
-        raise Diverged(f"loss {now:.4g} at step {loss_curve[-1]['step']} is over {factor:g}x its first value "
-                       f"{first:.4g}; lower the learning rate (train.divergence_factor sets the bound)")
+def _check_divergence(loss_curve: list[dict], factor: float, initial: float) -> None:
+    """Diverged when the smoothed training loss L(t) > factor · L₀, L₀ the first step's loss (at the initial weights,
+    before any update: a blow-up inside the first logging window counts too)."""
+    now = loss_curve[-1]["loss"]
+    if now > factor * initial:
+        raise Diverged(f"training loss {now:.4g} at step {loss_curve[-1]['step']} is over {factor:g}x its first value "
+                       f"{initial:.4g}; lower the learning rate (train.divergence_factor sets the bound)")
+
+
+def _check_evaluation(epochs: list[dict], factor: float, initial: float | None) -> None:
+    """NaN or inf in any eval value is NonFiniteLoss; an eval loss E > factor · L₀ is Diverged, L₀ the loss at the
+    initial weights (the first training step's: the same per-example, or per-token, loss). Not E's own first epoch:
+    a run that diverged within its first epoch has a huge E(1) already, and a long run's eval loss may rise several
+    fold from a small E(1) as it overfits without diverging."""
+    results = epochs[-1]
+    bad = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise NonFiniteLoss(f"{bad[0]} is {results[bad[0]]} after epoch {results['epoch']}; lower the learning rate")
+    for key in (k for k in results if k.startswith("eval_loss")):
+        reference = initial if initial is not None else epochs[0][key]
+        if results[key] > factor * reference:
+            raise Diverged(f"{key} {results[key]:.4g} after epoch {results['epoch']} is over {factor:g}x the loss at "
+                           f"the initial weights {reference:.4g}; lower the learning rate (train.divergence_factor "
+                           f"sets the bound)")
 
 
 def _device(execution: DictConfig) -> tuple[torch.device, object]:
