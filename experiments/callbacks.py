@@ -11,10 +11,25 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from experiments import distributed, faults
+from experiments import disk, distributed, faults
 from experiments.errors import ConfigError
 from experiments.schema import check_config as validate
 from experiments.store import TABLE, collect_runs, unwritable, write_run_table
+
+
+def _plan_disk(config: DictConfig) -> None:
+    """One line: what the sweep's runs will write (ΔW and the methods' files) and the free space where they go; a
+    warning, on stderr, when the estimate exceeds it (experiments/disk.py). An estimate never stops a sweep."""
+    try:
+        total, runs, failed = disk.sweep_bytes(config)
+    except Exception as err:  # composing a job's config can fail on what the job itself will report
+        print(f"[lorakit] no disk estimate for this sweep ({type(err).__name__}: {str(err).splitlines()[0][:160]})",
+              flush=True)  # fmt: skip
+        return
+    line, short = disk.plan_line(total, runs, Path(config.hydra.sweep.dir))
+    print(line, file=sys.stderr if short else sys.stdout, flush=True)
+    for reason in failed[:3]:
+        print(f"[lorakit] not in the estimate: {reason}", flush=True)
 
 
 def _create(folder: Path) -> str | None:
@@ -54,6 +69,8 @@ class SweepCallback(Callback):
         except ConfigError as err:
             print(err, file=sys.stderr, flush=True)
             raise SystemExit(1) from None  # Hydra turns a callback's Exception into a warning and carries on
+        if distributed.is_main():
+            _plan_disk(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Write the runs table and a one-line summary; the entry point exits 1 when any run did not complete."""

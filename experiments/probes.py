@@ -10,8 +10,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from typing import Callable
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -25,6 +30,17 @@ from experiments.errors import ConfigError
 from experiments.identity import CONF_DIR
 
 log = logging.getLogger(__name__)
+BEFORE_FORMAT = 1  # bump when what a cached "before" score means changes
+
+
+@contextmanager
+def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """Add the wall time of the block to ``seconds[key]``: what each probe cost the run (metrics.json)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - start, 3)
 
 
 @torch.no_grad()
@@ -111,6 +127,61 @@ class SentenceSkill:
         cosine = torch.nn.functional.cosine_similarity(first, second, dim=-1).numpy()
         return float(spearmanr(cosine, self.pairs["label"].to_numpy(np.float64))[0])
 
+    def before(self, model: nn.Module, device: torch.device, model_path: str, cache_dir: str | None) -> float:
+        """``measure`` of the pretrained model, computed once per (model, probe, data, device type) and read from
+        ``cache_dir`` after: it depends on none of what a sweep varies (method, rank, seed, learning rate). The entry
+        holds its key and a SHA-256 over both; a damaged entry (unreadable, another key, a checksum that does not
+        match) is never trusted: one warning line, and the score is measured again and the entry replaced."""
+        if not cache_dir:
+            return self.measure(model, device)
+        key = self.cache_key(model_path, device)
+        path = Path(cache_dir) / f"before-{self.name}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
+        cached = _read_before(path, key)
+        if cached is not None:
+            return cached
+        value = self.measure(model, device)
+        from lorakit.files import atomic_path
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:  # parallel jobs may both get here: each renames a whole file of one value
+            tmp.write_text(json.dumps({"key": key, "value": value, "sha256": _digest(key, value)}))
+        return value
+
+    def cache_key(self, model_path: str, device: torch.device) -> str:
+        """What the pretrained model's score depends on: its weight files (name, size, mtime), the tokenizer, the
+        pairs (sentences and gold scores), the probe's settings and the device type."""
+        from experiments.data import tokenizer_fingerprint
+
+        root = Path(model_path)
+        files = sorted(p for p in root.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".json")) \
+            if root.is_dir() else []
+        weights = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        pairs = hashlib.sha256(self.pairs[["sentence1", "sentence2", "label"]].to_json().encode()).hexdigest()
+        return json.dumps({"format": BEFORE_FORMAT, "probe": self.name, "model": str(root.resolve()),
+                           "weights": weights, "tokenizer": tokenizer_fingerprint(self.tokenizer), "pairs": pairs,
+                           "max_length": self.max_length, "batch_size": self.batch_size, "device": device.type},
+                          sort_keys=True)  # fmt: skip
+
     def forgetting(self, before: float, model: nn.Module, device: torch.device) -> dict:
         after = self.measure(model, device)
         return {"probe": self.name, "before": before, "after": after, "value": before - after}
+
+
+def _digest(key: str, value: float) -> str:
+    return hashlib.sha256(json.dumps([key, value]).encode()).hexdigest()
+
+
+def _read_before(path: Path, key: str) -> float | None:
+    """A cached "before" score, or None when there is none or the entry is damaged (said in one warning line)."""
+    if not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text())
+        if entry["key"] != key:
+            raise ValueError("it was written for another model, probe or data")
+        if not isinstance(entry["value"], float) or entry["sha256"] != _digest(key, entry["value"]):
+            raise ValueError("its checksum does not match its contents")
+        return entry["value"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("forgetting-probe cache entry %s is damaged (%s); measuring again", path, err)
+        return None

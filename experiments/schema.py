@@ -20,6 +20,8 @@ from experiments.identity import known_options, method_keys
 KEYS: dict[str, Accepts] = {
     "seed": NATURAL,
     "save": FLAG,
+    "save_delta.dtype": Accepts(str, choices=("fp32", "bf16")),  # experiments/disk.py
+    "save_delta.modules": Accepts(str),  # all, or a regular expression (compiled by experiments/disk.check)
     # Each method's learning rate (train.lr, train.full_lr, ...): the keys the method configs read, not a list here.
     **{f"train.{key}": POSITIVE for key in sorted(method_keys(node="train"))},
     "train.batch_size": POSITIVE_INT,
@@ -61,7 +63,7 @@ def _get(cfg: DictConfig, key: str) -> Any:
 
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError, one line, for any value a run could only fail on later."""
-    from experiments import families
+    from experiments import disk, families
     from experiments.methods import get_method
 
     task = cfg.task.name
@@ -70,6 +72,7 @@ def check_config(cfg: DictConfig) -> None:
     method = get_method(cfg.method.name)  # one line listing the known methods when unknown
     for key, accepts in KEYS.items():
         accepts.check(key, _get(cfg, key))
+    disk.check(cfg.save_delta)  # save_delta.modules: a regular expression that compiles
     typed = method_keys(method.name)  # shown as the user types them: `rank`, not `method.rank`
     for key, accepts in method.accepts.items():
         accepts.check(key if key in typed else f"method.{key}", cfg.method[key])

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 import lorakit
 from lorakit.files import save_tensors
-from experiments import checkpoint, distributed, families, preemption, probes
+from experiments import checkpoint, disk, distributed, families, preemption, probes
 from experiments.data import selection_metric
 from experiments.errors import ConfigError
 from experiments.identity import identity as run_identity
@@ -80,7 +80,9 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     seed_everything(cfg.seed)
     model = family.load_model(cfg, model_path)
     skill = probes.SentenceSkill.for_run(cfg, tokenizer, model_path)
-    before = skill.measure(model, device) if skill else None
+    overhead: dict[str, float] = {}  # metrics.json: seconds beyond the training steps and evaluations, by what
+    with probes.timed(overhead, "probe_forgetting_before"):  # cached: once per model, probe and data
+        before = skill.before(model, device, model_path, execution.cache_dir) if skill else None
     adapted = method.prepare(model, cfg)
     _warn_if_untrained_pooler_is_frozen(model, cfg, name)
     model.to(device)
@@ -114,6 +116,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     step, train_seconds, train_examples = progress["step"], progress["train_seconds"], progress["train_examples"]
     initial = progress.get("initial_loss")  # the first step's loss, at the initial weights: divergence's reference
     last_line, rng_pending = time.perf_counter(), resumed is not None
+    overhead["startup"] = round(last_line - started - overhead["probe_forgetting_before"], 3)
     monitor = SpectralMonitor.for_run(cfg, method, adapted, checkpoints, progress["step"])  # ΔW as it trains
     for epoch in range(progress["epoch"], hp.epochs + 1):
         trained.train()
@@ -190,14 +193,18 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     deltas = method.delta_weights(model)
     truncation = None
     if deltas and cfg.probes.truncation:
-        truncation = probes.truncation(model, deltas, lambda: evaluation(model, device, autocast)[0])
-    forgetting = skill.forgetting(before, model, device) if skill else None
+        with probes.timed(overhead, "probe_truncation"):
+            truncation = probes.truncation(model, deltas, lambda: evaluation(model, device, autocast)[0])
+    with probes.timed(overhead, "probe_forgetting_after"):
+        forgetting = skill.forgetting(before, model, device) if skill else None
     monitor.log_final(logger, step, truncation, task.metric)
+    saved = disk.kept(deltas, cfg.save_delta) if deltas else {}  # save_delta: which modules, in which dtype
     if out_dir is not None and cfg.save:
-        method.save(model, Path(out_dir), model_path)
-        evaluation.save(chosen[1], Path(out_dir))  # the reported epoch's
-        if deltas:  # with its checksum (lorakit_sha256), which experiments/integrity.py verifies
-            save_tensors(Path(out_dir) / DELTAS, {k: v.float() for k, v in deltas.items()}, {"format": "pt"})
+        with probes.timed(overhead, "save"):
+            method.save(model, Path(out_dir), model_path)
+            evaluation.save(chosen[1], Path(out_dir))  # the reported epoch's
+            if deltas:  # with its checksum (lorakit_sha256), which experiments/integrity.py verifies
+                save_tensors(Path(out_dir) / DELTAS, saved, {"format": "pt"})
 
     best = chosen[0]
     flags = evaluation.flags(predictions)
@@ -214,6 +221,8 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
         "flags": flags,
         "truncation": truncation,
         "forgetting": forgetting,
+        "save_delta": disk.record(deltas, saved, cfg.save_delta) if deltas and cfg.save else None,
+        "overhead_s": overhead,
         "spectral_history": monitor.history,
         "trainable_params": trainable_params,
         "method_params": method_params,
