@@ -32,7 +32,6 @@ ADDED: dict[str, object] = {
     "data.selection_examples": 0,  # issue 22: no selection slice, the whole training subset trained on
     "train.select_on": "dev",      # issue 22: the reported epoch chosen on the dev set it is reported on
     "save_delta": {"dtype": "fp32", "modules": "all"},  # issue 26: ΔW of every module the method adapts, in fp32
-    "save_delta": {"dtype": "fp32", "modules": "all"},  # issue 26: ΔW of every module the method adapts, in fp32
     "method.rank_pattern": None,   # issue 23: every module at `rank`
     "method.alpha_pattern": None,  # issue 23: every module at `alpha`
 }
