@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .maths.linalg import use_device
 from .products import PRODUCTS, Options
 from .runs import RunError, runs_footnote, scan_runs, short_path
 
@@ -165,6 +166,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for the SVDs (default 1: these matrices gain little from more, and OpenMP "
                         "threads on a busy machine can make one SVD 100x slower)")  # fmt: skip
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the SVDs run (default auto: the GPU when torch sees one; float64 either way)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any analysis raises an error")
     p.add_argument("--wandb", nargs="?", const="auto", choices=["auto", "offline", "online", "disabled"],
                    help="log every table and figure as one W&B analysis run in the sweeps' project and group "
@@ -205,10 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    use_device(args.device)
     try:
         outcomes = run_all(runs, args.out, opts, args.only)
     finally:
         torch.set_num_threads(threads)
+        use_device("cpu")
     index = write_index(args.out, outcomes, runs, skipped, argv)
     if args.wandb and _log_to_wandb(args.out, outcomes, runs, argv, args.wandb):
         return 1

@@ -1,7 +1,8 @@
 """Linear algebra every analysis shares: float64 matrices, thin SVD, top singular directions, random matrices.
 
-Every decomposition runs in float64 whatever the input dtype, on the CPU, so results do not depend on how a run
-stored its tensors.
+Every decomposition runs in float64 whatever the input dtype, so results do not depend on how a run stored its
+tensors; on the CPU, or on the GPU after ``use_device("cuda")`` (``execution.device``'s semantics: auto | cpu | cuda;
+``python -m analysis.figures --device``). Results come back on the CPU either way.
 """
 
 from __future__ import annotations
@@ -9,6 +10,23 @@ from __future__ import annotations
 import torch
 
 SIDES = ("left", "right")
+_DEVICE = torch.device("cpu")  # where svd and singular_values run (use_device)
+
+
+def use_device(name: str) -> torch.device:
+    """Run the SVDs on ``name``: ``auto`` (CUDA when torch sees a GPU, else the CPU), ``cpu`` or ``cuda`` (one-line
+    error without a GPU). A float64 SVD of a 4096 x 4096 ΔW takes ~30 s on one CPU core."""
+    global _DEVICE
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but torch sees no CUDA device; use auto or cpu")
+    _DEVICE = torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+    return _DEVICE
+
+
+def _on_device(mat: torch.Tensor) -> torch.Tensor:
+    return mat if _DEVICE.type == "cpu" else mat.to(_DEVICE)
 
 
 def as_matrix(m: torch.Tensor, what: str = "matrix") -> torch.Tensor:
@@ -24,17 +42,18 @@ def as_matrix(m: torch.Tensor, what: str = "matrix") -> torch.Tensor:
 def svd(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Thin SVD in float64, m = U diag(S) Vh. A wide matrix is decomposed through its transpose: torch's CPU SVD of
     a 384 x 1536 matrix is ~20x slower than of its 1536 x 384 transpose."""
-    mat = as_matrix(m)
+    mat = _on_device(as_matrix(m))
     if mat.shape[0] < mat.shape[1]:
         v, s, uh = torch.linalg.svd(mat.T, full_matrices=False)
-        return uh.T, s, v.T
-    return torch.linalg.svd(mat, full_matrices=False)
+        return uh.T.cpu(), s.cpu(), v.T.cpu()
+    u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+    return u.cpu(), s.cpu(), vh.cpu()
 
 
 def singular_values(m: torch.Tensor) -> torch.Tensor:
     """σ₁ ≥ … ≥ σ_n in float64 (through the transpose for wide matrices, as ``svd``)."""
-    mat = as_matrix(m)
-    return torch.linalg.svdvals(mat.T if mat.shape[0] < mat.shape[1] else mat)
+    mat = _on_device(as_matrix(m))
+    return torch.linalg.svdvals(mat.T if mat.shape[0] < mat.shape[1] else mat).cpu()
 
 
 def top_singular_vectors(m: torch.Tensor, k: int, side: str = "left") -> torch.Tensor:

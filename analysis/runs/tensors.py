@@ -18,12 +18,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+
+from experiments.records import FACTORS, FACTORS_INIT
+from lorakit.peft_format import PREFIX as _PEFT_PREFIX
 
 from .folders import RunError, read_config
-from .lazy import Derived, LazyTensors, safetensors_keys
+from .lazy import Derived, LazyTensors, SafetensorsError, read_header, safetensors_keys
 
-_PEFT_PREFIX = "base_model.model."
 DELTAS = "delta_weights.safetensors"
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 _verified: set[tuple[str, int, int]] = set()  # adapter files whose checksum held: (path, mtime, size)
@@ -50,17 +51,16 @@ def _adapter_files(run_dir: str, folder: str) -> tuple[dict, Path]:
         stat = weights.stat()
         stamp = (str(weights.resolve()), stat.st_mtime_ns, stat.st_size)
         if stamp not in _verified:
-            with safe_open(str(weights), framework="pt") as f:
-                expected = (f.metadata() or {}).get(CHECKSUM_KEY)
-            keys = safetensors_keys(weights)
+            header, metadata, _ = read_header(weights)
+            expected, keys = metadata.get(CHECKSUM_KEY), list(header)
             if expected is not None and digest(LazyTensors({k: (str(weights), k) for k in keys})) != expected:
                 raise LoRAError(f"{weights} does not match its checksum ({CHECKSUM_KEY}): its tensor bytes were "
                                 "altered after saving")
             _verified.add(stamp)
     except (LoRAError, OSError) as err:
         raise RunError(f"{run_dir}: unreadable {folder}/ ({err})") from err
-    except Exception as err:  # safetensors' own errors for a truncated or foreign file
-        raise RunError(f"{run_dir}: unreadable {folder}/ ({str(err).splitlines()[0] if str(err) else err})") from err
+    except SafetensorsError as err:
+        raise RunError(f"{run_dir}: unreadable {folder}/ ({err})") from err
     return config, weights
 
 
@@ -79,50 +79,48 @@ def _factors(run_dir: str, folder: str) -> Mapping[str, tuple[torch.Tensor, torc
 
 def lora_factors(run_dir: str) -> Mapping[str, tuple[torch.Tensor, torch.Tensor]]:
     """{module name: (A r x in, B out x r)} of a LoRA run, after training (``adapter/``), read per module."""
-    return _factors(str(run_dir), "adapter")
+    return _factors(str(run_dir), FACTORS)
 
 
 def init_factors(run_dir: str) -> Mapping[str, tuple[torch.Tensor, torch.Tensor]]:
     """{module name: (A₀, B₀)}: the LoRA factors at step 0, from ``adapter_init/`` (written before training)."""
-    return _factors(str(run_dir), "adapter_init")
+    return _factors(str(run_dir), FACTORS_INIT)
 
 
-def run_deltas(run_dir: str, method: str) -> Mapping[str, torch.Tensor]:
+def run_deltas(run_dir: str) -> Mapping[str, torch.Tensor]:
     """{module name: ΔW (out x in), fp32} against the pretrained W, each read when asked: from
-    ``delta_weights.safetensors`` (every method with a ΔW writes it), else, for a LoRA run written before that,
-    scale·B·A from ``adapter/``."""
+    ``delta_weights.safetensors`` (every method with a ΔW writes it), else, for a run written before that whose
+    method has factors, scale·B·A from ``adapter/``: the folder's files say where ΔW is, not the method's name."""
     path = Path(run_dir) / DELTAS
     if path.exists():
         try:
             keys = safetensors_keys(path)
-        except Exception as err:  # a truncated or foreign file
-            raise RunError(f"{run_dir}: unreadable {DELTAS} ({str(err).splitlines()[0] if str(err) else err})") from err
+        except SafetensorsError as err:
+            raise RunError(f"{run_dir}: unreadable {DELTAS} ({err})") from err
         return LazyTensors({_strip(k): (str(path), k) for k in keys}, lambda t: t.float())
-    if method == "lora":
+    if (Path(run_dir) / FACTORS / "adapter_config.json").is_file():
         from lorakit import LoRAError, lora_scale, read_adapter
 
-        config, _ = _adapter_files(str(run_dir), "adapter")
+        config, _ = _adapter_files(str(run_dir), FACTORS)
         if config.get("use_dora") or config.get("init_lora_weights") == "pissa":  # ΔW needs more than B·A
             try:
-                return read_adapter(Path(run_dir) / "adapter").delta_weights()
+                return read_adapter(Path(run_dir) / FACTORS).delta_weights()
             except LoRAError as err:
                 raise RunError(f"{run_dir}: {err}") from err
         scale = lora_scale(int(config["r"]), float(config["lora_alpha"]), bool(config.get("use_rslora") or False))
         factors = lora_factors(run_dir)
         return Derived(list(factors), lambda n: (factors[n][1].float() @ factors[n][0].float()) * scale)
-    raise RunError(f"{run_dir}: no ΔW (method={method}: no {DELTAS})")
+    raise RunError(f"{run_dir}: no ΔW (no {DELTAS} and no adapter/)")
 
 
 def num_labels(run_dir: str) -> int:
     """The classifier's output size: from the adapter's saved head (its header), else config.yaml, else 2."""
     run = Path(run_dir)
-    if (run / "adapter").is_dir():
-        _, weights = _adapter_files(str(run), "adapter")
-        with safe_open(str(weights), framework="pt") as f:
-            for key in f.keys():
-                shape = f.get_slice(key).get_shape()
-                if key.endswith(("classifier.weight", "classifier.out_proj.weight")) and len(shape) == 2:
-                    return int(shape[0])
+    if (run / FACTORS).is_dir():
+        _, weights = _adapter_files(str(run), FACTORS)
+        for key, entry in read_header(weights)[0].items():
+            if key.endswith(("classifier.weight", "classifier.out_proj.weight")) and len(entry["shape"]) == 2:
+                return int(entry["shape"][0])
     cfg = read_config(run)
     for node in (cfg.get("task") or {}, cfg.get("model") or {}, cfg):
         if isinstance(node, dict) and isinstance(node.get("num_labels"), int):
