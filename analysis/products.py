@@ -13,7 +13,7 @@ from typing import Callable
 
 import pandas as pd
 
-from . import builders, plots
+from . import builders, plots, roles
 
 
 @dataclass
@@ -63,7 +63,7 @@ def _table(make_table: Callable[[pd.DataFrame], builders.Table], stem: str) -> P
 
 def _metric_vs_rank(runs, opts, out):
     table = builders.table6(runs)
-    fig = plots.plot_metric_vs_rank(runs[runs["label"].isin(table.runs) | (runs["method"] == "full")])
+    fig = plots.plot_metric_vs_rank(runs[runs["run"].isin(table.runs) | roles.reference(runs)])
     return _written([(table, "table6")], out, plots.save_figure(fig, out, "fig_metric_vs_rank", table.runs,
                                                                  formats=opts.formats))  # fmt: skip
 
@@ -210,10 +210,23 @@ def _sharpness(runs, opts, out):
     return _written([(sharpness_table(methods, LR_SEARCH_CSV, data_dir=opts.data_dir), "sharpness")], out)
 
 
+def _predictions(runs, opts, out):
+    from .runs import MissingRuns
+    from .verdicts import write_predictions
+
+    path = write_predictions(runs, out)
+    if path is None:
+        raise MissingRuns("per-example predictions need runs that kept predictions.npz (GLUE runs written since "
+                          "issue 22)")
+    return Made([path], list(runs["run"]))
+
+
 PRODUCTS: dict[str, tuple[str, Product]] = {
     "table2": ("Table 2: methods compared per task", _table(builders.table2, "table2")),
     "table2_verdicts": ("Table 2's verdicts: each method at its best rate per task against full FT (rule 6)",
                         _table(builders.table2_verdicts, "table2_verdicts")),
+    "predictions": ("Every run's per-example dev outputs, for verdicts with example-level intervals",
+                    _predictions),
     "table3": ("Table 3: generation metrics (E2E NLG)", _table(builders.table3, "table3")),
     "generations": ("What the generation runs wrote, beside the references", _table(builders.generation_samples,
                                                                                      "generations")),

@@ -1,0 +1,68 @@
+"""The verdict table (issue 22): each rule on fixture runs gives the verdict written by hand; the committed
+results/VERDICTS.md is what the command regenerates from the committed files, byte for byte."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import verdicts
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_tasks(root: Path, scores: dict[tuple[str, str, float], list[float]]) -> None:
+    """tasks/five_seeds/runs.csv as the analysis command writes it: one row per (task, method, lr) and seed."""
+    rows = []
+    for (task, method, lr), values in scores.items():
+        for seed, score in enumerate(values):
+            lora = method == "lora"
+            rows.append({"run": f"s/{task},{method},{lr},{seed}", "task": task, "method": method,
+                         "rank": 8.0 if lora else None, "targets": "qv" if lora else None,
+                         "init": "gaussian" if lora else None, "rslora": False if lora else None, "lr": lr,
+                         "train.max_train_samples": 2000, "train.epochs": 2, "seed": seed, "score": score,
+                         "forgetting": 0.02 if lora else 0.30})  # fmt: skip
+    (root / "tasks" / "five_seeds").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(root / "tasks" / "five_seeds" / "runs.csv", index=False)
+
+
+def test_table2_rules_give_the_verdicts_written_by_hand(tmp_path):
+    close = [0.900, 0.901, 0.899, 0.900, 0.900]  # a spread of 0.2 points: five seeds pin the gap down
+    scores = {
+        ("sst2", "full", 3e-4): close, ("sst2", "lora", 1e-3): close, ("sst2", "head", 1e-3): [0.70] * 3,
+        ("rte", "full", 3e-4): [0.60] * 3, ("rte", "lora", 1e-3): [0.59] * 3, ("rte", "head", 1e-3): [0.60] * 3,
+        ("stsb", "full", 3e-4): [0.80, 0.81, 0.82], ("stsb", "lora", 1e-3): [0.85, 0.86, 0.87],
+        ("stsb", "head", 1e-3): [0.20] * 3,
+        ("mrpc", "full", 3e-4): [0.80, 0.85, 0.90], ("mrpc", "lora", 1e-3): [0.78, 0.86, 0.91],
+        ("mrpc", "head", 1e-3): [0.60] * 3,
+    }  # fmt: skip
+    write_tasks(tmp_path, scores)
+    rows = {r.claim.split(":")[0].split(", ")[1].split(" ")[0]: r for r in verdicts.table2_rows(tmp_path)}
+    assert rows["sst2"].verdict == "equivalent (±1)"  # identical arms, tight seeds
+    assert rows["rte"].verdict == "not tested: the task did not learn at this budget"  # full FT = the head alone
+    assert rows["stsb"].verdict == "better (±1)"  # +5 points, every seed apart
+    assert rows["mrpc"].verdict == "inconclusive (±1)"  # three seeds spread over 10 points
+    assert rows["sst2"].evidence == "5 vs 5 · seeds only"
+
+
+def test_chance_rule():
+    row = verdicts._chance("c", "p", (0.3, 0.2, 0.4), (0.02, 0.01, 0.03), "e", "r", ("s",))
+    assert row.verdict == "above chance"
+    assert verdicts._chance("c", "p", (0.02, 0.0, 0.05), (0.02, 0.01, 0.03), "e", "r", ("s",)).verdict == "at chance"
+    assert verdicts._chance("c", "p", (0.0, 0.0, 0.005), (0.02, 0.01, 0.03), "e", "r", ("s",)).verdict == \
+        "below chance"
+
+
+def test_reproduction_table_is_filled_between_its_markers(tmp_path):
+    path = tmp_path / "REPRODUCTION.md"
+    path.write_text(f"# R\n\n{verdicts.TABLE_START}\nold\n{verdicts.TABLE_END}\n\n## Rules\n")
+    assert verdicts.fill_reproduction(path, "| new |")
+    assert path.read_text() == f"# R\n\n{verdicts.TABLE_START}\n| new |\n{verdicts.TABLE_END}\n\n## Rules\n"
+    assert not verdicts.fill_reproduction(tmp_path / "absent.md", "x")
+
+
+@pytest.mark.slow
+def test_the_committed_verdicts_are_what_the_committed_results_give():
+    """Byte for byte: rerunning the rules on the committed files reproduces the committed VERDICTS.md."""
+    rows = verdicts.verdict_rows(REPO / "results")
+    assert verdicts.document(rows) == (REPO / "results" / "VERDICTS.md").read_text(encoding="utf-8")
