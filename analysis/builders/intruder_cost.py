@@ -68,10 +68,10 @@ def intruder_cost_table(runs: pd.DataFrame, task: str | None = None, lambdas=LAM
                  for name, m in modules.items()}
         positions = {ARMS[0]: {n: f.ranks for n, f in found.items()},
                      ARMS[1]: {n: control_positions(f) for n, f in found.items()}}
-        unchanged = None
+        unchanged = dev.score(model), (skill.measure(model, cpu) if skill else float("nan"))  # the run itself
         for arm in ARMS:
             for lam in lambdas:
-                if lam == 1.0 and unchanged is not None:  # λ = 1 changes nothing in either arm
+                if lam == 1.0 or not any(positions[arm].values()):  # nothing to scale: the run itself
                     score, after = unchanged
                 else:
                     with torch.no_grad():
@@ -79,8 +79,6 @@ def intruder_cost_table(runs: pd.DataFrame, task: str | None = None, lambdas=LAM
                             w = scale_directions(tuned[name], positions[arm][name], lam)
                             m.weight.copy_(m.stored(w).to(m.weight.dtype))
                     score, after = dev.score(model), (skill.measure(model, cpu) if skill else float("nan"))
-                    if lam == 1.0:
-                        unchanged = (score, after)
                 records.append({"config": run["label"], "seed": run["seed"], "arm": arm, "λ": lam,
                                 "directions scaled": sum(len(p) for p in positions[arm].values()),
                                 "metric": dev.metric, "value": 100 * score, "recorded": 100 * run.get("score_last", float("nan")),
