@@ -7,35 +7,26 @@ code, and never silencing the project's own warnings (``lorakit``, ``experiments
   registry asks ``importlib.util.find_spec``), which costs seconds and prints "Failed to load ..." lines and torch's
   deprecation notices about torchao's enums. ``hide_optional`` makes it look absent (``sys.modules[name] = None``:
   find_spec answers None, an import raises ImportError); ``allow_optional`` undoes that where the feature is used.
-- Third-party warnings that say nothing a user of this project can act on are filtered by message and module, one
-  entry each, with the reason: a new warning still shows.
+- Where torchao is used, its loggers' notices (native kernels built for another Python or GPU, no Triton) and torch's
+  deprecation lines about torchao's enums are raised to errors only: both named loggers belong to those libraries,
+  so nothing of this project's, and no warning from any other library, is hidden.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import warnings
 
 OPTIONAL = ("torchao",)
-# (module regex, message regex, why it is noise here)
-THIRD_PARTY = (
-    ("torch.utils._pytree", ".*is an Enum subclass and is now natively supported.*",
-     "torchao's enums, registered the old way: nothing to do for a user"),
-    ("transformers.*", ".*", "transformers' deprecation notices about its own internals, raised at import"),
-)
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree")  # say nothing a user of this project can act on (docstring)
 
 
 def quiet_start() -> None:
-    """Hide the optional packages and filter the third-party noise (module docstring)."""
+    """Hide the optional packages and quieten the loggers that speak when one is used (module docstring)."""
     for name in OPTIONAL:
         hide_optional(name)
-    for module, message, _why in THIRD_PARTY:
-        warnings.filterwarnings("ignore", message=message, module=module, category=FutureWarning)
-        warnings.filterwarnings("ignore", message=message, module=module, category=DeprecationWarning)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # its load reports list the new head as MISSING
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def hide_optional(name: str) -> None:

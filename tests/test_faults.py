@@ -273,7 +273,9 @@ def test_a_quiet_start_hides_torchao_until_nf4_asks(tmp_path):
     code = ("import sys, importlib.util\nfrom experiments.quiet import quiet_start, allow_optional\nquiet_start()\n"
             "import transformers.quantizers.auto\n"  # what imports torchao when it is visible
             "print(sys.modules.get('torchao') is None, importlib.util.find_spec('torchao') is None)\n"
-            "allow_optional('torchao')\nprint(importlib.util.find_spec('torchao') is None)\n")
+            "allow_optional('torchao')\nprint(importlib.util.find_spec('torchao') is None)\n"
+            "import logging\nlogging.basicConfig()\n"  # where a sweep's logs go: quantize=nf4 imports it now
+            "if importlib.util.find_spec('torchao'):\n    from torchao.quantization import to_nf4\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     import importlib.util
