@@ -5,7 +5,7 @@ Three layers, each using only the ones before it:
   ``intruder_dimensions``, ...), with the controls every measurement is read against;
 - ``analysis.runs``: reading run folders into a table and tensors, module names, choosing runs;
 - ``analysis.builders``: tables and figure data from the run table (``table2``, ...);
-then ``analysis.plots`` draws and ``python -m analysis.figures`` (the command) turns run folders into files.
+then ``analysis.plots`` draws and ``python -m analysis`` (the command, analysis/command.py) turns run folders into files.
 """
 
 from .builders import Table, table2, table5, table6, to_markdown, write_table

@@ -59,7 +59,7 @@ def _most_common(values: list) -> object:
 
 
 def log_analysis(out: Path, outcomes: list, runs: pd.DataFrame, argv: list[str], mode: str = AUTO) -> str | None:
-    """Log the analysis written into ``out`` (``outcomes`` of ``analysis.figures.run_all``) as one W&B run; returns
+    """Log the analysis written into ``out`` (``outcomes`` of ``analysis.command.run_all``) as one W&B run; returns
     its id, or None with mode disabled."""
     where = target(runs, mode)
     if where.mode == "disabled":

@@ -1,4 +1,4 @@
-"""What each analysis of ``python -m analysis.figures`` writes: one function per analysis, from the run table to files
+"""What each analysis of ``python -m analysis`` writes: one function per analysis, from the run table to files
 (tables as CSV + Markdown through ``builders.write_table``, figures through ``plots.save_figure``).
 
 Each returns a ``Made`` (files, the runs it used, the runs it left out and the controls it lacks, for index.md) or

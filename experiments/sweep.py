@@ -25,7 +25,7 @@ from experiments.search import register_optuna_schema  # noqa: E402
 from experiments.job import run_hydra_job  # noqa: E402
 
 register_resolvers()  # before @hydra.main composes conf/sweep.yaml, which uses them
-register_optuna_schema()  # conf/hydra/sweeper/optuna.yaml extends the plugin's schema under its own name
+register_optuna_schema()  # hydra/sweeper=optuna: the plugin's schema with our defaults, registered in code (experiments/search.py)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")

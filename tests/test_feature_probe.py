@@ -1,10 +1,10 @@
-"""The frozen-feature probe (experiments.feature_probe) on the tiny BERT and tiny GLUE-layout data."""
+"""The frozen-feature probe (experiments.diagnostics.feature_probe) on the tiny BERT and tiny GLUE-layout data."""
 
 import math
 
 import pytest
 
-from experiments.feature_probe import FEATURES, main
+from experiments.diagnostics.feature_probe import FEATURES, main
 
 
 @pytest.mark.parametrize("task,metric", [("stsb", "pearson"), ("sst2", "accuracy")])

@@ -3,8 +3,8 @@ the mean over tokens. A linear probe (logistic regression, or ridge for a regres
 training split and is scored on the dev split with the task's metric; the pooler's weight and bias statistics say
 whether it was ever trained.
 
-    python -m experiments.feature_probe task=stsb                 # the embedded MiniLM, data from ../shared/glue
-    python -m experiments.feature_probe task=cola model.path=/path/to/checkpoint probe.train_examples=4000
+    python -m experiments.diagnostics.feature_probe task=stsb                 # the embedded MiniLM, data from ../shared/glue
+    python -m experiments.diagnostics.feature_probe task=cola model.path=/path/to/checkpoint probe.train_examples=4000
 
 Overrides are the sweep's (conf/sweep.yaml) plus ``probe.train_examples`` (default 2000) and ``probe.seed`` (0).
 This is how results/REPRODUCTION.md tells "the pooler loses the information" from "the pooler's scale and gradient
