@@ -106,7 +106,7 @@ def test_a_diverging_run_is_a_failure(sweep):
     process, sweep_dir = sweep("train.lr=1e6")
     assert process.returncode == 1
     (error,) = table(sweep_dir)["error"]
-    assert error.startswith(("Diverged: loss", "NonFiniteLoss: loss")), error
+    assert error.startswith(("Diverged: training loss", "Diverged: eval_loss", "NonFiniteLoss: ")), error
 
 
 def test_an_unwritable_sweep_folder_is_one_line(sweep, tmp_path):
