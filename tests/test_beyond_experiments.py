@@ -90,3 +90,37 @@ def test_gradient_init_and_rank_pattern_run_end_to_end(tiny_overrides, tmp_path)
     load_adapter(mine, run_dir / "adapter")
     batch = {"input_ids": torch.tensor([[101, 2023, 2003, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
     torch.testing.assert_close(peft_model(**batch).logits, mine.eval()(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_beyond_builders_end_to_end(tiny_overrides, tmp_path):
+    """The four builders on a tiny LoRA and a tiny full fine-tune, through experiments' door."""
+    from analysis.builders.gradient_alignment import alignment_summary, gradient_alignment_table
+    from analysis.builders.intruder_cost import intruder_cost_table
+    from analysis.builders.rank_allocation import rank_allocation_table
+    from analysis.builders.sharpness import sharpness_table
+    from analysis.runs import scan_runs
+    from experiments.job import run_job
+
+    common = tiny_overrides + ["train.epochs=1", "probes.forgetting=false", "probes.truncation=false"]
+    for method in ("lora", "full"):
+        status = run_job(make(common + [f"method={method}"]), tmp_path / "sweep" / method, name=method, group="t")
+        assert status["status"] == "complete", status
+    runs, _ = scan_runs([tmp_path / "sweep"])
+
+    allocation = rank_allocation_table(runs, "sst2", rank=2).frame
+    assert allocation["allocated params"].sum() <= allocation["uniform params"].sum() and len(allocation) == 4
+
+    alignment = gradient_alignment_table(runs, "sst2", rank=2, draws=20)
+    lora = alignment.frame[alignment.frame["config"].str.startswith("LoRA")]
+    assert lora["φ column (B)"].tolist() == pytest.approx(lora["φ column (ΔW)"].tolist())  # rank-r ΔW spans B
+    assert alignment.missing_controls  # no other task: the cross-task control is named as missing
+    assert set(alignment_summary(alignment).frame["config"]) == set(alignment.frame["config"])
+
+    cost = intruder_cost_table(runs, "sst2", lambdas=(1.0, 0.0), seeds=1).frame
+    assert (cost.loc[cost["λ"] == 1.0, "value"] == cost.loc[cost["λ"] == 1.0, "recorded"]).all()  # λ=1: the run
+
+    sources = {row["label"]: row["run_dir"] for _, row in runs.iterrows()}
+    sharp = sharpness_table(sources, examples=16, iterations=5).frame
+    assert len(sharp) == 2 and (sharp["λ_max"] > 0).all()
+    assert sharp.set_index("config")["trainable"].max() > sharp.set_index("config")["trainable"].min()

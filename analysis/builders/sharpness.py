@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from ..maths.sharpness import spearman_interval, top_hessian_eigenvalue
 from ..runs import MissingRuns
@@ -55,7 +56,9 @@ def sharpness_table(methods: dict[str, str | Path | list[str]], lr_csv: str | Pa
         total = sum(len(b["labels"]) for b in batches)
 
         def loss():
-            return sum(model(**b).loss * (len(b["labels"]) / total) for b in batches)
+            # Attention by the math kernel: the fused CPU/GPU kernels have no double backward, which Hv needs.
+            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+                return sum(model(**b).loss * (len(b["labels"]) / total) for b in batches)
 
         found = top_hessian_eigenvalue(loss, params, iterations, tol)
         records.append({"config": name, "trainable": sum(p.numel() for p in params), "λ_max": found.value,
