@@ -508,3 +508,40 @@ def test_the_first_screen_has_no_third_party_warning(preempted):
              if any(w in l for w in ("Failed to load", "_pytree", "FutureWarning", "DeprecationWarning", "UserWarning",
                                      "torchao"))]
     assert noisy == [], noisy
+
+
+@pytest.mark.slow
+def test_a_decoder_run_resumes_with_its_generations_from_a_checkpoint(tmp_path, minilm_path, monkeypatch, caplog):
+    """The checkpoint of a causal-LM run holds the reported epoch's generations (a DataFrame), without pickle."""
+    from conftest import tiny_llama
+    from test_causal_lm import decoder_overrides, write_tiny_e2e
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    tokenizer.eos_token = "[SEP]"
+    model = tiny_llama()
+    model.resize_token_embeddings(len(tokenizer))
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    overrides = decoder_overrides(tmp_path / "llama", write_tiny_e2e(tmp_path / "e2e"), tmp_path) + [
+        "execution.checkpoint_every=7", "execution.log_every=1"]  # 6 steps an epoch: a checkpoint in the second
+    cfg = make(overrides)
+    caplog.set_level("INFO", logger="experiments.train")
+    run_job(cfg, tmp_path / "whole", name="whole", group="t")
+    real_check = train_module._check_divergence
+
+    def kill_at_step_9(loss_curve, factor, initial):
+        real_check(loss_curve, factor, initial)
+        if loss_curve[-1]["step"] == 9:
+            raise Killed("step 9")
+
+    monkeypatch.setattr(train_module, "_check_divergence", kill_at_step_9)
+    with pytest.raises(Killed):
+        run_job(cfg, tmp_path / "killed", name="killed", group="t")
+    monkeypatch.setattr(train_module, "_check_divergence", real_check)
+    assert run_job(cfg, tmp_path / "killed", name="killed", group="t")["status"] == "complete"
+    assert "killed: resumed from its checkpoint at step 7 (epoch 2)" in caplog.text
+    whole, resumed = (json.loads((tmp_path / n / store.METRICS).read_text()) for n in ("whole", "killed"))
+    assert resumed["epochs"] == whole["epochs"] and resumed["best"] == whole["best"]
+    assert (tmp_path / "killed" / store.GENERATIONS).read_text() == (tmp_path / "whole" / store.GENERATIONS).read_text()
