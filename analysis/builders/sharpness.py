@@ -3,8 +3,11 @@ beyond the paper; Lee et al. 2026; the maths in ``maths.sharpness``).
 
 For each method configuration (a run folder, or a list of sweep overrides for one not yet run, e.g.
 ``["task=sst2", "method=lora", "rank=8"]``) the model is built as its run would start (experiments' one door, ``experiments.gradients.model_at_init``: seed, pretrained weights, the
-method's ``prepare``), and λ_max of the training loss on the fixed batch set w.r.t. everything the method trains (the
-task head included: it trains in every method) is found by power iteration on Hessian-vector products. Beside it,
+method's ``prepare``), and λ_max of the training loss on the fixed batch set is found by power iteration on
+Hessian-vector products, twice: w.r.t. the method's own parameters (what trains outside the task head; the head
+alone for method=head) — the λ_max the rule reads, since the head trains in every method and its curvature, the same
+for all, would otherwise dominate (it did in the CPU demonstration: 4.3–4.8 for every method) — and w.r.t. everything
+that trains at the method's rate (the head included), the λ the rate must be stable for. Beside it,
 the method's best rate from the learning-rate results (``results/lr_search/lr_search.csv``): at one training budget,
 the confirmed rate (≥ 3 seeds) with the highest median. Across methods, Spearman's ρ between λ_max and the best rate
 with a bootstrap interval over methods; the stability bound η < 2/λ predicts ρ < 0.
@@ -17,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+
+from lorakit.inject import matches_any_prefix
 
 from ..maths.sharpness import spearman_interval, top_hessian_eigenvalue
 from ..runs import MissingRuns
@@ -52,7 +57,9 @@ def sharpness_table(methods: dict[str, str | Path | list[str]], lr_csv: str | Pa
         cfg = run_config(source, data_dir)
         tasks.add(str(cfg.task.name))
         model, _, batches = model_at_init(cfg, examples)
-        params = [p for p in model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
+        own = [p for n, p in named if not matches_any_prefix(n.rpartition(".")[0], tuple(cfg.model.head))] or params
         total = sum(len(b["labels"]) for b in batches)
 
         def loss():
@@ -60,15 +67,16 @@ def sharpness_table(methods: dict[str, str | Path | list[str]], lr_csv: str | Pa
             with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
                 return sum(model(**b).loss * (len(b["labels"]) / total) for b in batches)
 
-        found = top_hessian_eigenvalue(loss, params, iterations, tol)
-        records.append({"config": name, "trainable": sum(p.numel() for p in params), "λ_max": found.value,
-                        "iterations": found.iterations, "converged": found.converged, "2/λ_max": 2 / found.value
-                        if found.value > 0 else math.nan})  # fmt: skip
+        found, everything = (top_hessian_eigenvalue(loss, group, iterations, tol) for group in (own, params))
+        records.append({"config": name, "method params": sum(p.numel() for p in own), "λ_max": found.value,
+                        "converged": found.converged, "trainable": sum(p.numel() for p in params),
+                        "λ_max (with head)": everything.value, "converged (with head)": everything.converged,
+                        "2/λ_max (with head)": 2 / everything.value if everything.value > 0 else math.nan})
     if len(tasks) != 1:
         raise ValueError(f"the configurations compared must share one task, got {sorted(tasks)}")
     task, frame = tasks.pop(), pd.DataFrame(records)
     title = f"Sharpness at init — {task}: λ_max of the training loss on {examples} fixed examples w.r.t. each " \
-            f"method's trainable parameters"
+            f"method's own parameters (and with the head)"
     missing = []
     if lr_csv is not None:
         frame = frame.merge(best_rates(lr_csv, task), on="config", how="left")
