@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import checkpoint, distributed, faults, integrity, preemption, store
 from experiments.config import identity, launcher_threads, same_identity
+from experiments.quiet import quiet_start
 from experiments.data import selection_metric
 from experiments.tracking import NullLogger, make_logger, sweep_group
 from experiments.train import train
@@ -33,6 +34,7 @@ def run_hydra_job(cfg: DictConfig) -> float:
     search chooses on the same split; NaN when it failed."""
     from hydra.core.hydra_config import HydraConfig
 
+    quiet_start()  # a launcher's worker process (joblib, submitit) starts here, not in experiments/sweep.py
     hydra = HydraConfig.get()
     sweep_dir, run_dir = Path(hydra.sweep.dir), Path(hydra.runtime.output_dir)
     if cfg.execution.threads is None:
