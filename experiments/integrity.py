@@ -5,9 +5,9 @@ When a run completes, ``COMPLETE`` is written with the SHA-256 of every file the
 config.yaml, metrics.json, delta_weights.safetensors, the adapters, predictions and generations — everything but
 COMPLETE itself, hidden entries (``.hydra/``, ``.checkpoint*``), W&B's folder and logs, which go on changing after
 the run. ``run_damage`` recomputes them. Runs completed before checksums existed have an empty ``COMPLETE``: their
-files are checked for being whole instead — every JSON file parses (metrics.json with its ``best`` block), every
-safetensors file reads back with its embedded ``lorakit_sha256`` where present (``lorakit.files.load_tensors``),
-every ``.npz`` reads without pickle.
+files are checked for being whole instead — every JSON and YAML file parses (metrics.json with its ``run`` and
+``best`` blocks), every safetensors file reads back with its embedded ``lorakit_sha256`` where present
+(``lorakit.files.load_tensors``), every ``.npz`` reads without pickle.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from experiments.store import COMPLETE, FAILED, METRICS, SUPERSEDED
 from lorakit.config import LoRAError
@@ -88,6 +89,8 @@ def _unreadable(path: Path) -> str | None:
             load_tensors(path)
         elif path.suffix == ".json":
             json.loads(path.read_text(encoding="utf-8"))
+        elif path.suffix == ".yaml":
+            yaml.safe_load(path.read_text(encoding="utf-8"))
         elif path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as arrays:
                 for key in arrays.files:

@@ -234,6 +234,8 @@ def test_run_damage_names_the_damaged_file(tmp_path, sealed):
     metrics["best"]["accuracy"] = 0.99  # valid JSON, another number: only a checksum tells
     (run / store.METRICS).write_text(json.dumps(metrics))
     assert (integrity.run_damage(run) or "").startswith(store.METRICS) is sealed
+    (run / store.CONFIG).write_text("seed: [0\n")  # truncated YAML: a rerun could not read its identity
+    assert (integrity.run_damage(run) or "").startswith(store.CONFIG)  # the first damaged file, in name order
 
 
 def test_verify_names_what_is_damaged_and_how_to_redo_it(tmp_path):
