@@ -130,7 +130,6 @@ def load_predictions_csv(path: Path) -> dict[str, dict[str, np.ndarray]]:
 # ------------------------------------------------------------------------------------------------ the claims
 
 TASKS = "tasks/five_seeds/runs.csv"
-METRIC = {"sst2": "accuracy", "mrpc": "f1", "cola": "matthews_correlation", "rte": "accuracy", "stsb": "pearson"}
 PAPER_T2 = {"sst2": "95.1 vs 94.8 (RoBERTa-base)", "mrpc": "89.7 vs 90.2", "cola": "63.4 vs 63.6",
             "rte": "86.6 vs 78.7", "stsb": "91.5 vs 91.2"}  # LoRA vs full FT, the paper's Table 2 (RoBERTa-base)
 LEARNS = ("full FT must be *better* than the head alone (same rule) for the task to test the claim; then LoRA r=8 "
@@ -141,10 +140,10 @@ def table2_rows(root: Path) -> list[Row]:
     runs = _runs(root, TASKS)
     rows = []
     for task in ("sst2", "mrpc", "cola", "rte", "stsb"):
-        metric = METRIC[task]
         on = runs[runs["task"] == task]
         if on.empty:
             continue
+        metric = on["metric"].iloc[0]  # the task's own (conf/task/<task>.yaml), as each run recorded it
         lora = _best_rate(_arm(on, method="lora", rank=8.0, targets="qv", init="gaussian", rslora=False))
         full = _best_rate(_arm(on, method="full"))
         head = _arm(on, method="head")
@@ -172,8 +171,8 @@ def table2_learn_rows(root: Path) -> list[Row]:
     predictions = load_predictions_csv(path) if path.is_file() else None
     rows = []
     for task in [t for t in ("sst2", "mrpc", "cola", "rte", "stsb") if t in set(runs["task"])]:
-        metric = METRIC[task]
         on = runs[runs["task"] == task]
+        metric = on["metric"].iloc[0]
         lora, full = on[on["method"] == "lora"], on[on["method"] == "full"]
         if lora.empty or full.empty:
             continue

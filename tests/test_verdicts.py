@@ -17,7 +17,7 @@ def write_tasks(root: Path, scores: dict[tuple[str, str, float], list[float]]) -
     for (task, method, lr), values in scores.items():
         for seed, score in enumerate(values):
             lora = method == "lora"
-            rows.append({"run": f"s/{task},{method},{lr},{seed}", "task": task, "method": method,
+            rows.append({"run": f"s/{task},{method},{lr},{seed}", "task": task, "method": method, "metric": "accuracy",
                          "rank": 8.0 if lora else None, "targets": "qv" if lora else None,
                          "init": "gaussian" if lora else None, "rslora": False if lora else None, "lr": lr,
                          "train.max_train_samples": 2000, "train.epochs": 2, "seed": seed, "score": score,
