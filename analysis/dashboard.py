@@ -117,11 +117,12 @@ def _media_key(path: Path, siblings: list[Path]) -> str | None:
 
 
 def source_runs(runs: pd.DataFrame, run_ids) -> pd.DataFrame:
-    """The runs read, one row each: label, what they are, their score, and their W&B run ids (space-separated, oldest
-    first: a resumed run logged one per attempt; empty when it never logged to W&B)."""
+    """The runs read, one row each: ``run`` (<sweep>/<folder>, as runs.csv and index.md name it), what they are, their
+    score, and their W&B run ids (space-separated, oldest first: a resumed run logged one per attempt; empty when it
+    never logged to W&B)."""
     from experiments.tracking import sweep_group
 
-    columns = [c for c in ("label", "task", "method", "rank", "seed", "metric", "score") if c in runs]
+    columns = [c for c in ("run", "label", "config_id", "task", "method", "seed", "metric", "score") if c in runs]
     table = runs[columns].astype(object).where(runs[columns].notna(), None)  # pandas' NA is not JSON
     table["wandb_group"] = [sweep_group(Path(d).parent) for d in runs["run_dir"]]
     table["wandb_run_ids"] = [" ".join(run_ids(Path(d))) for d in runs["run_dir"]]

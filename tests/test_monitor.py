@@ -188,3 +188,18 @@ def test_offline_wandb_run_holds_the_spectral_history_and_disabled_writes_the_sa
     for table in ("final/spectra", "final/truncation"):
         assert run.summary[f"{table}._type"] == "table-file" and run.summary[f"{table}.nrows"] > 0
     assert run.summary["final/spectra.nrows"] == 4 * 2 and not math.isnan(run.summary["spectral/rank90/max"])
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_times_runs_with_and_without_the_monitor(tiny_model_dir, tiny_glue_dir, tmp_path):
+    from benchmarks import monitor_overhead
+
+    result = monitor_overhead.main(["--model-path", str(tiny_model_dir), "--glue-dir", str(tiny_glue_dir),
+                                    "--train-samples", "32", "--epochs", "1", "--repeats", "1", "--rank", "2",
+                                    "--out", str(tmp_path)])  # fmt: skip
+    off, on = result["runs"]
+    assert (off["monitor"], on["monitor"]) == (False, True) and (off["measurements"], on["measurements"]) == (0, 1)
+    assert on["modules"] == 4 and on["monitor_s"] > 0
+    assert result["overhead"]["monitor_share_of_run"] == pytest.approx(on["monitor_s"] / on["run_wall_s"], abs=0.01)
+    assert result["overhead"]["paired_job_time_increase"] == pytest.approx(on["job_s"] / off["job_s"] - 1, abs=1e-3)
+    assert "Run monitor overhead" in (tmp_path / "monitor_overhead_cpu.md").read_text()
