@@ -69,11 +69,11 @@ def log_analysis(out: Path, outcomes: list, runs: pd.DataFrame, argv: list[str],
 
     os.environ.setdefault("WANDB_SILENT", "true")
     sources = source_runs(runs, run_ids)
+    config = {"command": "python -m analysis " + " ".join(argv), "runs": len(runs), "source_groups": where.groups,
+              "source_run_ids": [i for ids in sources["wandb_run_ids"] for i in ids.split()]}
     run = wandb.init(mode=where.mode, project=where.project, entity=where.entity, group=where.group,
-                     job_type="analysis", name=f"analysis:{out.resolve().name}", dir=str(out), reinit="finish_previous",
-                     config={"command": "python -m analysis.figures " + " ".join(argv), "runs": len(runs),
-                             "source_groups": where.groups,
-                             "source_run_ids": [i for ids in sources["wandb_run_ids"] for i in ids.split()]})  # fmt: skip
+                     job_type="analysis", name=f"analysis:{out.resolve().name}", dir=str(out), config=config,
+                     reinit="finish_previous")
     try:
         payload, rows = {}, []
         for outcome in outcomes:

@@ -30,7 +30,8 @@ TARGET = 0.05
 
 def overrides(args: argparse.Namespace, cache: Path, monitor: bool) -> list[str]:
     return [
-        f"rank={args.rank}", "targets=qv", f"train.max_train_samples={args.train_samples}", f"train.epochs={args.epochs}",
+        f"rank={args.rank}", "targets=qv", f"train.max_train_samples={args.train_samples}",
+        f"train.epochs={args.epochs}",
         "probes.truncation=false", "probes.forgetting=false", f"execution.threads={args.threads}",
         f"execution.cache_dir={cache}", "execution.checkpoint_every=0", "execution.progress=false",
         "execution.wandb.mode=offline", f"execution.monitor.enabled={str(monitor).lower()}",
@@ -112,7 +113,8 @@ def render(result: dict[str, Any]) -> str:
         f"The monitor's own time is {o['monitor_share_of_run']:.2%} of a run's wall time (median over the monitored "
         f"runs; target ≤ {o['target']:.0%}: {verdict}). Whole-job wall time with it against without, paired: "
         f"{o['paired_job_time_increase']:+.2%} (each pair: "
-        f"{', '.join(f'{p:+.2%}' for p in o['paired_job_time_increases'])}); the load of other processes (above) blurs this one.",
+        f"{', '.join(f'{p:+.2%}' for p in o['paired_job_time_increases'])}); the load of other processes (above) "
+        f"blurs this one.",
     ])
 
 

@@ -2,7 +2,7 @@
 (experiments/wandb_records.py): the README's picture of the dashboard. Not a W&B screenshot: the same series W&B
 charts, drawn by matplotlib, labelled as such.
 
-    python docs/dashboard_history.py <run folder, or its wandb/ run folder, or a run-<id>.wandb> docs/dashboard_history.png
+    python docs/dashboard_history.py <run folder | its wandb/ run folder | run-<id>.wandb> docs/dashboard_history.png
 """
 
 from __future__ import annotations

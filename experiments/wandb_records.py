@@ -79,7 +79,8 @@ def read_run(folder_or_log: Path) -> OfflineRun:
     for record in records:
         kind = record["type"]
         if kind in ("run", "config"):
-            update = (record[kind].get("config") or {}).get("update", {}) if kind == "run" else record[kind].get("update", {})
+            node = (record[kind].get("config") or {}) if kind == "run" else record[kind]
+            update = node.get("update", {})
             run.config.update({k: v for k, v in update.items() if not k.startswith("_wandb")})
         elif kind == "history":
             run.history.append(record["history"]["item"])

@@ -99,7 +99,8 @@ def test_lora_quantities_are_the_analyses_maths_per_module():
 def test_full_fine_tuning_is_measured_from_its_delta_without_factors():
     cfg, method, model, adapted = prepared("full", ["execution.monitor.modules='layer\\.0\\..*(query|intermediate)'"])
     record = SpectralMonitor.for_run(cfg, method, adapted).measure(model, epoch=1, step=1)
-    assert list(record["modules"]) == ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.intermediate.dense"]
+    assert list(record["modules"]) == ["bert.encoder.layer.0.attention.self.query",
+                                       "bert.encoder.layer.0.intermediate.dense"]
     assert all(set(v) == set(SPECTRAL) for v in record["modules"].values()) and set(record["summary"]) == set(SPECTRAL)
     delta = method.delta_weights(model)["bert.encoder.layer.0.intermediate.dense"]
     assert record["modules"]["bert.encoder.layer.0.intermediate.dense"]["rank90"] == spectrum(delta).rank90 > 2
@@ -127,7 +128,8 @@ def test_history_kept_beside_the_checkpoint_is_taken_up_to_the_resumed_step(tmp_
     first.measure(model, epoch=1, step=4)
     first.measure(model, epoch=2, step=8)
     resumed = SpectralMonitor.for_run(cfg, method, adapted, tmp_path, step=6)  # the checkpoint was at step 6
-    assert [r["epoch"] for r in resumed.history] == [1] and resumed.history[0] == json.loads(json.dumps(first.history[0]))
+    assert [r["epoch"] for r in resumed.history] == [1]
+    assert resumed.history[0] == json.loads(json.dumps(first.history[0]))
 
 
 def test_wandb_config_and_summary_say_what_the_run_is():
@@ -180,8 +182,8 @@ def test_offline_wandb_run_holds_the_spectral_history_and_disabled_writes_the_sa
         for quantity in (*SPECTRAL, *FACTORS):
             logged = run.series(f"delta/{module}/{quantity}")
             assert logged == [(r["epoch"], pytest.approx(r["modules"][module][quantity])) for r in history]
-    assert run.series("spectral/stable_rank/median") == [(r["epoch"], pytest.approx(r["summary"]["stable_rank"]["median"]))
-                                                       for r in history]
+    medians = [(r["epoch"], pytest.approx(r["summary"]["stable_rank"]["median"])) for r in history]
+    assert run.series("spectral/stable_rank/median") == medians
     best = metrics["best"]
     assert run.summary["best_metric"] == pytest.approx(best["accuracy"]) and run.summary["best_epoch"] == best["epoch"]
     assert run.summary["best/accuracy"] == pytest.approx(best["accuracy"]) and run.summary["method_params"] == 512
