@@ -17,7 +17,7 @@ import math
 import pandas as pd
 import torch
 
-from ..maths import noise_floor, signal_rank, singular_values, spectrum
+from ..maths import noise_floor, signal_rank, spectrum
 from ..runs import KIND_LABELS, parse_module, run_deltas, sort_modules
 from ..runs.lazy import Derived
 from ..runs.select import choose_task
@@ -49,8 +49,9 @@ def _floors(full: pd.DataFrame, shuffled: pd.DataFrame, task: str) -> tuple[dict
     return floors, used, missing
 
 
-def _module_row(name: str, delta: torch.Tensor, fractions, tops: dict[str, dict[str, float]]) -> tuple[dict, object]:
-    spec = spectrum(delta)
+def _module_row(name: str, delta: torch.Tensor, fractions, tops: dict[str, dict[str, float]],
+                spec=None) -> tuple[dict, object]:  # fmt: skip
+    spec = spectrum(delta) if spec is None else spec
     mid = parse_module(name)
     row = {"layer": mid.layer, "module": KIND_LABELS.get(mid.kind, mid.kind), "shape": "x".join(map(str, delta.shape))}
     row.update({f"rank@{f:.0%}": spec.energy_rank(f) for f in fractions})
@@ -77,7 +78,9 @@ def spectra_table(
     floor_config = seeds[seeds == seeds.max()].index.min()  # the seed floor: two seeds of one configuration
     shuffled = usable[usable["data.shuffle_labels"].eq(True) & roles.reference(usable) & (usable["task"] == task)]
     floors, floor_runs, missing = _floors(full[full["config_id"] == floor_config], shuffled, task)
-    tops = {f: {n: float(singular_values(d)[0]) for n, d in by_module.items()} for f, by_module in floors.items()}
+    # Each floor's spectrum once per module (singular values only are kept: O(d) per module, not ΔW itself).
+    floor_specs = {f: {n: spectrum(d) for n, d in by_module.items()} for f, by_module in floors.items()}
+    tops = {f: {n: float(spec.singular_values[0]) for n, spec in specs.items()} for f, specs in floor_specs.items()}
     on_task = true[(true["task"] == task) & ~roles.reference(true)]
     configs = pd.concat([full, on_task]).sort_values(["seed", "run"])
     names = config_names(configs)
@@ -92,7 +95,7 @@ def spectra_table(
     for floor, by_module in floors.items():
         for name in sort_modules(list(by_module)):
             others = {f: t for f, t in tops.items() if f != floor}  # a floor against itself says nothing
-            row, spec = _module_row(name, by_module[name], fractions, others)
+            row, spec = _module_row(name, by_module[name], fractions, others, floor_specs[floor][name])
             records.append({"method": floor, "seed": 0, **row})
             curves.setdefault(floor, {})[name] = spec.energy
     frame = pd.DataFrame(records)
