@@ -153,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", action="store_true", help="the per-module analysis on model-shaped ΔW files instead")
     p.add_argument("--shapes", type=common.csv(str), default=["minilm", "roberta-base", "roberta-large", "gpt2-large",
                                                                "llama-7b-2-layers"])  # fmt: skip
-    p.add_argument("--per-shape", type=int, default=2, help="--scale: modules analysed of each distinct matrix shape")
+    p.add_argument("--per-shape", type=int, default=1, help="--scale: modules analysed of each distinct matrix shape")
     p.add_argument("--scratch", type=Path, default=None, help="--scale: where the ΔW files are written (a temp dir)")
     common.add_machine_args(p)
     return p

@@ -4,12 +4,13 @@ benchmarks.analysis_cost --scale``).
 
 For each shape a synthetic ΔW file (every attention and MLP linear, N(0, 10⁻⁶) entries) is written to a scratch
 folder once in fp32 and once in bf16, streamed one module at a time, and deleted after. Each (shape, dtype) is
-measured in a fresh process, so its peak resident set (``ru_maxrss``) is that analysis's alone:
+measured in a fresh process, so its peak resident set (VmHWM) is that analysis's alone:
 - one pass reading every module through ``analysis.runs.lazy.LazyTensors`` (what an analysis reads);
 - the analysis set of the spectra table on sampled modules: ΔW's spectrum, the seed-noise floor (ΔW₁ − ΔW₂)/√2 with
   a second seed's ΔW read from disk again (and perturbed), the floor's spectrum and the signal rank — beside the bare
   float64 ``svdvals`` of the same module, the ratio being the target (≤ 3×).
-Sampling: up to ``--per-shape`` modules of each distinct matrix shape are analysed (the 7B stack's 11008 x 4096 MLP
+Sampling: up to ``--per-shape`` modules of each distinct matrix shape are analysed (each the fastest of up to three
+timings when its SVD takes under 5 s, against the load of a shared machine) (the 7B stack's 11008 x 4096 MLP
 matrices are not: one float64 SVD of one of them takes minutes on a shared 2-core machine); the model's total time
 is Σ over its modules of the per-module time of its shape, and for shapes not sampled the fitted growth
 t ∝ (m·n²)^β. The 7B stack is 2 of LLaMA-7B's 32 layers (d = 4096, MLP 11008): per-module costs do not depend on
@@ -21,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import shutil
 import struct
 import subprocess
@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .common import _vm_hwm_bytes
 
 SHAPES: dict[str, dict[str, Any]] = {
     # d, MLP width, layers; modules per layer as (out, in); the 7B stack holds 2 of 32 layers
@@ -88,7 +90,7 @@ def child(file: str, names: list[str]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     torch.linalg.svdvals(torch.randn(64, 32, dtype=torch.float64))  # LAPACK's buffers, before the baseline
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline = _vm_hwm_bytes()  # VmHWM starts afresh at exec; ru_maxrss keeps the forking parent's
     header = read_header(file)[0]
     deltas = LazyTensors({k: (file, k) for k in header}, lambda t: t.float())
     start = time.perf_counter()
@@ -115,12 +117,12 @@ def child(file: str, names: list[str]) -> dict[str, Any]:
     per_module = []
     for i, name in enumerate(names):
         analysis_s, bare_s = analyse(name, i), bare(name)
-        if bare_s < 0.5:  # small modules: the fastest of three of each, against the load of a shared machine
-            analysis_s = min([analysis_s] + [analyse(name, i) for _ in range(2)])
-            bare_s = min([bare_s] + [bare(name) for _ in range(2)])
+        repeats = 2 if bare_s < 0.5 else 1 if bare_s < 5 else 0  # the fastest of each, against a shared machine's load
+        for _ in range(repeats):
+            analysis_s, bare_s = min(analysis_s, analyse(name, i)), min(bare_s, bare(name))
         per_module.append({"module": name, "shape": header[name]["shape"], "analysis_s": round(analysis_s, 4),
                            "bare_svd_s": round(bare_s, 4), "ratio": round(analysis_s / bare_s, 3)})
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _vm_hwm_bytes()
     return {"read_all_s": round(read_all, 3), "modules_read": len(header), "baseline_rss_mb": round(baseline / 2**20),
             "peak_rss_mb": round(peak / 2**20), "per_module": per_module}  # fmt: skip
 
