@@ -205,3 +205,30 @@ def test_overhead_benchmark_times_runs_with_and_without_the_monitor(tiny_model_d
     assert result["overhead"]["monitor_share_of_run"] == pytest.approx(on["monitor_s"] / on["run_wall_s"], abs=0.01)
     assert result["overhead"]["paired_job_time_increase"] == pytest.approx(on["job_s"] / off["job_s"] - 1, abs=1e-3)
     assert "Run monitor overhead" in (tmp_path / "monitor_overhead_cpu.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_ends_with_the_history_of_an_uninterrupted_one(tiny_overrides, tmp_path, monkeypatch):
+    from experiments.job import run_job
+
+    cfg = make(tiny_overrides + ["execution.checkpoint_every=3"])  # 2 epochs of 4 steps: checkpoints at 3 and 6
+    run_job(cfg, tmp_path / "whole", name="whole", group="t")
+    measure = SpectralMonitor.measure
+
+    def killed_at_epoch_2(self, model, epoch, step):  # after epoch 1's record (step 4) and the checkpoint of step 6
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+        return measure(self, model, epoch, step)
+
+    monkeypatch.setattr(SpectralMonitor, "measure", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(cfg, tmp_path / "killed", name="killed", group="t")
+    saved = json.loads((tmp_path / "killed" / ".checkpoint" / "spectral_history.json").read_text())["history"]
+    assert [r["epoch"] for r in saved] == [1]
+    monkeypatch.setattr(SpectralMonitor, "measure", measure)
+    assert run_job(cfg, tmp_path / "killed", name="killed", group="t")["status"] == "complete"
+
+    whole, resumed = (json.loads((tmp_path / n / "metrics.json").read_text())["spectral_history"]
+                      for n in ("whole", "killed"))  # fmt: skip
+    assert [{k: r[k] for k in ("epoch", "step", "modules")} for r in resumed] == \
+        [{k: r[k] for k in ("epoch", "step", "modules")} for r in whole]
