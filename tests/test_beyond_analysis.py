@@ -154,3 +154,13 @@ def test_best_rates_take_the_confirmed_rate_with_the_highest_median(tmp_path):
     (tmp_path / "lr.csv").write_text("\n".join(rows) + "\n")
     best = best_rates(tmp_path / "lr.csv", "sst2").set_index("config")["best lr"].to_dict()
     assert best == {"LoRA": 0.0027, "full FT": 0.00027}  # at the budget where most configurations were confirmed
+
+
+def test_power_iteration_finds_the_top_eigenvalue_of_an_indefinite_hessian():
+    """The dominant eigenvalue is −7; the top one, 3, comes from the shifted pass on H + 7I (LoRA at B = 0 is so)."""
+    g = torch.Generator().manual_seed(5)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
+    hessian = q @ torch.diag(torch.tensor([3.0, 1.0, 0.5, -2.0, -7.0], dtype=torch.float64)) @ q.T
+    x = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    found = top_hessian_eigenvalue(lambda: 0.5 * x @ hessian @ x, [x], iterations=500, tol=1e-12)
+    assert found.converged and found.value == pytest.approx(3.0, rel=1e-6)

@@ -54,7 +54,8 @@ def gradient_alignment_table(runs: pd.DataFrame, task: str | None = None, rank: 
     usable, left_out = weight_runs(true_label_runs(runs))
     task = choose_task(usable, task, "gradient alignment needs runs with a ΔW (LoRA, DoRA, full) and config.yaml")
     on_task = usable[usable["task"] == task]
-    others = usable[(usable["task"] != task) & usable["seed"].isin(on_task["seed"])]
+    others = usable[(usable["task"] != task) & usable["seed"].isin(on_task["seed"])
+                    & usable["model_path"].isin(on_task["model_path"])]  # G₀ of the same model, another task
     control_of = {int(s): others[others["seed"] == s].iloc[0] for s in sorted(set(others["seed"]))}
     chance: dict[tuple[int, int], object] = {}
     records = []

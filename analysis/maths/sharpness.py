@@ -5,9 +5,10 @@ Power iteration on Hessian-vector products (double backward: Hv = ∂/∂θ ⟨�
 
     v ← Hv / ‖Hv‖,   λ ← ⟨v, Hv⟩       until |λ_t − λ_{t−1}| ≤ tol·|λ_t|
 
-converges to the eigenvalue of largest magnitude (at init that is the top one, positive, unless the loss is
-strongly non-convex there: the sign is reported as found). A rank correlation across methods, with a bootstrap
-interval over methods, relates it to each method's searched best learning rate.
+converges to the eigenvalue of largest magnitude. At init that can be negative (LoRA's factors at B = 0: the
+Hessian has no A-A block and is indefinite; the encoder of a full fine-tune too): then μ = λ_min, and power iteration
+on the shifted H − μI (positive semi-definite, its top eigenvalue λ_max − μ) gives λ_max = that + μ. A rank
+correlation across methods, with a bootstrap interval over methods, relates λ_max to each method's best rate.
 """
 
 from __future__ import annotations
@@ -40,16 +41,27 @@ def hessian_vector_product(loss_fn: Callable[[], torch.Tensor], params: Sequence
 
 def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], iterations: int = 50,
                            tol: float = 1e-3, seed: int = 0) -> TopEigenvalue:
-    """λ_max of ∇²L w.r.t. ``params`` by power iteration (module docstring), from a random start drawn with ``seed``."""
+    """λ_max of ∇²L w.r.t. ``params`` by power iteration (module docstring), from a random start drawn with ``seed``;
+    when the dominant eigenvalue is negative, again on H − λ_min·I. ``iterations`` bounds each of the two passes."""
     params = list(params)
     if not params:
         raise ValueError("no parameters: λ_max needs the method's trainable parameters")
+    found = _power_iteration(loss_fn, params, iterations, tol, seed, shift=0.0)
+    if found.value >= 0.0:
+        return found
+    shifted = _power_iteration(loss_fn, params, iterations, tol, seed + 1, shift=found.value)
+    return TopEigenvalue(shifted.value + found.value, found.iterations + shifted.iterations,
+                         found.converged and shifted.converged)
+
+
+def _power_iteration(loss_fn, params, iterations: int, tol: float, seed: int, shift: float) -> TopEigenvalue:
+    """The dominant eigenvalue of H − shift·I."""
     generator = torch.Generator().manual_seed(seed)
     v = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
     v = _normalised(v)
     value = None
     for step in range(1, iterations + 1):
-        hv = hessian_vector_product(loss_fn, params, v)
+        hv = [h - shift * x for h, x in zip(hessian_vector_product(loss_fn, params, v), v)]
         new = float(sum((a * b).sum() for a, b in zip(v, hv)))
         if all(float(h.abs().max()) == 0.0 for h in hv):
             return TopEigenvalue(0.0, step, True)
