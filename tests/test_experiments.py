@@ -36,12 +36,14 @@ def test_train_returns_the_metrics_of_the_contract(tiny_overrides):
     assert run.pop("identity") == identity.canonical(resolved) and "execution" not in identity.canonical(resolved)
     assert run.pop("config_id") == identity.config_id(resolved) == identity.config_id({**resolved, "seed": 7})
     assert run.pop("label") == "LoRA (r=2, Wq, Wv)" and run.pop("label_parts") == {"rank": "r=2", "targets": "Wq, Wv"}
+    assert run.pop("title") == "LoRA"
     assert run.pop("facts") == {"has_delta": True, "has_factors": True, "files": ["adapter", "adapter_init"]}
     assert run == {
         "name": "rank=2", "task": "sst2", "method": "lora", "model": "minilm", "model_path": metrics["run"]["model_path"],
         "seed": 0, "shuffle_labels": False, "family": "sequence_classification", "rank": 2, "alpha": 4.0,
         "targets": "qv", "init": "gaussian",
         "rslora": False, "dropout": 0.0, "loraplus_ratio": 1.0, "freeze_a": False, "quantize": "none", "use_dora": False,
+        "rank_pattern": "{}", "alpha_pattern": "{}",
     }
     assert metrics["metric"] == "accuracy" and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     assert metrics["best"] == max(metrics["epochs"], key=lambda e: e["accuracy"]) and metrics["last"] == metrics["epochs"][-1]

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from experiments import records
+from experiments.integrity import run_damage
 from experiments.records import FACTORS, FACTORS_INIT
 
 _MARKERS = ("COMPLETE", "FAILED", "metrics.json", "config.yaml")
@@ -129,11 +130,8 @@ def runs_table(rows: list[dict]) -> pd.DataFrame:
 
 
 def _damage(run_dir: Path) -> str | None:
-    """Why a complete run's files cannot be trusted (a checksum that does not match, a truncated file), or None."""
-    try:
-        from experiments.integrity import run_damage
-    except ImportError:  # a checkout without the integrity checks
-        return None
+    """Why a complete run's files cannot be trusted (a checksum in COMPLETE that does not match, a truncated file),
+    or None: experiments/integrity.py, the check ``python -m experiments.verify`` makes too."""
     return run_damage(run_dir)
 
 
