@@ -321,3 +321,24 @@ def test_nothing_to_produce_exits_non_zero(tmp_path, capsys):
     assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 1
     assert "nothing could be produced" in capsys.readouterr().err
     assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_a_damaged_run_is_named_and_skipped_and_every_other_analysis_is_produced(sweep, tmp_path, capsys):
+    """Issue 25: one truncated ΔW file costs its run, named in index.md, never the other runs or analyses."""
+    import shutil
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    damaged = copy / "method=full,seed=2" / "delta_weights.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    table, skipped = scan_runs([copy])
+    assert len(table) == 10 and "method=full,seed=2" not in set(table["name"])
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert reasons["method=full,seed=2"].startswith("damaged: delta_weights.safetensors")
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([str(copy), "--out", str(out), "--only", "table2", "spectra", "truncation"]) == 0
+    index = (out / "index.md").read_text()
+    assert "method=full,seed=2" in index and "damaged" in index
+    assert (out / "table2.csv").is_file() and (out / "truncation_summary.csv").is_file()
