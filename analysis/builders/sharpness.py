@@ -45,7 +45,7 @@ def best_rates(lr_csv: str | Path, task: str, budget: str | None = None) -> pd.D
 
 
 def sharpness_table(methods: dict[str, str | Path | list[str]], lr_csv: str | Path | None = None,
-                    examples: int = 64, iterations: int = 20, tol: float = 1e-3, draws: int = 2000,
+                    examples: int = 64, iterations: int = 100, tol: float = 1e-3, draws: int = 2000,
                     data_dir: str | None = None) -> Table:
     """One row per configuration (``methods``: its name in the lr_search table → a run folder or sweep overrides, all
     of one task): λ_max at init, the trainable parameters, whether the power iteration converged, and the best rate
@@ -83,7 +83,9 @@ def sharpness_table(methods: dict[str, str | Path | list[str]], lr_csv: str | Pa
         both = frame.dropna(subset=["best lr", "λ_max"])
         if len(both) >= 3:
             rho, interval = spearman_interval(both["λ_max"].tolist(), both["best lr"].tolist(), draws)
-            verdict = ("holds: ρ < 0, interval below 0" if interval.hi < 0 else
+            unconverged = list(both.loc[~both["converged"].astype(bool), "config"])
+            verdict = (f"no verdict: λ_max did not converge for {', '.join(unconverged)}" if unconverged else
+                       "holds: ρ < 0, interval below 0" if interval.hi < 0 else
                        "not held: interval above 0" if interval.lo > 0 else "not told apart: interval spans 0")
             frame["ρ(λ_max, best lr)"] = rho
             frame["ρ 2.5%"], frame["ρ 97.5%"], frame["verdict"] = interval.lo, interval.hi, verdict
