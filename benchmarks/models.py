@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 import lorakit
+from lorakit.peft_format import PREFIX as PEFT_PREFIX
 
 from .common import REPO
 
 ALPHA = 16.0
-PEFT_PREFIX = "base_model.model."
 CLASSIFIER = ("classifier",)  # an encoder's new head: trained beside the adapter, a private copy in every variant
 
 

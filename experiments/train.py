@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 import lorakit
 from lorakit.files import save_tensors
-from experiments import checkpoint, disk, distributed, families, preemption, probes
+from experiments import checkpoint, disk, distributed, families, preemption, probes, records
 from experiments.data import selection_metric
 from experiments.errors import ConfigError
 from experiments.identity import identity as run_identity
@@ -243,8 +243,14 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
 
 
 def run_info(cfg: DictConfig, method, name: str, model_path: str) -> dict:
-    """The ``run`` block of metrics.json: what distinguishes this run, the method's own keys included."""
+    """The ``run`` block of metrics.json: what the run is. ``identity`` (its resolved config minus how it executed),
+    ``config_id`` (shared by the seeds of one configuration and nothing else), ``label`` and ``label_parts`` (the
+    method's name for it) and ``facts`` (what the analyses need to know of the method) describe it, so analyses
+    group runs without knowing any method (experiments/identity.py, experiments/records.py); the keys after them are
+    the common ones, for people reading the file."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     return {
+        **records.describe_run(resolved, {"facts": method.facts()}),
         "name": name,
         "task": cfg.task.name,
         "method": method.name,

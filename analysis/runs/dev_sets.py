@@ -54,7 +54,7 @@ def dev_set(run_dir: str | os.PathLike, tokenizer, data_dir: str | os.PathLike |
     folders are (default: where the run read them, else ../shared/glue). Raises ``RunError`` naming what is missing."""
     from omegaconf import OmegaConf
 
-    from experiments.config import ConfigError
+    from experiments.errors import ConfigError
     from experiments.data import eval_loader, load_tokenized
 
     path = Path(run_dir) / "config.yaml"
