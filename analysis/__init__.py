@@ -4,7 +4,7 @@ Three layers, each using only the ones before it:
 - ``analysis.maths``: pure maths on tensors (``spectrum``, ``subspace_similarity``, ``delta_vs_weight``,
   ``intruder_dimensions``, ...), with the controls every measurement is read against;
 - ``analysis.runs``: reading run folders into a table and tensors, module names, choosing runs;
-- ``analysis.builders``: tables and figure data from the run table (``table2``, ...);
+- ``analysis.tables``: a table (and figure data) per analysis from the run table (``table2``, ...);
 then ``analysis.plots`` draws and ``python -m analysis`` (the command, analysis/command.py) turns run folders into files.
 """
 
@@ -13,11 +13,11 @@ from __future__ import annotations
 import importlib
 
 # Where each public name lives. Loaded on first use (PEP 562), so `import analysis.maths` from a training run pulls in
-# the maths alone, never the run reader, the builders or matplotlib.
+# the maths alone, never the run reader, the tables or matplotlib.
 _HOMES: dict[str, str] = {
     **dict.fromkeys((
         'Table', 'table2', 'table5', 'table6', 'to_markdown', 'write_table'
-    ), 'builders'),
+    ), 'tables'),
     **dict.fromkeys((
         'FactorDrift', 'Interval', 'Intruders', 'Projection', 'Spectrum', 'best_rank_k', 'delta_overlap',
         'delta_overlaps', 'delta_vs_weight', 'energy_ranks', 'expected_random_similarity', 'factor_drift',

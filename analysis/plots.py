@@ -20,8 +20,9 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .runs import KIND_LABELS, parse_module, runs_footnote, targets_label  # noqa: E402
-from . import builders, roles  # noqa: E402
-from .builders import SubspaceGrids, task_order  # noqa: E402
+from . import roles  # noqa: E402
+from . import tables  # noqa: E402
+from .tables import SubspaceGrids, task_order  # noqa: E402
 
 CMAP = "viridis"
 DPI = 150
@@ -81,7 +82,7 @@ def plot_subspace_grids(data: SubspaceGrids, zoom: int | None = None) -> Figure:
 def plot_metric_vs_rank(runs: pd.DataFrame) -> Figure:
     """Table 6 as a plot: median metric (×100) vs r per target set, min–max over seeds shaded, full FT dashed."""
     lora = runs[runs["has_factors"].eq(True) & runs["rank"].notna()]
-    lora = lora.assign(config=builders.config_names(lora, ("task", "rank")))
+    lora = lora.assign(config=tables.config_names(lora, ("task", "rank")))
     tasks = _by_task(lora)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.0 * len(tasks), 3.2), squeeze=False, layout="constrained")
     for ax, task in zip(axes[0], tasks):

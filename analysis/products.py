@@ -1,5 +1,5 @@
 """What each analysis of ``python -m analysis`` writes: one function per analysis, from the run table to files
-(tables as CSV + Markdown through ``builders.write_table``, figures through ``plots.save_figure``).
+(tables as CSV + Markdown through ``tables.write_table``, figures through ``plots.save_figure``).
 
 Each returns a ``Made`` (files, the runs it used, the runs it left out and the controls it lacks, for index.md) or
 raises ``RunError`` / ``MissingRuns`` naming what it needs.
@@ -13,7 +13,8 @@ from typing import Callable
 
 import pandas as pd
 
-from . import builders, plots, roles
+from . import plots, roles
+from . import tables
 
 
 @dataclass
@@ -45,16 +46,16 @@ class Made:
 Product = Callable[[pd.DataFrame, Options, Path], Made]
 
 
-def _written(tables: list[tuple[builders.Table, str]], out: Path, figures: list[Path] = ()) -> Made:
+def _written(made: list[tuple[tables.Table, str]], out: Path, figures: list[Path] = ()) -> Made:
     """Write each (table, stem) and gather what index.md reports about them."""
-    files = [p for table, stem in tables for p in builders.write_table(table, out, stem)] + list(figures)
-    runs = list(dict.fromkeys(label for table, _ in tables for label in table.runs))
-    left_out = list(dict.fromkeys(line for table, _ in tables for line in table.left_out))
-    missing = list(dict.fromkeys(line for table, _ in tables for line in table.missing_controls))
+    files = [p for table, stem in made for p in tables.write_table(table, out, stem)] + list(figures)
+    runs = list(dict.fromkeys(label for table, _ in made for label in table.runs))
+    left_out = list(dict.fromkeys(line for table, _ in made for line in table.left_out))
+    missing = list(dict.fromkeys(line for table, _ in made for line in table.missing_controls))
     return Made(files, runs, left_out, missing)
 
 
-def _table(make_table: Callable[[pd.DataFrame], builders.Table], stem: str) -> Product:
+def _table(make_table: Callable[[pd.DataFrame], tables.Table], stem: str) -> Product:
     def make(runs, opts, out):
         return _written([(make_table(runs), stem)], out)
 
@@ -62,7 +63,7 @@ def _table(make_table: Callable[[pd.DataFrame], builders.Table], stem: str) -> P
 
 
 def _metric_vs_rank(runs, opts, out):
-    table = builders.table6(runs)
+    table = tables.table6(runs)
     fig = plots.plot_metric_vs_rank(runs[runs["run"].isin(table.runs) | roles.reference(runs)])
     return _written([(table, "table6")], out, plots.save_figure(fig, out, "fig_metric_vs_rank", table.runs,
                                                                  formats=opts.formats))  # fmt: skip
@@ -79,8 +80,8 @@ def _grid_values(grids: list, out: Path, stem: str) -> Path:
 
 
 def _figure3(runs, opts, out):
-    on_a = builders.figure3_grids(runs, opts.task, opts.layer, opts.ranks, on="A")
-    on_delta = builders.figure3_grids(runs, opts.task, opts.layer, opts.ranks, on="delta")
+    on_a = tables.figure3_grids(runs, opts.task, opts.layer, opts.ranks, on="A")
+    on_delta = tables.figure3_grids(runs, opts.task, opts.layer, opts.ranks, on="delta")
     files = []
     for data, stem in ((on_a, "fig3"), (on_delta, "fig3_delta")):
         fig = plots.plot_subspace_grids(data, zoom=8)  # the paper's zoom: i ≤ 8, j ≤ 8
@@ -89,27 +90,27 @@ def _figure3(runs, opts, out):
 
 
 def _figure4(runs, opts, out):
-    data = builders.figure4_grids(runs, opts.task, opts.layer, opts.seed_rank, opts.seed)
+    data = tables.figure4_grids(runs, opts.task, opts.layer, opts.seed_rank, opts.seed)
     files = plots.save_figure(plots.plot_subspace_grids(data), out, "fig4", data.runs, data.notes, opts.formats)
     return Made(files + [_grid_values([data], out, "fig4")], data.runs)
 
 
 def _subspace_summary(runs, opts, out):
-    table = builders.subspace_summary(runs, opts.task, seed=opts.seed)
-    return _written([(table, "subspace_summary"), (builders.subspace_summary_agg(table), "subspace_summary_agg")], out)
+    table = tables.subspace_summary(runs, opts.task, seed=opts.seed)
+    return _written([(table, "subspace_summary"), (tables.subspace_summary_agg(table), "subspace_summary_agg")], out)
 
 
 def _init_drift(runs, opts, out):
-    return _written([(builders.init_drift_table(runs, opts.task), "init_drift")], out)
+    return _written([(tables.init_drift_table(runs, opts.task), "init_drift")], out)
 
 
 def _table7(runs, opts, out):
-    table = builders.table7(runs, opts.task, opts.layer, opts.table7_ranks, opts.seed, opts.random_draws)
+    table = tables.table7(runs, opts.task, opts.layer, opts.table7_ranks, opts.seed, opts.random_draws)
     return _written([(table, "table7")], out)
 
 
 def _spectra(runs, opts, out):
-    table, curves = builders.spectra_table(runs, opts.task)
+    table, curves = tables.spectra_table(runs, opts.task)
     layers = sorted(set(table.frame["layer"].dropna().astype(int)))
     layer = opts.layer if opts.layer in layers else layers[len(layers) // 2]
     fig = plots.plot_spectra(table.frame, curves, layer)
@@ -118,36 +119,36 @@ def _spectra(runs, opts, out):
 
 
 def _overlap(runs, opts, out):
-    table = builders.overlap_table(runs, opts.task)
+    table = tables.overlap_table(runs, opts.task)
     fig = plots.plot_overlap(table.frame)
     return _written([(table, "overlap")], out, plots.save_figure(fig, out, "fig_overlap", table.runs,
                                                                   formats=opts.formats))  # fmt: skip
 
 
 def _intruders(runs, opts, out):
-    table = builders.intruder_table(runs, opts.task, opts.intruder_k, opts.intruder_eps)
+    table = tables.intruder_table(runs, opts.task, opts.intruder_k, opts.intruder_eps)
     fig = plots.plot_intruders(table.frame)
     return _written([(table, "intruders")], out, plots.save_figure(fig, out, "fig_intruders", table.runs,
                                                                     formats=opts.formats))  # fmt: skip
 
 
 def _truncation(runs, opts, out):
-    curves, summary = builders.truncation_tables(runs)
+    curves, summary = tables.truncation_tables(runs)
     fig = plots.plot_truncation(curves.frame, summary.frame)
     figure = plots.save_figure(fig, out, "fig_truncation", summary.runs, formats=opts.formats)
     return _written([(curves, "truncation"), (summary, "truncation_summary")], out, figure)
 
 
 def _forgetting(runs, opts, out):
-    table = builders.forgetting_table(runs)
+    table = tables.forgetting_table(runs)
     fig = plots.plot_forgetting(table.frame)
     return _written([(table, "forgetting")], out, plots.save_figure(fig, out, "fig_forgetting", table.runs,
                                                                      formats=opts.formats))  # fmt: skip
 
 
 def _cross_task(runs, opts, out):
-    pairs = builders.cross_task_pairs(runs, opts.random_draws, opts.seed)
-    panels = {f"{side} ({factor})": {f"off-diagonal: {pairing}": builders.cross_task_matrix(pairs, side, pairing)
+    pairs = tables.cross_task_pairs(runs, opts.random_draws, opts.seed)
+    panels = {f"{side} ({factor})": {f"off-diagonal: {pairing}": tables.cross_task_matrix(pairs, side, pairing)
                                      for pairing in ("cross-task, same seed", "cross-task, other seeds")}
               for side, factor in (("column space", "B"), ("row space", "A"))}  # fmt: skip
     first = pairs.frame[pairs.frame["LoRA"] == pairs.frame["LoRA"].iloc[0]]
@@ -157,12 +158,12 @@ def _cross_task(runs, opts, out):
              f"diagonal: same task, other seeds\nrandom r-dim subspaces (mean [95%]): {chance}")  # fmt: skip
     figure = plots.save_figure(plots.plot_cross_task(panels, title), out, "fig_cross_task", pairs.runs,
                                formats=opts.formats)  # fmt: skip
-    tables = [(builders.cross_task_table(pairs), "cross_task"), (builders.cross_task_agg(pairs), "cross_task_agg")]
-    return _written(tables, out, figure)
+    made = [(tables.cross_task_table(pairs), "cross_task"), (tables.cross_task_agg(pairs), "cross_task_agg")]
+    return _written(made, out, figure)
 
 
 def _interpolation(runs, opts, out):
-    table = builders.interpolation_curves(runs, opts.pair, opts.interpolation_seeds, opts.interpolation_points,
+    table = tables.interpolation_curves(runs, opts.pair, opts.interpolation_seeds, opts.interpolation_points,
                                           opts.data_dir)  # fmt: skip
     figure = plots.save_figure(plots.plot_interpolation(table.frame), out, "fig_interpolation", table.runs,
                                formats=opts.formats)  # fmt: skip
@@ -170,7 +171,7 @@ def _interpolation(runs, opts, out):
 
 
 def _lr_search(runs, opts, out):
-    trials, summary = builders.lr_search_tables(runs)
+    trials, summary = tables.lr_search_tables(runs)
     figure = plots.save_figure(plots.plot_lr_search(summary.frame, trials.frame), out, "fig_lr_search", summary.runs,
                                formats=opts.formats)  # fmt: skip
     return _written([(trials, "lr_search_runs"), (summary, "lr_search")], out, figure)
@@ -180,21 +181,40 @@ def _lr_search(runs, opts, out):
 LR_SEARCH_CSV = Path(__file__).resolve().parent.parent / "results" / "lr_search" / "lr_search.csv"
 
 
+def _through_the_door(make: Product) -> Product:
+    """An analysis that rebuilds runs' models and data (experiments/gradients.py, the one door): a run whose
+    config.yaml cannot rebuild them (a hand-made folder, data not on this machine) makes it skip with one line,
+    naming why, like any analysis whose runs are missing."""
+
+    def guarded(runs, opts, out):
+        from experiments.errors import ConfigError
+
+        from .runs import MissingRuns
+
+        try:
+            return make(runs, opts, out)
+        except (ConfigError, FileNotFoundError, KeyError, AttributeError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise MissingRuns(f"needs runs whose config.yaml rebuilds their model and data ({reason})") from err
+
+    return guarded
+
+
 def _rank_allocation(runs, opts, out):
-    from .builders.rank_allocation import rank_allocation_table
+    from .tables.rank_allocation import rank_allocation_table
 
     return _written([(rank_allocation_table(runs, opts.task), "rank_allocation")], out)
 
 
 def _gradient_alignment(runs, opts, out):
-    from .builders.gradient_alignment import alignment_summary, gradient_alignment_table
+    from .tables.gradient_alignment import alignment_summary, gradient_alignment_table
 
     table = gradient_alignment_table(runs, opts.task, draws=opts.random_draws, seed=opts.seed, data_dir=opts.data_dir)
     return _written([(table, "gradient_alignment"), (alignment_summary(table), "gradient_alignment_summary")], out)
 
 
 def _intruder_cost(runs, opts, out):
-    from .builders.intruder_cost import intruder_cost_table
+    from .tables.intruder_cost import intruder_cost_table
 
     table = intruder_cost_table(runs, opts.task, k=opts.intruder_k, threshold=opts.intruder_eps,
                                 seeds=opts.interpolation_seeds, data_dir=opts.data_dir)  # fmt: skip
@@ -202,7 +222,7 @@ def _intruder_cost(runs, opts, out):
 
 
 def _sharpness(runs, opts, out):
-    from .builders.sharpness import sharpness_table
+    from .tables.sharpness import sharpness_table
 
     task = opts.task or runs["task"].value_counts().idxmax()
     first = runs[runs["task"] == task].sort_values("seed").groupby("label").head(1)  # one run per configuration
@@ -222,15 +242,15 @@ def _predictions(runs, opts, out):
 
 
 PRODUCTS: dict[str, tuple[str, Product]] = {
-    "table2": ("Table 2: methods compared per task", _table(builders.table2, "table2")),
+    "table2": ("Table 2: methods compared per task", _table(tables.table2, "table2")),
     "table2_verdicts": ("Table 2's verdicts: each method at its best rate per task against full FT (rule 6)",
-                        _table(builders.table2_verdicts, "table2_verdicts")),
+                        _table(tables.table2_verdicts, "table2_verdicts")),
     "predictions": ("Every run's per-example dev outputs, for verdicts with example-level intervals",
                     _predictions),
-    "table3": ("Table 3: generation metrics (E2E NLG)", _table(builders.table3, "table3")),
-    "generations": ("What the generation runs wrote, beside the references", _table(builders.generation_samples,
+    "table3": ("Table 3: generation metrics (E2E NLG)", _table(tables.table3, "table3")),
+    "generations": ("What the generation runs wrote, beside the references", _table(tables.generation_samples,
                                                                                      "generations")),
-    "table5": ("Table 5: metric per weight type at a fixed budget", _table(builders.table5, "table5")),
+    "table5": ("Table 5: metric per weight type at a fixed budget", _table(tables.table5, "table5")),
     "table6": ("Table 6: metric vs rank (and fig_metric_vs_rank)", _metric_vs_rank),
     "fig3": ("Figure 3: subspace similarity between ranks, of A and of ΔW's row space", _figure3),
     "fig4": ("Figure 4: subspace similarity between seeds vs random", _figure4),
@@ -248,8 +268,9 @@ PRODUCTS: dict[str, tuple[str, Product]] = {
     "rank_allocation": ("Beyond: per-module rank from a full fine-tune's ΔW energy at uniform r=8's budget",
                         _rank_allocation),
     "gradient_alignment": ("Beyond: φ between G₀'s top-r subspaces and LoRA's B / Aᵀ and ΔW, vs random",
-                           _gradient_alignment),
+                           _through_the_door(_gradient_alignment)),
     "intruder_cost": ("Beyond: intruders scaled by λ, dev metric and forgetting, vs top non-intruders",
-                      _intruder_cost),
-    "sharpness": ("Beyond: λ_max at init per method beside its best learning rate (Spearman ρ)", _sharpness),
+                      _through_the_door(_intruder_cost)),
+    "sharpness": ("Beyond: λ_max at init per method beside its best learning rate (Spearman ρ)",
+                  _through_the_door(_sharpness)),
 }

@@ -22,7 +22,7 @@ from analysis import (
     singular_subspaces,
     subspace_overlap,
 )
-from analysis.builders import cross_task_agg, cross_task_matrix, cross_task_pairs, cross_task_table
+from analysis.tables import cross_task_agg, cross_task_matrix, cross_task_pairs, cross_task_table
 from analysis.figures import main
 
 D, R = 32, 2
@@ -232,7 +232,7 @@ def own_score(run_dir: Path, model_dir: Path, scale: float = 1.0) -> float:
 
 
 def test_interpolation_ends_score_each_adapter_alone(adapter_sweep, tiny_model_dir):
-    from analysis.builders import interpolation_curves
+    from analysis.tables import interpolation_curves
 
     runs, _ = scan_runs([adapter_sweep])
     table = interpolation_curves(runs, pair=("sst2", "stsb"), seeds=1, points=3)
@@ -264,7 +264,7 @@ def test_interpolation_ends_score_each_adapter_alone(adapter_sweep, tiny_model_d
 
 
 def test_interpolation_names_the_pairs_it_has(adapter_sweep, subspace_sweep):
-    from analysis.builders import interpolation_curves
+    from analysis.tables import interpolation_curves
 
     runs, _ = scan_runs([adapter_sweep])
     with pytest.raises(MissingRuns, match=r"no such runs for the pair sst2 \+ cola \(pairs with runs: \['sst2 \+ stsb'\]\)"):

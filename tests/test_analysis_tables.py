@@ -121,7 +121,7 @@ def test_labels_and_footnotes():
 
 
 def test_config_names_name_every_setting_that_makes_an_arm_and_only_what_varies():
-    from analysis.builders import config_names
+    from analysis.tables import config_names
 
     names = lambda rows: list(config_names(table(rows)))  # noqa: E731
     assert names([run(rank=4, targets="q")]) == ["LoRA (r=4, Wq)"]
@@ -151,7 +151,7 @@ def lr_run(lr, seed, score, samples=2000, method="lora"):
 
 
 def test_lr_search_chooses_a_rate_only_when_it_beats_the_others_by_more_than_the_seed_range():
-    from analysis.builders import lr_search_tables
+    from analysis.tables import lr_search_tables
 
     rows = [lr_run(1e-3, s, x) for s, x in ((0, 0.80), (1, 0.81), (2, 0.82))]  # range 2 points
     rows += [lr_run(3e-3, s, x) for s, x in ((0, 0.84), (1, 0.845), (2, 0.85))]  # +3.5 > 2: beats
@@ -171,7 +171,7 @@ def test_lr_search_chooses_a_rate_only_when_it_beats_the_others_by_more_than_the
 
 
 def test_lr_search_never_pools_budgets_and_names_what_it_needs():
-    from analysis.builders import lr_search_tables
+    from analysis.tables import lr_search_tables
 
     rows = [lr_run(1e-3, 0, 0.80), lr_run(3e-3, 0, 0.84, samples=4000)]  # one rate per budget: nothing to compare
     with pytest.raises(MissingRuns, match="two or more learning rates of one configuration and budget"):
@@ -179,7 +179,7 @@ def test_lr_search_never_pools_budgets_and_names_what_it_needs():
 
 
 def test_the_head_only_baseline_is_its_best_learning_rate_and_table2_keeps_rates_apart():
-    from analysis.builders import head_baseline
+    from analysis.tables import head_baseline
 
     rows = [run(method="head", seed=s, score=x, lr=1e-3) for s, x in ((1, 0.66), (2, 0.67))]
     rows += [run(method="head", seed=s, score=x, lr=2e-2) for s, x in ((1, 0.69), (2, 0.70))]
@@ -192,7 +192,7 @@ def test_the_head_only_baseline_is_its_best_learning_rate_and_table2_keeps_rates
 
 
 def test_table2_verdicts_compare_each_method_at_its_best_rate_with_full_fine_tuning_at_its_best():
-    from analysis.builders import table2_verdicts
+    from analysis.tables import table2_verdicts
 
     rows = [run(method="full", seed=s, score=x, lr=5e-5) for s, x in ((0, 0.80), (1, 0.80), (2, 0.81))]
     rows += [run(method="full", seed=s, score=x, lr=3e-4) for s, x in ((0, 0.83), (1, 0.84), (2, 0.84))]

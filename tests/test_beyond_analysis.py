@@ -144,7 +144,7 @@ def test_spearman_and_its_interval():
 
 
 def test_best_rates_take_the_confirmed_rate_with_the_highest_median(tmp_path):
-    from analysis.builders.sharpness import best_rates
+    from analysis.tables.sharpness import best_rates
 
     rows = ["task,config,budget,lr,score,score min,score max,seeds,verdict",
             "sst2,LoRA,2k x 1,0.001,76.6,75.9,77.2,3,x", "sst2,LoRA,2k x 1,0.0027,77.6,76.8,78.8,3,x",

@@ -95,10 +95,10 @@ def test_gradient_init_and_rank_pattern_run_end_to_end(tiny_overrides, tmp_path)
 @pytest.mark.slow
 def test_beyond_builders_end_to_end(tiny_overrides, tmp_path):
     """The four builders on a tiny LoRA and a tiny full fine-tune, through experiments' door."""
-    from analysis.builders.gradient_alignment import alignment_summary, gradient_alignment_table
-    from analysis.builders.intruder_cost import intruder_cost_table
-    from analysis.builders.rank_allocation import rank_allocation_table
-    from analysis.builders.sharpness import sharpness_table
+    from analysis.tables.gradient_alignment import alignment_summary, gradient_alignment_table
+    from analysis.tables.intruder_cost import intruder_cost_table
+    from analysis.tables.rank_allocation import rank_allocation_table
+    from analysis.tables.sharpness import sharpness_table
     from analysis.runs import scan_runs
     from experiments.job import run_job
 

@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from analysis import builders
+from analysis import tables
 from analysis.runs import MissingRuns, run_base_weights, scan_runs
 from conftest import tiny_gpt2, tiny_llama
 from experiments.config import CONF_DIR, ConfigError, register_resolvers
@@ -143,19 +143,19 @@ def test_a_decoder_run_trains_generates_and_scores(arch, decoder_dirs, e2e_dir, 
 
     # The analyses: Table 3 and the samples read the run; the GLUE tables leave it to them.
     runs, _ = scan_runs([tmp_path])
-    table = builders.table3(runs)
+    table = tables.table3(runs)
     row = table.frame.iloc[0]
     assert row["bleu"] == pytest.approx(metrics["best"]["bleu"]) and row["nist"] == pytest.approx(metrics["best"]["nist"])
     assert row["seeds"] == "1"
-    samples = builders.generation_samples(runs).frame
+    samples = tables.generation_samples(runs).frame
     assert samples["input"].tolist() == MRS and samples.iloc[:, -1].tolist() == [g["generation"] for g in generations]
     with pytest.raises(MissingRuns, match="Table 2 needs LoRA and full fine-tuning runs"):
-        builders.table2(runs)
+        tables.table2(runs)
     # The Section 7 analyses read W₀ of the decoder under the names ΔW uses, and Table 7 runs on it.
     w0 = run_base_weights(runs.iloc[0])
     assert all(w0[name].shape == delta.shape for name, delta in deltas.items())
     if arch == "llama":  # GPT-2's c_attn holds q, k and v in one matrix: Table 7 asks for Wq alone
-        projection = builders.table7(runs, None, None, (2,), 0, 20).frame
+        projection = tables.table7(runs, None, None, (2,), 0, 20).frame
         assert len(projection) == 2 and projection["‖ΔW‖_F"].gt(0).all()
 
 

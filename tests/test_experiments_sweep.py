@@ -150,7 +150,7 @@ def test_optuna_searches_the_learning_rate_and_maximises_the_dev_metric(sweep):
 
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["name"] == "optuna" and best["best_value"] == runs["best_accuracy"].max()
-    from analysis.builders import lr_search_tables
+    from analysis.tables import lr_search_tables
     from analysis.runs import load_runs
 
     trials, summary = lr_search_tables(load_runs([sweep_dir]))  # the trials' rates, read back from config.yaml
