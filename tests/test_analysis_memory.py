@@ -56,6 +56,7 @@ def _tables(runs) -> dict[str, pd.DataFrame]:
             "table7": table7(runs, ranks=(2, 8), draws=20).frame, "overlap": overlap_table(runs).frame}
 
 
+@pytest.mark.slow  # four weight analyses twice over nine runs: ~10 s, too long for the fast tier's 60 s
 def test_lazy_and_eager_reads_give_identical_tables(runs, monkeypatch):
     deltas = tensors.run_deltas(runs[runs["method"] == "full"]["run_dir"].iloc[0])
     assert not isinstance(deltas, dict)  # the reader is lazy: nothing read until a module is asked for
