@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from . import roles
 from .maths.stats import Difference, difference_interval, margin_for, verdict
 
 TABLE_START, TABLE_END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
@@ -144,9 +145,9 @@ def table2_rows(root: Path) -> list[Row]:
         if on.empty:
             continue
         metric = on["metric"].iloc[0]  # the task's own (conf/task/<task>.yaml), as each run recorded it
-        lora = _best_rate(_arm(on, method="lora", rank=8.0, targets="qv", init="gaussian", rslora=False))
-        full = _best_rate(_arm(on, method="full"))
-        head = _arm(on, method="head")
+        lora = _best_rate(_arm(on, method=roles.STUDIED, rank=8.0, targets="qv", init="gaussian", rslora=False))
+        full = _best_rate(_arm(on, method=roles.REFERENCE))
+        head = _arm(on, method=roles.BASELINE)
         claim = f"Table 2, {task} (2,000 × 2 ep): LoRA matches full FT"
         learned = _difference(full, head, metric)
         if verdict(learned, margin_for(metric)) != "better":
@@ -173,7 +174,7 @@ def table2_learn_rows(root: Path) -> list[Row]:
     for task in [t for t in ("sst2", "mrpc", "cola", "rte", "stsb") if t in set(runs["task"])]:
         on = runs[runs["task"] == task]
         metric = on["metric"].iloc[0]
-        lora, full = on[on["method"] == "lora"], on[on["method"] == "full"]
+        lora, full = on[on["method"] == roles.STUDIED], on[on["method"] == roles.REFERENCE]
         if lora.empty or full.empty:
             continue
         sources = ("table2_learn/runs.csv",) + (("table2_learn/predictions.csv.gz",) if predictions else ())
@@ -185,7 +186,7 @@ def table2_learn_rows(root: Path) -> list[Row]:
 
 def table3_rows(root: Path) -> list[Row]:
     runs = _runs(root, "table3/runs.csv")
-    lora, full = _arm(runs, method="lora"), _arm(runs, method="full")
+    lora, full = _arm(runs, method=roles.STUDIED), _arm(runs, method=roles.REFERENCE)
     rows = [_comparison("Table 3, E2E BLEU: LoRA r=4 matches full FT", "70.4 vs 68.2 (GPT-2 M)", lora, full, "bleu",
                         "LoRA − full FT, BLEU of the best epoch, 50 test MRs, greedy", ("table3/runs.csv",))]
     table = pd.read_csv(root / "table3" / "table3.csv").set_index("task / model / method")
@@ -225,8 +226,8 @@ def table6_rows(root: Path) -> list[Row]:
                                 "accuracy", "r=1 − r=64; equivalent supports the claim", ("table6/runs.csv",)))
     tasks = _runs(root, TASKS)
     for rslora, scale in ((False, "α/r (the confound: r=64 has 1/8 of r=8's scale)"), (True, "α/√r (rsLoRA)")):
-        hi = _arm(tasks, task="sst2", method="lora", rank=64.0, init="gaussian", rslora=rslora, lr=0.001)
-        lo = _arm(tasks, task="sst2", method="lora", rank=8.0, init="gaussian", rslora=False, lr=0.001)
+        hi = _arm(tasks, task="sst2", method=roles.STUDIED, rank=64.0, init="gaussian", rslora=rslora, lr=0.001)
+        lo = _arm(tasks, task="sst2", method=roles.STUDIED, rank=8.0, init="gaussian", rslora=False, lr=0.001)
         rows.append(_comparison(f"Table 6, scale confound out: r=64 − r=8 at {scale}", "—", hi, lo, "accuracy",
                                 "the rank's effect with the scale held (rsLoRA) vs moving with r", (TASKS,)))
     return rows
@@ -305,8 +306,8 @@ def forgetting_rows(root: Path) -> list[Row]:
     rows = []
     for task in ("sst2", "stsb", "mrpc", "rte"):
         on = runs[runs["task"] == task]
-        lora = _best_rate(_arm(on, method="lora", rank=8.0, targets="qv", init="gaussian", rslora=False))
-        full = _best_rate(_arm(on, method="full"))
+        lora = _best_rate(_arm(on, method=roles.STUDIED, rank=8.0, targets="qv", init="gaussian", rslora=False))
+        full = _best_rate(_arm(on, method=roles.REFERENCE))
         a, b = full.assign(score=full["forgetting"]), lora.assign(score=lora["forgetting"])
         rows.append(_comparison(f"Forgetting, {task}: full FT forgets more of MiniLM's STS-B skill than LoRA",
                                 "— (beyond the paper)", a, b, "spearman", "full FT − LoRA forgetting (Spearman ×100 "
@@ -371,7 +372,7 @@ def interpolation_rows(root: Path) -> list[Row]:
 
 def lr_rows(root: Path) -> list[Row]:
     runs = _runs(root, TASKS)
-    on = _arm(runs, task="sst2", method="lora", rank=8.0, targets="qv", init="gaussian", rslora=False)
+    on = _arm(runs, task="sst2", method=roles.STUDIED, rank=8.0, targets="qv", init="gaussian", rslora=False)
     hi, lo = on[np.isclose(on["lr"], 2.69e-3)], on[np.isclose(on["lr"], 1e-3)]
     return [_comparison("Learning rate: LoRA's searched 2.69e-3 beats the presets' 1e-3 (SST-2, 2,000 × 2 ep)",
                         "— (the paper tunes per task)", hi, lo, "accuracy",

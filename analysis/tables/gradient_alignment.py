@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.records import FACTORS
+
 from ..maths.alignment import delta_alignment, factor_alignment
 from ..maths.subspace import random_subspace_overlap
 from ..runs import KIND_LABELS, MissingRuns, RunError, parse_module, run_deltas
@@ -28,7 +30,7 @@ def _plain_factors(run_dir: str) -> dict:
     """{module: (A, B)} of a plain LoRA adapter (not DoRA, not a residual init saved at rank 2r), else {}."""
     from lorakit import read_adapter
 
-    path = Path(run_dir) / "adapter"
+    path = Path(run_dir) / FACTORS
     if not path.is_dir():
         return {}
     adapter = read_adapter(path)

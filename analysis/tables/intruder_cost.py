@@ -17,6 +17,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from experiments.records import FACTORS
+
 from ..maths.intruders import control_positions, intruder_dimensions, scale_directions
 from ..runs import MissingRuns, RunError
 from ..runs.dev_sets import dev_set
@@ -30,7 +32,7 @@ ARMS = ("intruders", "control: top non-intruders")
 
 def _lora_runs(runs: pd.DataFrame) -> pd.DataFrame:
     runs = true_label_runs(runs)
-    return runs[[(Path(d) / "adapter").is_dir() for d in runs["run_dir"]]] if len(runs) else runs
+    return runs[[(Path(d) / FACTORS).is_dir() for d in runs["run_dir"]]] if len(runs) else runs
 
 
 def intruder_cost_table(runs: pd.DataFrame, task: str | None = None, lambdas=LAMBDAS, k: int = 10,
@@ -60,7 +62,7 @@ def intruder_cost_table(runs: pd.DataFrame, task: str | None = None, lambdas=LAM
             raise RunError(f"{run['run']}: cannot rebuild its evaluation: {err}") from None
         model = load_model(run["model_path"], dev.num_labels)
         before = skill.measure(model, cpu) if skill else float("nan")
-        lorakit.load_adapter(model, Path(run["run_dir"]) / "adapter")
+        lorakit.load_adapter(model, Path(run["run_dir"]) / FACTORS)
         lorakit.merge_lora(model)
         modules = lorakit.lora_modules(model)
         tuned = {name: m.stored(m.weight.detach()).double().clone() for name, m in modules.items()}
