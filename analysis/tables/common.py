@@ -50,10 +50,15 @@ def config_names(runs: pd.DataFrame, laid_out: tuple[str, ...] = ("task",), mode
 
 
 def varying_columns(runs: pd.DataFrame, laid_out: tuple[str, ...] = ("task",)) -> list[str]:
-    """The identity columns that vary across ``runs`` beyond ``laid_out`` and the seed: what a table's header says
-    its configurations differ in."""
-    return [c for c in identity_columns(runs.columns)
-            if c not in (*laid_out, "seed") and c in runs and _distinct(runs[c]) > 1]
+    """What a table's header says its configurations differ in: the method when there are several, and each identity
+    column that takes two values among runs of one method in one laid-out cell (not the keys that only follow the
+    task, nor one method's keys that another method lacks)."""
+    if runs.empty:
+        return []
+    cells = list(runs.groupby([c for c in (*laid_out, "method") if c in runs], dropna=False, sort=False))
+    varying = [c for c in identity_columns(runs.columns) if c not in (*laid_out, "seed", "method")
+               and any(_distinct(cell[c]) > 1 for _, cell in cells)]  # fmt: skip
+    return (["method"] if "method" in runs and runs["method"].nunique() > 1 else []) + varying
 
 
 def varying_note(runs: pd.DataFrame, laid_out: tuple[str, ...] = ("task",)) -> str:
