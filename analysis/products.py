@@ -193,7 +193,7 @@ def _through_the_door(make: Product) -> Product:
 
         try:
             return make(runs, opts, out)
-        except (ConfigError, FileNotFoundError, KeyError, AttributeError) as err:
+        except (ConfigError, FileNotFoundError) as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise MissingRuns(f"needs runs whose config.yaml rebuilds their model and data ({reason})") from err
 

@@ -114,6 +114,10 @@ def run_config(source: str | os.PathLike | list[str], data_dir: str | None = Non
         if not path.is_file():
             raise ConfigError(f"{source}: no config.yaml; the run is rebuilt from its resolved config")
         cfg = OmegaConf.load(path)
+        lacking = [node for node in ("task", "model", "method", "train", "data", "execution") if node not in cfg]
+        if lacking:
+            raise ConfigError(f"{path} lacks {', '.join(lacking)}: it is not a resolved run config, so the run's "
+                              f"model and data cannot be rebuilt")
     if data_dir is not None:
         cfg.execution.data_dir = str(data_dir)
     if cache_dir is not None:

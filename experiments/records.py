@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,13 @@ CONFIG, METRICS, FAILED, COMPLETE, SUPERSEDED = "config.yaml", "metrics.json", "
 DELTAS = "delta_weights.safetensors"
 FACTORS, FACTORS_INIT = "adapter", "adapter_init"  # a factorised method's factors, trained and at step 0 (PEFT's format)
 CLASSIFICATION = "sequence_classification"  # the family of a run written before the run block named it
+
+
+def natural_key(value: object) -> tuple:
+    """Text ordered with the numbers inside it by value ('LoRA (r=4, ...)' before 'LoRA (r=16, ...)'): the one rule
+    the runs table and the analyses' tables sort names by."""
+    chunks = re.split(r"(\d+(?:\.\d+)?)", str(value))
+    return tuple((0, float(c), "") if i % 2 else (1, 0.0, c) for i, c in enumerate(chunks))
 
 
 def read_config(run_dir: str | Path) -> dict:

@@ -10,7 +10,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import traceback
 from contextlib import contextmanager
@@ -217,8 +216,7 @@ def _sortable(column: pd.Series) -> pd.Series:
         try:
             return (0, float(value), ())
         except (TypeError, ValueError):
-            chunks = re.split(r"(\d+(?:\.\d+)?)", str(value))
-            return (1, 0.0, tuple((0, float(c), "") if i % 2 else (1, 0.0, c) for i, c in enumerate(chunks)))
+            return (1, 0.0, records.natural_key(value))
 
     return column.map(key)
 

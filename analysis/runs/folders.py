@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +101,7 @@ def scan_runs(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[Sk
         if state != "complete":
             skipped.append(Skipped(str(run_dir), "incomplete (no COMPLETE file)"))
             continue
-        damage = _damage(run_dir)
+        damage = run_damage(run_dir)  # experiments/integrity.py: the check python -m experiments.verify makes
         if damage:
             skipped.append(Skipped(str(run_dir), f"damaged: {damage}"))
             continue
@@ -129,12 +128,6 @@ def runs_table(rows: list[dict]) -> pd.DataFrame:
     return _typed(table).reset_index(drop=True)
 
 
-def _damage(run_dir: Path) -> str | None:
-    """Why a complete run's files cannot be trusted (a checksum in COMPLETE that does not match, a truncated file),
-    or None: experiments/integrity.py, the check ``python -m experiments.verify`` makes too."""
-    return run_damage(run_dir)
-
-
 def _typed(table: pd.DataFrame) -> pd.DataFrame:
     """Whole numbers as nullable integers (rank 8, not 8.0, beside a full fine-tune's missing rank), flags as bools,
     scores as floats; sorted by task, label (numbers in it by value), configuration and seed."""
@@ -152,15 +145,12 @@ def _typed(table: pd.DataFrame) -> pd.DataFrame:
     if "data.shuffle_labels" not in table and len(table):
         table["data.shuffle_labels"] = False
     keys = [k for k in ("task", "label", "config_id", "seed", "run") if k in table]
-    return table.sort_values(keys, key=_natural, na_position="first") if len(table) else table
+    return table.sort_values(keys, key=natural_order, na_position="first") if len(table) else table
 
 
-def _natural(column: pd.Series) -> pd.Series:
-    """Text compared with the numbers inside it by value: 'LoRA (r=4, ...)' before 'LoRA (r=16, ...)'."""
-    if column.dtype != object:
-        return column
-    return column.map(lambda v: tuple((0, float(c), "") if i % 2 else (1, 0.0, c) for i, c in
-                                      enumerate(re.split(r"(\d+(?:\.\d+)?)", str(v)))))
+def natural_order(column: pd.Series) -> pd.Series:
+    """A sort key for ``DataFrame.sort_values``: text by ``records.natural_key``, other columns as they are."""
+    return column.map(records.natural_key) if column.dtype == object else column
 
 
 def load_runs(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:

@@ -13,12 +13,12 @@ correlation, Pearson). Every builder returns a ``Table`` or raises ``MissingRuns
 from __future__ import annotations
 
 import math
-import re
 
 import pandas as pd
 
 from .. import roles
 from ..runs import CLASSIFICATION, MissingRuns
+from ..runs.folders import natural_order
 from .common import MIN_SEEDS, SPREAD_NOTE, beats, column, config_names, training_budget, true_label_runs, varying_note
 from .table import Table, human_count
 
@@ -89,7 +89,7 @@ def table2(runs: pd.DataFrame) -> Table:
         row["seeds"] = _seed_range(per_task.size())
         row["_order"] = group["_order"].iloc[0]
         rows.append(row)
-    table = pd.DataFrame(rows).sort_values(["_order", "model / method"], key=_natural_key).drop(columns="_order")
+    table = pd.DataFrame(rows).sort_values(["_order", "model / method"], key=natural_order).drop(columns="_order")
     metrics = frame.groupby("task")["metric"].first()
     return Table(
         frame=table.reset_index(drop=True),
@@ -101,14 +101,6 @@ def table2(runs: pd.DataFrame) -> Table:
         formats={"params": human_count, "trainable": human_count},
         left_out=left_out,
     )  # fmt: skip
-
-
-def _natural_key(column: pd.Series) -> pd.Series:
-    """Sort text with the numbers in it by value ('r=4' before 'r=16')."""
-    if column.dtype != object:
-        return column
-    return column.map(lambda v: tuple((0, float(c), "") if i % 2 else (1, 0.0, c)
-                                      for i, c in enumerate(re.split(r"(\d+(?:\.\d+)?)", str(v)))))
 
 
 def table2_verdicts(runs: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Table:
