@@ -207,10 +207,12 @@ def _rank_allocation(runs, opts, out):
 
 
 def _gradient_alignment(runs, opts, out):
-    from .tables.gradient_alignment import alignment_summary, gradient_alignment_table
+    from .tables.gradient_alignment import alignment_summary, gradient_alignment_tables
 
-    table = gradient_alignment_table(runs, opts.task, draws=opts.random_draws, seed=opts.seed, data_dir=opts.data_dir)
-    return _written([(table, "gradient_alignment"), (alignment_summary(table), "gradient_alignment_summary")], out)
+    table, by_seed = gradient_alignment_tables(runs, opts.task, draws=opts.random_draws, seed=opts.seed,
+                                               data_dir=opts.data_dir)
+    return _written([(table, "gradient_alignment"), (alignment_summary(table), "gradient_alignment_summary"),
+                     (by_seed, "gradient_alignment_seeds")], out)
 
 
 def _intruder_cost(runs, opts, out):

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from . import roles
-from .maths.stats import Difference, difference_interval, margin_for, verdict
+from .maths.stats import Difference, difference_interval, margin_for, paired_difference, verdict
 
 TABLE_START, TABLE_END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
 HEADER = ("claim", "paper", "ours: difference [95% interval] or value vs chance", "seeds · examples", "verdict",
@@ -391,6 +391,123 @@ def lr_rows(root: Path) -> list[Row]:
                         (TASKS,))]
 
 
+# ------------------------------------------------------------------------------------------------ beyond the paper
+# Issue 23's rules B1–B4 (REPRODUCTION.md, "Beyond the paper"), read from results/beyond/<analysis>/<task>/.
+
+BEYOND = "— (beyond the paper)"
+
+
+def _beyond(root: Path, analysis: str, name: str) -> list[tuple[str, Path]]:
+    """(task, file) of one beyond-the-paper analysis, one folder per task: results/beyond/<analysis>/<task>/<name>."""
+    return [(p.parent.name, p) for p in sorted((root / "beyond" / analysis).glob(f"*/{name}"))]
+
+
+def _source(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _interval(d: Difference, fmt: str = "+.1f") -> str:
+    return f"{format(d.estimate, fmt)} [{format(d.low, fmt)}, {format(d.high, fmt)}]".replace("-", "−")
+
+
+def gradient_alignment_rows(root: Path) -> list[Row]:
+    """B1: per side, LoRA's φ with its task's G₀ (each seed: the mean over adapted modules) against random subspaces
+    and against φ with another task's G₀, paired by run."""
+    rows = []
+    for task, path in _beyond(root, "gradient_alignment", "gradient_alignment_seeds.csv"):
+        table = pd.read_csv(path)
+        lora, full = table[table["φ column (B)"].notna()], table[table["φ column (B)"].isna()]
+        for side, factor in (("column", "B"), ("row", "Aᵀ")):
+            own, other = lora[f"φ {side} (ΔW)"], lora.get(f"φ {side} (ΔW), other task's G₀")
+            chance = (lora[f"random {side}"].mean(), lora[f"random {side} 2.5%"].min(),
+                      lora[f"random {side} 97.5%"].max())
+            above = bool((own > chance[2]).all())
+            at = chance[1] <= own.median() <= chance[2]
+            text = (f"φ {own.median():.3f} [{own.min():.3f}, {own.max():.3f}] vs chance {chance[0]:.3f} "
+                    f"[{chance[1]:.3f}, {chance[2]:.3f}]")
+            d = None
+            if other is not None and other.notna().all():
+                d = paired_difference(list(own), list(other), "mean")
+                text += f"; own − other task's G₀ {_interval(d, '+.3f')} (p = {d.p_value:.2g})"
+            if len(full):
+                text += f"; full FT's ΔW {full[f'φ {side} (ΔW)'].median():.3f}"
+            word = ("held: from G₀" if above and d is not None and d.low > 0 else "not held: at chance" if at
+                    else "not told apart")  # fmt: skip
+            rows.append(Row(f"B1: LoRA's {side} space ({factor}) comes from G₀ ({task}, r=8, Wq, Wv)",
+                            "— (LoRA-GA, LoRA-One: aligned)", text, f"{len(own)} seeds · mean over modules", word,
+                            "every seed above the random 97.5% point and own − other task's G₀ (paired by run) "
+                            "with its interval above 0", (_source(root, path),)))
+    return rows
+
+
+def rank_allocation_rows(root: Path) -> list[Row]:
+    """B2: LoRA with the allocated per-module rank − uniform r=8, at the same number of parameters."""
+    rows = []
+    for task, path in _beyond(root, "rank_allocation", "runs.csv"):
+        runs = pd.read_csv(path)
+        runs = runs[runs["status"].eq("complete")] if "status" in runs else runs
+        lora = runs[runs["method"] == roles.STUDIED]
+        allocated, uniform = lora[lora["rank_pattern"].notna()], lora[lora["rank_pattern"].isna()]
+        if allocated.empty or uniform.empty:
+            continue
+        preds = path.parent / "predictions.csv.gz"
+        predictions = load_predictions_csv(preds) if preds.is_file() else None
+        sources = (_source(root, path),) + ((_source(root, preds),) if predictions else ())
+        rows.append(_comparison(f"B2: a per-module rank from full FT's ΔW beats uniform r=8 ({task}, equal "
+                                "parameters)", "— (beyond the paper)", allocated, uniform, runs["metric"].iloc[0],
+                                "allocated − uniform at uniform r=8's LoRA parameters; epoch chosen on a held-out "
+                                "training slice, dev reported", sources, predictions))
+    return rows
+
+
+def intruder_cost_rows(root: Path) -> list[Row]:
+    """B3: at λ = 0 and 0.25, intruders scaled − as many top non-intruders scaled alike, paired by run, for the dev
+    metric (costs skill: worse at both λ) and for forgetting (causes forgetting: scaling intruders lowers it more)."""
+    rows = []
+    for task, path in _beyond(root, "intruder_cost", "intruder_cost.csv"):
+        table = pd.read_csv(path)
+        metric = table["metric"].iloc[0]
+        arms = sorted(set(table["arm"]), key=lambda a: not a.startswith("intruders"))
+        for what, column, margin_metric, claim in (
+                ("skill", "value", metric, "cost task skill"),
+                ("forgetting", "forgetting (STS-B ×100)", "spearman", "cause forgetting")):  # fmt: skip
+            if table[column].isna().all():
+                continue
+            found, texts = [], []
+            for lam in (0.0, 0.25):
+                at = table[np.isclose(table["λ"], lam)].pivot_table(index="seed", columns="arm", values=column)
+                d = paired_difference(list(at[arms[0]]), list(at[arms[1]]), "mean")
+                found.append(verdict(d, margin_for(margin_metric)))
+                texts.append(f"λ={lam:g}: {_interval(d)} (p = {d.p_value:.2g})")
+            # Held: below the control by more than the margin at both λ (a lower metric; less forgetting left).
+            word = (f"held: intruders {claim}" if all(v == "worse" for v in found) else
+                    "not held: no more than the control" if all(v == "equivalent" for v in found) else
+                    "not told apart")  # fmt: skip
+            scaled = table.loc[table["arm"] == arms[0], "directions scaled"]
+            rows.append(Row(f"B3: intruder dimensions {claim} ({task}, LoRA r=8)", "— (Shuttleworth et al.: they "
+                            "cause forgetting)", "intruders − control " + "; ".join(texts) + f" (points; "
+                            f"{scaled.median():g} [{scaled.min():g}, {scaled.max():g}] intruders per run)",
+                            f"{at.shape[0]} seeds · paired", f"{word} ({', '.join(found)}; ±"
+                            f"{margin_for(margin_metric):g})", "intruders scaled − the same number of top "
+                            "non-intruders scaled, paired by run, worse at both λ = 0 and 0.25",
+                            (_source(root, path),)))
+    return rows
+
+
+def sharpness_rows(root: Path) -> list[Row]:
+    """B4: Spearman ρ between λ_max at init (the method's own parameters) and the best searched rate."""
+    rows = []
+    for task, path in _beyond(root, "sharpness", "sharpness.csv"):
+        table = pd.read_csv(path)
+        rho, lo, hi = table["ρ(λ_max, best lr)"].iloc[0], table["ρ 2.5%"].iloc[0], table["ρ 97.5%"].iloc[0]
+        rows.append(Row(f"B4: each method's best learning rate follows λ_max ({task})", "— (Lee et al. 2026)",
+                        f"ρ = {rho:+.2f} [{lo:+.2f}, {hi:+.2f}] over {len(table)} configurations".replace("-", "−"),
+                        f"{len(table)} configurations · {int(table['converged'].sum())} λ_max converged",
+                        str(table["verdict"].iloc[0]), "ρ's bootstrap interval below 0 holds, above 0 does not; no "
+                        "verdict while any λ_max is unconverged", (_source(root, path),)))
+    return rows
+
+
 INTERPOLATION_MARGIN = 1.0  # points of the metric kept, % of the adapter's own score: fixed with the rule, before runs
 
 def _constant_predictor(predictions: dict, runs: pd.DataFrame, metric: str) -> float:
@@ -411,6 +528,7 @@ def _constant_predictor(predictions: dict, runs: pd.DataFrame, metric: str) -> f
 CLAIMS: tuple[Callable[[Path], list[Row]], ...] = (
     table2_rows, table2_learn_rows, table3_rows, table5_rows, table6_rows, table7_rows, subspace_rows, spectra_rows,
     truncation_rows, forgetting_rows, intruder_rows, cross_task_rows, interpolation_rows, lr_rows,
+    gradient_alignment_rows, rank_allocation_rows, intruder_cost_rows, sharpness_rows,
 )
 
 

@@ -15,6 +15,7 @@ one a run trains at is ``method.lr``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 
@@ -63,7 +64,9 @@ def run_name(override_dirname: str | None, method: str) -> str:
 
     Left out: ``execution.*``, the top-level method keys and the learning rates (``train.full_lr``) that ``method``
     does not read, so a full fine-tune swept over ranks gets one folder (its second job finds the first one's folder
-    complete and skips it).
+    complete and skips it). A value longer than ``LONG_VALUE`` characters (a ``rank_pattern`` of twenty modules)
+    is named by a hash of itself, so the folder name stays within the file system's 255 bytes and still differs
+    between two such values; the value itself is in the run's config.yaml and identity.
     """
     items = split_overrides(override_dirname) if override_dirname else []
     ignored = method_keys() - method_keys(method)
@@ -74,7 +77,18 @@ def run_name(override_dirname: str | None, method: str) -> str:
         root = key.split(".")[0]
         return root not in ignored and key not in unread_train and root not in (EXECUTION, "experiment")
 
-    return ",".join(filter(kept, items)).replace("/", "_") or "default"
+    return ",".join(_short(item) for item in items if kept(item)).replace("/", "_") or "default"
+
+
+LONG_VALUE = 40
+
+
+def _short(item: str) -> str:
+    """``key=value``, or ``key=#<hash>`` when the value is longer than ``LONG_VALUE`` characters."""
+    key, eq, value = item.partition("=")
+    if len(value) <= LONG_VALUE:
+        return item
+    return f"{key}{eq}#{hashlib.sha256(value.encode()).hexdigest()[:10]}"
 
 
 def split_overrides(joined: str) -> list[str]:

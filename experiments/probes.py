@@ -30,7 +30,7 @@ from experiments.errors import ConfigError
 from experiments.identity import CONF_DIR
 
 log = logging.getLogger(__name__)
-BEFORE_FORMAT = 1  # bump when what a cached "before" score means changes
+BEFORE_FORMAT = 2  # bump when what a cached "before" score means changes (2: distinct sentences, by length)
 
 
 @contextmanager
@@ -108,21 +108,27 @@ class SentenceSkill:
 
     @torch.no_grad()
     def embed(self, encoder: nn.Module, sentences: list[str], device: torch.device) -> torch.Tensor:
-        out = []
-        for i in range(0, len(sentences), self.batch_size):
-            batch = self.tokenizer(sentences[i : i + self.batch_size], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(device)
+        """Mean-pooled embeddings of ``sentences``, in their order. Each distinct sentence is embedded once, in
+        batches of similar length (sorted by token count), so little of the work is padding."""
+        distinct = list(dict.fromkeys(sentences))
+        ids = self.tokenizer(distinct, truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(distinct)), key=lambda i: len(ids[i]))
+        pooled = torch.empty(len(distinct), encoder.config.hidden_size)
+        for i in range(0, len(order), self.batch_size):
+            chunk = order[i : i + self.batch_size]
+            batch = self.tokenizer.pad({"input_ids": [ids[j] for j in chunk]}, return_tensors="pt").to(device)
             hidden = encoder(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).float()
-            out.append(((hidden * mask).sum(1) / mask.sum(1)).cpu())
-        return torch.cat(out)
+            pooled[chunk] = ((hidden * mask).sum(1) / mask.sum(1)).cpu()
+        row = {sentence: i for i, sentence in enumerate(distinct)}
+        return pooled[[row[sentence] for sentence in sentences]]
 
     def measure(self, model: nn.Module, device: torch.device) -> float:
         """The skill of ``model``'s encoder (``base_model``: BERT's ``bert``, RoBERTa's ``roberta``)."""
         encoder, training = model.base_model, model.training
         model.to(device).eval()
-        first = self.embed(encoder, self.pairs["sentence1"].astype(str).tolist(), device)
-        second = self.embed(encoder, self.pairs["sentence2"].astype(str).tolist(), device)
+        first, second = self.embed(encoder, self.pairs["sentence1"].astype(str).tolist()
+                                   + self.pairs["sentence2"].astype(str).tolist(), device).chunk(2)
         model.train(training)
         cosine = torch.nn.functional.cosine_similarity(first, second, dim=-1).numpy()
         return float(spearmanr(cosine, self.pairs["label"].to_numpy(np.float64))[0])

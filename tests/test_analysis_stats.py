@@ -14,6 +14,7 @@ from analysis.maths.stats import (
     difference_interval,
     margin_for,
     metric_on_resamples,
+    paired_difference,
     permutation_pvalue,
     smallest_pvalue,
     verdict,
@@ -117,6 +118,21 @@ def test_permutation_p_matches_scipy():
     reference = scipy_stats.permutation_test((a, b), lambda x, y: x.mean() - y.mean(), permutation_type="independent",
                                              n_resamples=20_000, random_state=0)
     assert permutation_pvalue(a, b) == pytest.approx(reference.pvalue, abs=0.01)
+
+
+def test_paired_runs_take_out_what_each_run_shares_and_the_sign_flip_p_is_scipys():
+    rng = np.random.default_rng(5)
+    run_effect = rng.normal(0, 5, 5)  # each trained model's own level: shared by its intervention and control
+    a, b = 70 + run_effect + 0.8 + rng.normal(0, 0.1, 5), 70 + run_effect  # a 0.8-point gap, the same in every run
+    paired, unpaired = paired_difference(a, b, "mean"), difference_interval(list(a), list(b), "mean")
+    assert paired.low > 0.5 and paired.high < 1.1 and paired.resampled == "seeds, paired"
+    assert unpaired.low < 0 < unpaired.high  # read as two independent arms, the runs' spread hides the gap
+    reference = scipy_stats.permutation_test((a - b,), np.mean, permutation_type="samples", n_resamples=np.inf)
+    assert paired.p_value == pytest.approx(reference.pvalue) == pytest.approx(2 / 32)  # five runs: 2 of 32 flips
+    same = paired_difference([3.0, 4.0, 5.0], [2.0, 3.0, 4.0], "accuracy")  # fractions → points, a constant gap
+    assert (same.low, same.estimate, same.high) == pytest.approx((100.0, 100.0, 100.0))
+    with pytest.raises(ValueError, match="equally long"):
+        paired_difference([1.0, 2.0], [1.0], "mean")
 
 
 def test_one_run_a_side_is_scipys_paired_bootstrap_of_the_examples():

@@ -95,7 +95,7 @@ def test_gradient_init_and_rank_pattern_run_end_to_end(tiny_overrides, tmp_path)
 @pytest.mark.slow
 def test_beyond_builders_end_to_end(tiny_overrides, tmp_path):
     """The four builders on a tiny LoRA and a tiny full fine-tune, through experiments' door."""
-    from analysis.tables.gradient_alignment import alignment_summary, gradient_alignment_table
+    from analysis.tables.gradient_alignment import alignment_summary, gradient_alignment_tables
     from analysis.tables.intruder_cost import intruder_cost_table
     from analysis.tables.rank_allocation import rank_allocation_table
     from analysis.tables.sharpness import sharpness_table
@@ -111,11 +111,13 @@ def test_beyond_builders_end_to_end(tiny_overrides, tmp_path):
     allocation = rank_allocation_table(runs, "sst2", rank=2).frame
     assert allocation["allocated params"].sum() <= allocation["uniform params"].sum() and len(allocation) == 4
 
-    alignment = gradient_alignment_table(runs, "sst2", rank=2, draws=20)
+    alignment, by_seed = gradient_alignment_tables(runs, "sst2", rank=2, draws=20)
     lora = alignment.frame[alignment.frame["config"].str.startswith("LoRA")]
     assert lora["φ column (B)"].tolist() == pytest.approx(lora["φ column (ΔW)"].tolist())  # rank-r ΔW spans B
     assert alignment.missing_controls  # no other task: the cross-task control is named as missing
     assert set(alignment_summary(alignment).frame["config"]) == set(alignment.frame["config"])
+    one = by_seed.frame.set_index("config").loc[lora["config"].iloc[0]]  # one seed: its mean over modules
+    assert one["φ column (ΔW)"] == pytest.approx(lora["φ column (ΔW)"].mean())
 
     cost = intruder_cost_table(runs, "sst2", lambdas=(1.0, 0.0), seeds=1).frame
     assert (cost.loc[cost["λ"] == 1.0, "value"] == cost.loc[cost["λ"] == 1.0, "recorded"]).all()  # λ=1: the run

@@ -130,6 +130,11 @@ def test_a_method_learning_rate_is_part_of_its_own_runs_identity_only():
     assert same_identity(before, head) and not same_identity(before, config(["method=head", "train.head_lr=1e-3"]))
     assert run_name("method=lora,train.full_lr=1e-4,seed=0", "lora") == "method=lora,seed=0"
     assert run_name("method=full,train.full_lr=1e-4", "full") == "method=full,train.full_lr=1e-4"
+    pattern = "{" + ",".join(f"bert.encoder.layer.{i}.attention.self.query:{i + 1}" for i in range(12)) + "}"
+    long_a = run_name(f"method=lora,rank_pattern={pattern},seed=0", "lora")
+    long_b = run_name(f"method=lora,rank_pattern={pattern.replace(':12', ':13')},seed=0", "lora")
+    assert len(long_a) < 80 and long_a.startswith("method=lora,rank_pattern=#") and long_a.endswith(",seed=0")
+    assert long_a != long_b  # two patterns, two folders
 
 
 def test_default_data_folder_is_the_shared_glue_beside_the_repo(monkeypatch):

@@ -53,6 +53,40 @@ def test_chance_rule():
         "below chance"
 
 
+def write_beyond(root: Path, analysis: str, task: str, name: str, rows: list[dict]) -> None:
+    (root / "beyond" / analysis / task).mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(root / "beyond" / analysis / task / name, index=False)
+
+
+def test_b1_needs_every_seed_above_chance_and_above_the_other_tasks_gradient(tmp_path):
+    chance = {f"random {side}{end}": value for side in ("column", "row")
+              for end, value in (("", 0.02), (" 2.5%", 0.015), (" 97.5%", 0.028))}  # fmt: skip
+    rows = [{"task": "stsb", "config": "LoRA", "seed": seed, "φ column (B)": 0.3, "φ column (ΔW)": 0.30 + 0.01 * seed,
+             "φ column (ΔW), other task's G₀": 0.10 + 0.01 * seed, "φ row (ΔW)": 0.02 + 0.001 * seed,
+             "φ row (ΔW), other task's G₀": 0.02, **chance} for seed in range(5)]
+    rows.append({"task": "stsb", "config": "full FT", "seed": 0, "φ column (ΔW)": 0.5, "φ row (ΔW)": 0.4, **chance})
+    write_beyond(tmp_path, "gradient_alignment", "stsb", "gradient_alignment_seeds.csv", rows)
+    column, row = verdicts.gradient_alignment_rows(tmp_path)
+    assert column.verdict == "held: from G₀" and "+0.200 [+0.200, +0.200]" in column.ours  # paired: the same gap
+    assert "full FT's ΔW 0.500" in column.ours
+    assert row.verdict == "not held: at chance"
+
+
+def test_b3_reads_the_intervention_against_its_control_paired_by_run(tmp_path):
+    rows = []
+    for seed in range(5):
+        level = 80 + 3 * seed  # runs differ far more than the intervention's effect: pairing takes that out
+        for lam in (1.0, 0.75, 0.5, 0.25, 0.0):
+            for arm, cost in (("intruders", 4.0), ("control: top non-intruders", 0.2)):
+                rows.append({"config": "LoRA", "seed": seed, "arm": arm, "λ": lam, "directions scaled": 5,
+                             "metric": "accuracy", "value": level - cost * (1 - lam) + 0.05 * seed,
+                             "recorded": level, "forgetting (STS-B ×100)": 1.0 + 0.1 * seed})
+    write_beyond(tmp_path, "intruder_cost", "sst2", "intruder_cost.csv", rows)
+    skill, forgetting = verdicts.intruder_cost_rows(tmp_path)
+    assert skill.verdict.startswith("held: intruders cost task skill (worse, worse")
+    assert forgetting.verdict.startswith("not held: no more than the control (equivalent, equivalent")
+
+
 def test_reproduction_table_is_filled_between_its_markers(tmp_path):
     path = tmp_path / "REPRODUCTION.md"
     path.write_text(f"# R\n\n{verdicts.TABLE_START}\nold\n{verdicts.TABLE_END}\n\n## Rules\n")

@@ -99,7 +99,7 @@ class Difference:
     seeds_a: int
     seeds_b: int
     examples: int | None  # dev examples resampled (paired); None: seeds only
-    resampled: Literal["seeds and examples", "seeds"]
+    resampled: Literal["seeds and examples", "seeds", "seeds, paired"]
     p_value: float  # permutation over seeds, two-sided
     p_min: float  # the smallest p these seed counts allow
     confidence: float = 0.95
@@ -266,6 +266,30 @@ def difference_interval(a_runs: Sequence, b_runs: Sequence, metric: str, confide
         p_value=permutation_pvalue(a_full, b_full), p_min=p_min, confidence=confidence, resamples=resamples,
         notes=tuple(notes),
     )
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], metric: str, confidence: float = 0.95,
+                      resamples: int = 2000, seed: int = 0) -> Difference:
+    """a − b where a[r] and b[r] are two measurements of the *same* run r (an intervention and its control on one
+    trained model; φ with two references): the bootstrap interval of the mean per-run difference over runs drawn with
+    replacement, its spread scaled by √(R/(R−1)) as the seed part above, and the exact two-sided sign-flip p (each
+    run's difference flipped in sign, all 2^R ways; its smallest value 2/2^R, 1/16 for five runs)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    a_arr, b_arr = (np.asarray(x, dtype=np.float64) * METRICS[metric].scale for x in (a, b))
+    if a_arr.shape != b_arr.shape or a_arr.ndim != 1 or len(a_arr) == 0:
+        raise ValueError(f"a paired difference needs two equally long, non-empty lists, got {len(a)} and {len(b)}")
+    d = a_arr - b_arr
+    boot = _seed_resampled(d[:, None], resamples, np.random.default_rng(seed), True)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(boot, [tail, 100 - tail])
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
+    tolerance = 1e-9 * max(1.0, float(np.abs(d).max()))
+    p_value = float(np.mean(np.abs(signs @ d) >= abs(d.sum()) - tolerance))
+    notes = ("one run: its variance is not estimated, the interval is a point",) if len(d) == 1 else ()
+    return Difference(metric=metric, estimate=float(d.mean()), low=float(low), high=float(high), a=float(a_arr.mean()),
+                      b=float(b_arr.mean()), seeds_a=len(d), seeds_b=len(d), examples=None, resampled="seeds, paired",
+                      p_value=p_value, p_min=2 / 2 ** len(d), confidence=confidence, resamples=resamples, notes=notes)
 
 
 def _seed_resampled(table: np.ndarray, resamples: int, rng: np.random.Generator, unbiased: bool,

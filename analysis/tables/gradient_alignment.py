@@ -49,10 +49,11 @@ def _gradients(run, examples: int, data_dir: str | None):
         raise RunError(f"{run['run']}: G₀ cannot be rebuilt: {err}") from None
 
 
-def gradient_alignment_table(runs: pd.DataFrame, task: str | None = None, rank: int = 8, draws: int = 200,
-                             seed: int = 0, examples: int = 256, data_dir: str | None = None) -> Table:
-    """φ of G₀ with each run's B / Aᵀ and ΔW, per configuration, layer and module: median [min, max] over seeds,
-    beside the random-subspace interval and, where runs of another task exist, φ with that task's G₀."""
+def gradient_alignment_tables(runs: pd.DataFrame, task: str | None = None, rank: int = 8, draws: int = 200,
+                              seed: int = 0, examples: int = 256, data_dir: str | None = None) -> tuple[Table, Table]:
+    """φ of G₀ with each run's B / Aᵀ and ΔW beside the random-subspace interval and, where runs of another task
+    exist, φ with that task's G₀: per configuration, layer and module (median [min, max] over seeds), and per run
+    (the mean over its modules)."""
     usable, left_out = weight_runs(true_label_runs(runs))
     task = choose_task(usable, task, "gradient alignment needs runs with a ΔW (LoRA, DoRA, full) and config.yaml")
     on_task = usable[usable["task"] == task]
@@ -100,7 +101,7 @@ def gradient_alignment_table(runs: pd.DataFrame, task: str | None = None, rank: 
     table.insert(0, "task", task)
     missing = [] if control_of else [f"φ with another task's G₀ — needs runs of another task with the seeds of the "
                                      f"{task} runs"]  # fmt: skip
-    return Table(
+    by_module = Table(
         frame=table,
         title=f"Gradient alignment — {task}: φ(r, r) between G₀'s top-r column/row subspaces and each run's B / Aᵀ "
         f"and ΔW's top-r subspaces, beside random r-dim subspaces",
@@ -112,6 +113,14 @@ def gradient_alignment_table(runs: pd.DataFrame, task: str | None = None, rank: 
         left_out=left_out,
         missing_controls=missing,
     )  # fmt: skip
+    seeds = frame.groupby(["config", "seed"])[values + chance_cols].mean().reset_index()
+    seeds.insert(0, "task", task)
+    title = by_module.title.replace("Gradient alignment —", "Gradient alignment by seed, mean over modules —")
+    notes = [by_module.notes[0].replace(" Median [min, max] over seeds.", ""),
+             "One row per run: φ and chance averaged over its adapted modules (what rule B1 reads per seed)."]
+    by_seed = Table(frame=seeds, title=title, runs=by_module.runs, notes=notes, float_format=".3f",
+                    missing_controls=missing)
+    return by_module, by_seed
 
 
 def alignment_summary(table: Table) -> Table:

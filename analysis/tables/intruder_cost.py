@@ -57,6 +57,8 @@ def intruder_cost_table(runs: pd.DataFrame, task: str | None = None, lambdas=LAM
             cfg = run_config(run["run_dir"], data_dir)
             tokenizer = load_tokenizer(run["model_path"])
             dev = dev_set(run["run_dir"], tokenizer, data_dir)
+            if cfg.probes.forgetting is False:  # a run trained without the probe is probed here all the same
+                cfg.probes.forgetting = "auto"
             skill = SentenceSkill.for_run(cfg, tokenizer, run["model_path"])
         except ConfigError as err:
             raise RunError(f"{run['run']}: cannot rebuild its evaluation: {err}") from None
@@ -97,7 +99,7 @@ def intruder_cost_table(runs: pd.DataFrame, task: str | None = None, lambdas=LAM
         notes=["Evaluation only: the run's adapter merged, then W' = W + (λ − 1)·Σ σ_k u_k v_kᵀ over the arm's "
                "directions in every adapted module (analysis/maths/intruders.py). λ = 1 is the run itself (value "
                "should equal recorded). forgetting: zero-shot STS-B Spearman of the pretrained encoder minus the "
-               "intervened one's, ×100. PEFT's reduce_intruder_dimension scales the same directions to the same λ but "
+               "intervened one's, ×100, on the run's probe pairs (all 1,500 when the run trained without the probe). PEFT's reduce_intruder_dimension scales the same directions to the same λ but "
                "re-factors W' − W₀ at the adapter's rank, which this exact W' does not."],
         float_format=".2f",
     )  # fmt: skip
