@@ -178,7 +178,7 @@ def _lr_search(runs, opts, out):
 
 
 # --- beyond the paper (issue 23): each builder imported where used, beside the Section 7 analyses -----------------
-LR_SEARCH_CSV = Path(__file__).resolve().parent.parent / "results" / "lr_search" / "lr_search.csv"
+LR_SEARCH = Path(__file__).resolve().parent.parent / "results" / "lr_search"  # the committed learning-rate search
 
 
 def _through_the_door(make: Product) -> Product:
@@ -224,12 +224,25 @@ def _intruder_cost(runs, opts, out):
 
 
 def _sharpness(runs, opts, out):
-    from .tables.sharpness import sharpness_table
+    """λ_max for every configuration with a searched rate on the task: the committed search (results/lr_search) and
+    any rate sweep among the runs given (beyond_sharpness), each configuration rebuilt at init from one of its runs'
+    folders, or from the overrides its committed run recorded."""
+    from .runs import MissingRuns
+    from .tables.lr_search import lr_search_tables
+    from .tables.sharpness import best_rates, searched_configurations, sharpness_table
 
     task = opts.task or runs["task"].value_counts().idxmax()
-    first = runs[runs["task"] == task].sort_values("seed").groupby("label").head(1)  # one run per configuration
-    methods = {row["label"]: row["run_dir"] for _, row in first.iterrows()}
-    return _written([(sharpness_table(methods, LR_SEARCH_CSV, data_dir=opts.data_dir), "sharpness")], out)
+    trials = pd.read_csv(LR_SEARCH / "lr_search_runs.csv").rename(columns={"label": "run"})
+    summary = pd.read_csv(LR_SEARCH / "lr_search.csv")
+    try:
+        new_trials, new_summary = lr_search_tables(runs[runs["task"] == task])
+        trials = pd.concat([trials, new_trials.frame], ignore_index=True)
+        summary = pd.concat([summary, new_summary.frame], ignore_index=True)
+    except MissingRuns:  # no rate sweep among the runs given: the committed search alone
+        pass
+    best = best_rates(summary, task)
+    methods = searched_configurations(trials, best, dict(zip(runs["run"], runs["run_dir"])))
+    return _written([(sharpness_table(methods, summary, data_dir=opts.data_dir), "sharpness")], out)
 
 
 def _predictions(runs, opts, out):

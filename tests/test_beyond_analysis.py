@@ -3,6 +3,7 @@ intruder intervention, and λ_max by power iteration."""
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -117,7 +118,7 @@ def test_peft_reduce_intruder_dimension_is_this_intervention_cut_to_the_adapter_
 
 # --- sharpness ---------------------------------------------------------------------------------------------------
 
-def test_power_iteration_on_a_quadratic_returns_its_top_eigenvalue():
+def test_lanczos_on_a_quadratic_returns_its_top_eigenvalue():
     g = torch.Generator().manual_seed(4)
     q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
     eigenvalues = torch.tensor([7.0, 3.0, 2.0, 1.0, 0.5, 0.1], dtype=torch.float64)
@@ -131,7 +132,22 @@ def test_power_iteration_on_a_quadratic_returns_its_top_eigenvalue():
         return 0.5 * x @ hessian @ x + b.sum()
 
     found = top_hessian_eigenvalue(loss, [a, b], iterations=200, tol=1e-10)
-    assert found.converged and found.value == pytest.approx(7.0, rel=1e-6)
+    assert found.converged and found.value == pytest.approx(7.0, rel=1e-6) and found.iterations <= 9
+
+
+def test_lanczos_reads_the_top_of_an_indefinite_hessian_and_its_residual_bounds_the_error():
+    g = torch.Generator().manual_seed(5)
+    n = 400  # large enough that Lanczos stops well before n steps
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    eigenvalues = torch.cat([torch.tensor([3.0, 2.5, -7.0], dtype=torch.float64),
+                             torch.linspace(-1.0, 1.0, n - 3, dtype=torch.float64)])
+    hessian = q @ torch.diag(eigenvalues) @ q.T
+    theta = torch.zeros(n, dtype=torch.float64, requires_grad=True)
+
+    found = top_hessian_eigenvalue(lambda: 0.5 * theta @ hessian @ theta, [theta], iterations=100, tol=1e-6)
+    assert found.converged and found.iterations < 100
+    assert abs(found.value - 3.0) <= found.residual + 1e-12 and found.value == pytest.approx(3.0, rel=1e-6)
+    assert found.value <= 3.0 + 1e-9  # a Ritz value never passes the top eigenvalue
 
 
 def test_spearman_and_its_interval():
@@ -156,8 +172,22 @@ def test_best_rates_take_the_confirmed_rate_with_the_highest_median(tmp_path):
     assert best == {"LoRA": 0.0027, "full FT": 0.00027}  # at the budget where most configurations were confirmed
 
 
-def test_power_iteration_finds_the_top_eigenvalue_of_an_indefinite_hessian():
-    """The dominant eigenvalue is −7; the top one, 3, comes from the shifted pass on H + 7I (LoRA at B = 0 is so)."""
+def test_each_searched_configuration_is_rebuilt_from_its_folder_or_its_recorded_overrides():
+    from analysis.tables.sharpness import best_rates, searched_configurations
+
+    summary = pd.DataFrame({"task": "sst2", "config": ["LoRA", "full FT"], "budget": "2k x 1", "lr": [1e-3, 3e-4],
+                            "score": [77.0, 81.0], "seeds": 3})
+    trials = pd.DataFrame({"config": ["LoRA", "LoRA", "full FT"], "budget": "2k x 1", "seed": [1, 0, 0],
+                           "run": ["lr/method=lora,seed=1,train.lr=0.001", "lr/method=lora,seed=0,train.lr=0.001",
+                                   "confirm/method=full,seed=0,task=sst2,train.full_lr=0.0003,model.head=[a,b]"]})
+    sources = searched_configurations(trials, best_rates(summary, "sst2"), {"lr/method=lora,seed=0,train.lr=0.001":
+                                                                           "/runs/lora0"})  # fmt: skip
+    assert sources == {"LoRA": "/runs/lora0",  # a folder where one exists
+                       "full FT": ["method=full", "task=sst2", "model.head=[a,b]", "seed=0"]}  # else its overrides
+
+
+def test_lanczos_finds_the_top_eigenvalue_of_a_small_indefinite_hessian():
+    """The dominant eigenvalue is −7, the top one 3 (LoRA at B = 0 is indefinite so): Lanczos reads 3 directly."""
     g = torch.Generator().manual_seed(5)
     q, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
     hessian = q @ torch.diag(torch.tensor([3.0, 1.0, 0.5, -2.0, -7.0], dtype=torch.float64)) @ q.T

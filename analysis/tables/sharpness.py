@@ -3,7 +3,7 @@ beyond the paper; Lee et al. 2026; the maths in ``maths.sharpness``).
 
 For each method configuration (a run folder, or a list of sweep overrides for one not yet run, e.g.
 ``["task=sst2", "method=lora", "rank=8"]``) the model is built as its run would start (experiments' one door, ``experiments.gradients.model_at_init``: seed, pretrained weights, the
-method's ``prepare``), and λ_max of the training loss on the fixed batch set is found by power iteration on
+method's ``prepare``), and λ_max of the training loss on the fixed batch set is found by Lanczos on
 Hessian-vector products, twice: w.r.t. the method's own parameters (what trains outside the task head; the head
 alone for method=head) — the λ_max the rule reads, since the head trains in every method and its curvature, the same
 for all, would otherwise dominate (it did in the CPU demonstration: 4.3–4.8 for every method) — and w.r.t. everything
@@ -30,10 +30,12 @@ from .table import Table
 CONFIRMED_SEEDS = 3  # a rate confirmed with this many seeds or more is a candidate for the best
 
 
-def best_rates(lr_csv: str | Path, task: str, budget: str | None = None) -> pd.DataFrame:
+def best_rates(lr_table: str | Path | pd.DataFrame, task: str, budget: str | None = None) -> pd.DataFrame:
     """{config, budget, best lr, score}: per configuration of ``task``, at ``budget`` (default: the budget with the
-    most configurations confirmed), the confirmed rate with the highest median score."""
-    table = pd.read_csv(lr_csv)
+    most configurations confirmed), the confirmed rate with the highest median score. ``lr_table``: the
+    learning-rate table (``lr_search.csv``) or its path."""
+    table = lr_table if isinstance(lr_table, pd.DataFrame) else pd.read_csv(lr_table)
+    lr_csv = "the learning-rate table" if isinstance(lr_table, pd.DataFrame) else lr_table
     table = table[(table["task"] == task) & (table["seeds"] >= CONFIRMED_SEEDS)]
     if table.empty:
         raise MissingRuns(f"{lr_csv}: no rate confirmed with {CONFIRMED_SEEDS}+ seeds on {task}")
@@ -44,11 +46,30 @@ def best_rates(lr_csv: str | Path, task: str, budget: str | None = None) -> pd.D
     return best.rename(columns={"lr": "best lr"}).reset_index(drop=True)
 
 
-def sharpness_table(methods: dict[str, str | Path | list[str]], lr_csv: str | Path | None = None,
-                    examples: int = 64, iterations: int = 100, tol: float = 1e-3, draws: int = 2000,
+def searched_configurations(trials: pd.DataFrame, best: pd.DataFrame, run_dirs: dict[str, str]) -> dict:
+    """config → what rebuilds it at init, for every configuration in ``best`` (``best_rates``): the folder of one of
+    its runs where ``run_dirs`` (run → folder) has one, else the sweep overrides its run's name records (Hydra's
+    ``override_dirname``, "sweep/name"), its rate left out (it does not change the model at init) and seed 0."""
+    from experiments.config import split_overrides
+
+    sources = {}
+    for config in best["config"]:
+        runs = trials[(trials["config"] == config) & trials["budget"].isin(best["budget"])].sort_values("seed")
+        present = [run for run in runs["run"] if run in run_dirs]
+        if present:
+            sources[config] = run_dirs[present[0]]
+            continue
+        name = runs["run"].iloc[0].split("/", 1)[-1]
+        kept = [o for o in split_overrides(name) if not o.split("=")[0].endswith("lr") and not o.startswith("seed=")]
+        sources[config] = [*kept, "seed=0"]
+    return sources
+
+
+def sharpness_table(methods: dict[str, str | Path | list[str]], lr_csv: str | Path | pd.DataFrame | None = None,
+                    examples: int = 64, iterations: int = 60, tol: float = 1e-2, draws: int = 2000,
                     data_dir: str | None = None) -> Table:
     """One row per configuration (``methods``: its name in the lr_search table → a run folder or sweep overrides, all
-    of one task): λ_max at init, the trainable parameters, whether the power iteration converged, and the best rate
+    of one task): λ_max at init, the trainable parameters, whether Lanczos converged, and the best rate
     where the table has one; ρ(λ_max, best lr) with its 95% bootstrap interval in the title and the verdict column."""
     from experiments.gradients import model_at_init, run_config
 
@@ -69,7 +90,7 @@ def sharpness_table(methods: dict[str, str | Path | list[str]], lr_csv: str | Pa
 
         found, everything = (top_hessian_eigenvalue(loss, group, iterations, tol) for group in (own, params))
         records.append({"config": name, "method params": sum(p.numel() for p in own), "λ_max": found.value,
-                        "converged": found.converged, "trainable": sum(p.numel() for p in params),
+                        "converged": found.converged, "residual": found.residual, "products": found.iterations, "trainable": sum(p.numel() for p in params),
                         "λ_max (with head)": everything.value, "converged (with head)": everything.converged,
                         "2/λ_max (with head)": 2 / everything.value if everything.value > 0 else math.nan})
     if len(tasks) != 1:
@@ -97,8 +118,8 @@ def sharpness_table(methods: dict[str, str | Path | list[str]], lr_csv: str | Pa
         frame=frame,
         title=title,
         runs=[],
-        notes=[f"Power iteration on Hessian-vector products (double backward), {iterations} iterations at most, "
-               f"relative tolerance {tol:g} (analysis/maths/sharpness.py). Best lr: the confirmed rate (≥ "
+        notes=[f"Lanczos on Hessian-vector products (double backward), {iterations} products at most, converged "
+               f"when the Ritz residual is ≤ {tol:g}·λ_max: an eigenvalue lies within it (analysis/maths/sharpness.py). Best lr: the confirmed rate (≥ "
                f"{CONFIRMED_SEEDS} seeds) with the highest median at one budget. ρ's interval: {draws} bootstrap "
                f"resamples of the configurations."],
         float_format=".4g",
