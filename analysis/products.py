@@ -126,10 +126,10 @@ def _overlap(runs, opts, out):
 
 
 def _intruders(runs, opts, out):
-    table = tables.intruder_table(runs, opts.task, opts.intruder_k, opts.intruder_eps)
+    table, by_run = tables.intruder_tables(runs, opts.task, opts.intruder_k, opts.intruder_eps)
     fig = plots.plot_intruders(table.frame)
-    return _written([(table, "intruders")], out, plots.save_figure(fig, out, "fig_intruders", table.runs,
-                                                                    formats=opts.formats))  # fmt: skip
+    return _written([(table, "intruders"), (by_run, "intruders_runs")], out,
+                    plots.save_figure(fig, out, "fig_intruders", table.runs, formats=opts.formats))
 
 
 def _truncation(runs, opts, out):
@@ -207,12 +207,19 @@ def _rank_allocation(runs, opts, out):
 
 
 def _gradient_alignment(runs, opts, out):
-    from .tables.gradient_alignment import alignment_summary, gradient_alignment_tables
+    from .runs import MissingRuns
+    from .tables.gradient_alignment import alignment_curve_table, alignment_summary, gradient_alignment_tables
 
     table, by_seed = gradient_alignment_tables(runs, opts.task, draws=opts.random_draws, seed=opts.seed,
                                                data_dir=opts.data_dir)
-    return _written([(table, "gradient_alignment"), (alignment_summary(table), "gradient_alignment_summary"),
-                     (by_seed, "gradient_alignment_seeds")], out)
+    written = [(table, "gradient_alignment"), (alignment_summary(table), "gradient_alignment_summary"),
+               (by_seed, "gradient_alignment_seeds")]
+    on_task = runs[runs["task"] == table.frame["task"].iloc[0]]
+    try:
+        written.append((alignment_curve_table(on_task), "gradient_alignment_curve"))
+    except MissingRuns:  # the runs did not measure it while training: the end point alone
+        pass
+    return _written(written, out)
 
 
 def _intruder_cost(runs, opts, out):

@@ -144,17 +144,33 @@ def model_at_init(cfg: DictConfig, examples: int = EXAMPLES):
 def run_gradients(source: str | os.PathLike | list[str], examples: int = EXAMPLES, data_dir: str | None = None,
                   cache_dir: str | None = None) -> dict[str, torch.Tensor]:
     """G₀ of the run at ``source`` (``run_config``) — its pretrained model with its seed's head, its training data."""
+    return config_gradients(run_config(source, data_dir, cache_dir), examples)
+
+
+def config_gradients(cfg: DictConfig, examples: int = EXAMPLES) -> dict[str, torch.Tensor]:
+    """G₀ of a resolved run config: its pretrained model with its seed's head, its training data; from the cache
+    when there. The random state of the calling process (Python, NumPy, torch) is left as it was, so a run that
+    measures G₀ while it trains (``execution.monitor.gradient_alignment``) draws what it would have drawn."""
+    import random
+
+    import numpy as np
+
     from experiments.families import for_run
     from experiments.models import resolve_model_path
     from experiments.train import seed_everything
 
-    cfg = run_config(source, data_dir, cache_dir)
     model_path = resolve_model_path(cfg.model)
     cached = _cache_path(cfg, model_path, examples)
     if cached.is_file():
         return load_tensors(cached)[0]
-    seed_everything(int(cfg.seed))  # the head the run started from
-    return first_gradients(for_run(cfg).load_model(cfg, model_path), cfg, examples)
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            seed_everything(int(cfg.seed))  # the head the run started from
+            return first_gradients(for_run(cfg).load_model(cfg, model_path), cfg, examples)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def _cache_path(cfg: DictConfig, model_path: str, examples: int) -> Path:

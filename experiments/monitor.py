@@ -13,11 +13,17 @@ and for methods whose ΔW is s·B·A (``Method.factors``: LoRA, DoRA), against t
 - ``A_phi``           φ(A, A₀) = ‖V_Aᵀ V_A₀‖²_F / r over A's r right-singular directions (1: A reads the input
                       through its init's directions; ≈ r/in for unrelated ones), as the ``init_drift`` analysis
 - ``B_change``        ‖B − B₀‖_F (absolute: B₀ = 0 at the paper's init, so no ratio)
+and, with ``gradient_alignment`` on, against G₀ = ∂L/∂W at the pretrained weights (``experiments.gradients``, issue
+23's rule B1), at r = the factors' rank (8 for a ΔW without factors):
+- ``G0_column``       φ(G₀'s top-r left singular directions, B's column space; ΔW's top-r left ones without factors)
+- ``G0_row``          φ(G₀'s top-r right singular directions, Aᵀ's column space; ΔW's top-r right ones)
+so where LoRA's directions come from is a curve over training, not only its end.
 Each quantity is also summarised over the modules (median, max), so the runs of a sweep compare on one chart.
 
 What it costs is a budget of ``execution.monitor`` (how a run executes, not what it computes): ``enabled``, ``every``
-(evaluations between measurements; the last evaluation is always measured) and ``modules`` (a regular expression
-searched in the adapted modules' names; null: all). ``benchmarks/monitor_overhead.py`` measures the default's cost.
+(evaluations between measurements; the last evaluation is always measured), ``modules`` (a regular expression
+searched in the adapted modules' names; null: all) and ``gradient_alignment`` (G₀ once per run, cached per model,
+task, data and seed: one backward pass over 256 training examples; off by default). ``benchmarks/monitor_overhead.py`` measures the default's cost.
 A run that checkpoints keeps the history beside its checkpoint (``.checkpoint/spectral_history.json``), so a resumed
 run ends with the history of an uninterrupted one.
 """
@@ -33,6 +39,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from analysis.maths.alignment import delta_alignment, factor_alignment
 from analysis.maths.spectra import spectrum
 from analysis.maths.subspace import factor_drift
 from experiments.errors import ConfigError
@@ -40,6 +47,8 @@ from experiments.store import write_json
 
 SPECTRAL = ("frobenius", "stable_rank", "effective_rank", "rank90", "top_share")
 FACTORS = ("A_change", "A_phi", "B_change")
+ALIGNMENT = ("G0_column", "G0_row")
+ALIGNMENT_RANK = 8  # r for a ΔW without factors (full fine-tuning), as the gradient_alignment analysis reads it
 PER_MODULE, SUMMARY = "delta", "spectral"  # W&B key prefixes: delta/<module>/<quantity>, spectral/<quantity>/<stat>
 SAVED = "spectral_history.json"  # in the checkpoint folder
 TABLE_ROWS = 10_000  # wandb.Table's row limit in a run's media (wandb.Table.MAX_ROWS); beyond it W&B truncates
@@ -50,12 +59,14 @@ class Settings:
     enabled: bool = True
     every: int = 1
     modules: str | None = None
+    gradient_alignment: bool = False
 
     @classmethod
     def from_config(cls, execution: DictConfig) -> "Settings":
         """``execution.monitor``; runs configured before it existed get the defaults."""
         node = execution.get("monitor") or {}
-        return cls(bool(node.get("enabled", True)), int(node.get("every", 1)), node.get("modules"))
+        return cls(bool(node.get("enabled", True)), int(node.get("every", 1)), node.get("modules"),
+                   bool(node.get("gradient_alignment", False)))
 
 
 class SpectralMonitor:
@@ -64,12 +75,13 @@ class SpectralMonitor:
     and the truncation curve as tables with a line plot each."""
 
     def __init__(self, method, adapted: list[str], settings: Settings, history: list[dict] | None = None,
-                 saved: Path | None = None):
+                 saved: Path | None = None, g0: dict | None = None):
         self.method, self.settings, self.saved = method, settings, saved
         self.history: list[dict] = history if history is not None else []
         measured = settings.enabled and method.has_delta and adapted
         self.modules = _select(adapted, settings.modules) if measured else []
         self.last_spectra: dict[str, list[float]] = {}
+        self.g0 = {name: g for name, g in (g0 or {}).items() if name in self.modules}
 
     @classmethod
     def for_run(cls, cfg: DictConfig, method, adapted: list[str], checkpoints: Path | None = None,
@@ -78,8 +90,13 @@ class SpectralMonitor:
         starts again: later records are measured again) is taken up and kept there."""
         saved = Path(checkpoints) / SAVED if checkpoints else None
         history = json.loads(saved.read_text())["history"] if saved and saved.is_file() else []
-        return cls(method, list(adapted), Settings.from_config(cfg.execution),
-                   [r for r in history if r["step"] <= step], saved)
+        settings = Settings.from_config(cfg.execution)
+        g0 = None
+        if settings.enabled and settings.gradient_alignment and method.has_delta:
+            from experiments.gradients import config_gradients
+
+            g0 = config_gradients(cfg)  # the pretrained model's, whatever step the run resumes at
+        return cls(method, list(adapted), settings, [r for r in history if r["step"] <= step], saved, g0)
 
     def due(self, epoch: int, last_epoch: int) -> bool:
         return bool(self.modules) and (epoch % self.settings.every == 0 or epoch == last_epoch)
@@ -100,10 +117,17 @@ class SpectralMonitor:
                 drift = factor_drift(a, a0)
                 values |= {"A_change": drift.relative_change, "A_phi": drift.similarity,
                            "B_change": float((b.detach().double().cpu() - b0.double().cpu()).norm())}
+            if name in self.g0:
+                g0 = self.g0[name].double()
+                if name in factors:
+                    found = factor_alignment(g0, a.detach().double().cpu(), b.detach().double().cpu())
+                else:
+                    found = delta_alignment(g0, deltas[name].detach().double().cpu(), ALIGNMENT_RANK)
+                values |= {"G0_column": found["column"], "G0_row": found["row"]}
             modules[name] = values
             kept = min(max(spec.numerical_rank, 1), TABLE_ROWS // len(self.modules))  # full FT: 36 x 384 is too many
             self.last_spectra[name] = spec.singular_values[:kept].tolist()
-        quantities = [q for q in (*SPECTRAL, *FACTORS) if all(q in v for v in modules.values())]
+        quantities = [q for q in (*SPECTRAL, *FACTORS, *ALIGNMENT) if all(q in v for v in modules.values())]
         summary = {q: {"median": statistics.median(v[q] for v in modules.values()),
                        "max": max(v[q] for v in modules.values())} for q in quantities}
         record = {"epoch": epoch, "step": step, "seconds": time.perf_counter() - started, "modules": modules,

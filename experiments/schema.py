@@ -51,6 +51,7 @@ KEYS: dict[str, Accepts] = {
     "execution.monitor.enabled": FLAG,
     "execution.monitor.every": POSITIVE_INT,
     "execution.monitor.modules": Accepts(str, nullable=True),  # a regular expression; compiled by experiments/monitor.py
+    "execution.monitor.gradient_alignment": FLAG,
 }
 
 

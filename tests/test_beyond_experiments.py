@@ -107,6 +107,17 @@ def test_beyond_builders_end_to_end(tiny_overrides, tmp_path):
         status = run_job(make(common + [f"method={method}"]), tmp_path / "sweep" / method, name=method, group="t")
         assert status["status"] == "complete", status
     runs, _ = scan_runs([tmp_path / "sweep"])
+    watched = run_job(make(common + ["method=lora", "execution.monitor.gradient_alignment=true"]),
+                      tmp_path / "watched", name="lora", group="t")  # G₀ measured while it trains
+    plain, measured = (json.loads((folder / "lora" / "metrics.json").read_text())
+                       for folder in (tmp_path / "sweep", tmp_path / "watched"))
+    assert watched["status"] == "complete" and measured["best"] == plain["best"]  # the run's random state untouched
+    last = measured["spectral_history"][-1]
+    assert {"G0_column", "G0_row"} <= set(last["summary"]) and "G0_column" not in plain["spectral_history"][-1]["summary"]
+    from analysis.tables.gradient_alignment import alignment_curve_table
+
+    curve = alignment_curve_table(scan_runs([tmp_path / "watched"])[0]).frame
+    assert len(curve) == len(measured["spectral_history"]) and curve["φ column"].between(0, 1).all()
 
     allocation = rank_allocation_table(runs, "sst2", rank=2).frame
     assert allocation["allocated params"].sum() <= allocation["uniform params"].sum() and len(allocation) == 4

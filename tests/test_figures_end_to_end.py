@@ -259,6 +259,11 @@ def test_controls_beside_every_weight_analysis(produced):
     assert (lora2["rank@99%"] <= 2).all() and (lora2["signal rank vs shuffled"] <= 2).all()
     intruders = pd.read_csv(out / "intruders.csv")
     assert intruders["intruders at matched norm"].notna().all() and "full FT" in set(intruders["method"])
+    lora_modules = intruders.loc[intruders["method"].str.startswith("LoRA"), ["layer", "module"]].drop_duplicates()
+    at_lora = intruders.merge(lora_modules)  # LoRA's norm exists where plain LoRA changed the module
+    assert at_lora["intruders at LoRA's norm"].notna().all()
+    per_run = pd.read_csv(out / "intruders_runs.csv")  # totals over the modules every configuration changed
+    assert per_run["modules"].nunique() == 1 and set(per_run["method"]) == set(intruders["method"])
     drift = pd.read_csv(out / "init_drift.csv")
     assert set(drift["r"]) == {2, 4, 8} and (drift["‖A−A₀‖_F / ‖A₀‖_F"] > 0).all()
     assert (drift["φ(A, A₀)"] > drift["random φ r/d_in"]).all()  # A moved little: still near its init's row space

@@ -15,7 +15,8 @@ from conftest import tiny_bert
 from experiments.config import CONF_DIR, register_resolvers
 from experiments.errors import ConfigError
 from experiments.methods import get_method
-from experiments.monitor import FACTORS, SPECTRAL, Settings, SpectralMonitor
+from analysis.maths.alignment import delta_alignment, factor_alignment
+from experiments.monitor import ALIGNMENT, FACTORS, SPECTRAL, Settings, SpectralMonitor
 from experiments.schema import check_config
 from experiments.tracking import NullLogger, run_config, run_summary
 from experiments.wandb_records import read_run, run_ids
@@ -94,6 +95,26 @@ def test_lora_quantities_are_the_analyses_maths_per_module():
     assert first[0][2] == pytest.approx(float(spectrum(deltas[adapted[0]]).singular_values[0]))
     assert first[-1][3] == pytest.approx(1.0) and set(lines) == {"final/spectra_sigma", "final/spectra_energy"}
     assert logger.tables["final/truncation"][1] == [[0, 0.5, 0.7], [1, 0.8, 0.4]]
+
+
+def test_gradient_alignment_is_the_analysis_maths_against_the_g0_given():
+    cfg, method, model, adapted = prepared("lora")
+    g = torch.Generator().manual_seed(0)
+    g0 = {name: torch.randn(method.delta_weights(model)[name].shape, generator=g) for name in adapted}
+    monitor = SpectralMonitor(method, adapted, Settings(gradient_alignment=True), g0=g0)
+    record = monitor.measure(model, epoch=1, step=4)
+    factors = method.factors(model)
+    for name, values in record["modules"].items():
+        found = factor_alignment(g0[name].double(), factors[name][0].detach().double(), factors[name][1].detach().double())
+        assert (values["G0_column"], values["G0_row"]) == pytest.approx((found["column"], found["row"]))
+    assert set(record["summary"]) == {*SPECTRAL, *FACTORS, *ALIGNMENT}
+    full_cfg, full, full_model, full_adapted = prepared("full", ["execution.monitor.modules='layer\\.0\\.attention'"])
+    g0 = {name: torch.randn(full.delta_weights(full_model)[name].shape, generator=g) for name in full_adapted}
+    one = SpectralMonitor(full, full_adapted, Settings(modules="layer\\.0\\.attention", gradient_alignment=True),
+                          g0=g0).measure(full_model, epoch=1, step=1)["modules"]
+    name = next(iter(one))
+    expected = delta_alignment(g0[name].double(), full.delta_weights(full_model)[name].double(), 8)
+    assert (one[name]["G0_column"], one[name]["G0_row"]) == pytest.approx((expected["column"], expected["row"]))
 
 
 def test_full_fine_tuning_is_measured_from_its_delta_without_factors():

@@ -7,7 +7,7 @@ from .forgetting import forgetting_table
 from .generation import generation_samples, table3
 from .init_drift import init_drift_table
 from .interpolation import interpolation_curves
-from .intruders import intruder_table
+from .intruders import intruder_table, intruder_tables
 from .lr_search import lr_search_tables
 from .metric_tables import PAPER_TASK_ORDER, table2, table2_verdicts, table5, table6, task_order
 from .projection import table7
@@ -41,6 +41,7 @@ __all__ = [
     "init_drift_table",
     "interpolation_curves",
     "intruder_table",
+    "intruder_tables",
     "lr_search_tables",
     "overlap_table",
     "rank_to_keep",

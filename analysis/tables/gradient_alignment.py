@@ -133,3 +133,30 @@ def alignment_summary(table: Table) -> Table:
     return Table(frame=summary, title=table.title.replace("Gradient alignment", "Gradient alignment, mean over "
                  "modules"), runs=table.runs, notes=table.notes, float_format=".3f",
                  missing_controls=table.missing_controls)  # fmt: skip
+
+
+def alignment_curve_table(runs: pd.DataFrame) -> Table:
+    """φ with G₀ over training, from the runs that measured it while they trained (``execution.monitor.
+    gradient_alignment``, experiments/monitor.py): per run and evaluation, the mean over its measured modules."""
+    import json
+
+    from experiments.records import METRICS
+
+    records = []
+    for _, run in runs.sort_values(["label", "seed"]).iterrows():
+        history = json.loads((Path(run["run_dir"]) / METRICS).read_text()).get("spectral_history") or []
+        for record in history:
+            measured = [v for v in record["modules"].values() if "G0_column" in v]
+            if measured:
+                records.append({"task": run["task"], "config": run["label"], "seed": run["seed"],
+                                "epoch": record["epoch"], "step": record["step"], "modules": len(measured),
+                                **{f"φ {side}": sum(v[f"G0_{side}"] for v in measured) / len(measured)
+                                   for side in ("column", "row")}})  # fmt: skip
+    if not records:
+        raise MissingRuns("φ over training needs runs trained with execution.monitor.gradient_alignment=true")
+    frame = pd.DataFrame(records)
+    return Table(frame=frame, title="Gradient alignment over training: φ with G₀'s top-r subspaces at each "
+                 "evaluation, mean over the measured modules", runs=sorted(set(frame["config"])),
+                 notes=["Measured by the run itself at each evaluation (experiments/monitor.py: B's column space and "
+                        "Aᵀ's against G₀'s top-r left and right singular directions, r = the factors' rank; ΔW's top "
+                        "8 without factors)."], float_format=".3f")  # fmt: skip
