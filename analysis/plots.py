@@ -179,12 +179,13 @@ def plot_overlap(frame: pd.DataFrame) -> Figure:
 
 
 def plot_intruders(frame: pd.DataFrame) -> Figure:
-    """Intruder counts per layer (median over seeds), one panel per module kind, one bar per method; a second row at
-    matched update norm when the table has it."""
+    """Intruder counts per layer (median over seeds), one panel per module kind, one bar per method; a row per common
+    norm (full FT's, LoRA's) when the table has it."""
     lora_modules = set(frame.loc[frame["method"] != "full FT", "module"])
     modules = [m for m in KIND_LABELS.values() if m in (lora_modules or set(frame["module"]))]
     methods = list(dict.fromkeys(frame["method"]))
-    counts = [c for c in ("intruders", "intruders at matched norm") if c in frame and frame[c].notna().any()]
+    counts = [c for c in ("intruders", "intruders at matched norm", "intruders at LoRA's norm")
+              if c in frame and frame[c].notna().any()]  # fmt: skip
     fig, axes = plt.subplots(len(counts), len(modules), figsize=(3.6 * len(modules) + 1.5, 3.0 * len(counts) + 0.4),
                              squeeze=False, sharey=True, layout="constrained")  # fmt: skip
     width = 0.8 / len(methods)
@@ -194,7 +195,8 @@ def plot_intruders(frame: pd.DataFrame) -> Figure:
             for i, method in enumerate(methods):
                 rows = frame[(frame["module"] == module) & (frame["method"] == method)]
                 ax.bar(rows["layer"] + (i - (len(methods) - 1) / 2) * width, rows[column], width, color=f"C{i}")
-            ax.set_title(f"{module}: {'raw' if column == 'intruders' else 'matched norm'}", fontsize=10)
+            norm = {"intruders": "raw", "intruders at matched norm": "at full FT's norm"}.get(column, "at LoRA's norm")
+            ax.set_title(f"{module}: {norm}", fontsize=10)
             ax.set_xlabel("layer")
             ax.set_ylim(0, k)
             ax.xaxis.get_major_locator().set_params(integer=True)
@@ -204,7 +206,34 @@ def plot_intruders(frame: pd.DataFrame) -> Figure:
     fig.legend(handles=handles, loc="outside right upper", fontsize=7)
     eps = frame["ε"].iloc[0]
     fig.suptitle(f"Intruder dimensions: top-{k} singular vectors of W₀+ΔW with max |cos| to W₀'s < {eps:g}\n"
-                 "(matched norm: ΔW rescaled to the full fine-tune's ‖ΔW‖_F; median over seeds)", fontsize=10)
+                 "(at a norm: every ΔW rescaled to that method's ‖ΔW‖_F per module; median over seeds)", fontsize=10)
+    return fig
+
+
+def plot_rank_allocation(frame: pd.DataFrame) -> Figure:
+    """Where the rank goes: the allocated r per layer, one panel per weight type, beside uniform r (a line), and the
+    90%-energy need of the full fine-tune's ΔW that set it (right axis)."""
+    modules = list(dict.fromkeys(frame["module"]))
+    fig, axes = plt.subplots(1, len(modules), figsize=(3.8 * len(modules), 3.2), squeeze=False, sharey=True,
+                             layout="constrained")  # fmt: skip
+    for ax, module in zip(axes[0], modules):
+        rows = frame[frame["module"] == module].sort_values("layer")
+        ax.bar(rows["layer"], rows["allocated r"], 0.6, color="C0", label="allocated r")
+        ax.axhline(rows["uniform r"].iloc[0], color="C1", linestyle="--", label="uniform r")
+        need = ax.twinx()
+        need.plot(rows["layer"], rows["need k (90% energy)"], "o-", color="C2", label="need k (90% energy)")
+        need.set_ylim(0, None)
+        ax.set_title(module, fontsize=10)
+        ax.set_xlabel("layer")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("LoRA rank")
+    need.set_ylabel("k keeping 90% of ΔW's energy", color="C2")
+    handles = [matplotlib.patches.Patch(color="C0", label="allocated r"),
+               matplotlib.lines.Line2D([], [], color="C1", linestyle="--", label="uniform r"),
+               matplotlib.lines.Line2D([], [], color="C2", marker="o", label="full FT's need k")]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7)
+    fig.suptitle(f"Rank allocation — {frame['task'].iloc[0]}: per-module r at uniform r's parameters", fontsize=10)
     return fig
 
 

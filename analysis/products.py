@@ -203,7 +203,10 @@ def _through_the_door(make: Product) -> Product:
 def _rank_allocation(runs, opts, out):
     from .tables.rank_allocation import rank_allocation_table
 
-    return _written([(rank_allocation_table(runs, opts.task), "rank_allocation")], out)
+    table = rank_allocation_table(runs, opts.task)
+    figure = plots.save_figure(plots.plot_rank_allocation(table.frame), out, "fig_rank_allocation", table.runs,
+                               formats=opts.formats)  # fmt: skip
+    return _written([(table, "rank_allocation")], out, figure)
 
 
 def _gradient_alignment(runs, opts, out):
