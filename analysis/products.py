@@ -284,7 +284,7 @@ PRODUCTS: dict[str, tuple[str, Product]] = {
     "table7": ("Table 7: ΔW vs W, against random directions", _table7),
     "spectra": ("ΔW spectra, rank at 90% energy, signal rank above the noise floors", _spectra),
     "overlap": ("LoRA vs full fine-tuning subspace overlap", _overlap),
-    "intruders": ("Intruder dimensions, raw and at matched update norm", _intruders),
+    "intruders": ("Intruder dimensions, raw and at a common norm both ways (full FT's, LoRA's)", _intruders),
     "truncation": ("Rank truncation: metric vs k, the rank keeping 90% of the gain", _truncation),
     "forgetting": ("Forgetting: task gain vs the base model's skill lost", _forgetting),
     "cross_task": ("Cross-task subspaces: φ between the ΔW of adapters on different tasks", _cross_task),

@@ -471,7 +471,9 @@ def rank_allocation_rows(root: Path) -> list[Row]:
         runs = pd.read_csv(path)
         runs = runs[runs["status"].eq("complete")] if "status" in runs else runs
         lora = runs[runs["method"] == roles.STUDIED]
-        allocated, uniform = lora[lora["rank_pattern"].notna()], lora[lora["rank_pattern"].isna()]
+        pattern = [c for c in lora if c == "rank_pattern" or c.startswith("rank_pattern.")]  # flattened per module
+        allocated = lora[lora[pattern].notna().any(axis=1)] if pattern else lora.iloc[:0]
+        uniform = lora.drop(allocated.index)
         if allocated.empty or uniform.empty:
             continue
         preds = path.parent / "predictions.csv.gz"

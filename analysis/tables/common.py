@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from experiments.identity import method_keys
 from experiments.methods import join_label
 from experiments.records import identity_columns
 
@@ -62,8 +63,12 @@ def varying_columns(runs: pd.DataFrame, laid_out: tuple[str, ...] = ("task",)) -
 
 
 def varying_note(runs: pd.DataFrame, laid_out: tuple[str, ...] = ("task",)) -> str:
-    """'Configurations (...) differ in: method, rank, train.epochs.' for a table's notes (one home for the sentence)."""
-    cols = varying_columns(runs, laid_out)
+    """'Configurations (...) differ in: method, rank, train.epochs.' for a table's notes (one home for the sentence).
+    A method key holding a mapping (``rank_pattern``: its entries flattened to ``rank_pattern.<module>``) is named
+    once."""
+    mapped = method_keys()
+    cols = list(dict.fromkeys(c.split(".")[0] if c.split(".")[0] in mapped else c
+                              for c in varying_columns(runs, laid_out)))
     return ("Rows are configurations (one config_id each: seeds are pooled only within one); they differ in "
             + (", ".join(cols) if cols else "nothing but the seed") + ".")
 
