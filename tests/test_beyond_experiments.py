@@ -109,8 +109,8 @@ def test_beyond_builders_end_to_end(tiny_overrides, tmp_path):
     runs, _ = scan_runs([tmp_path / "sweep"])
     watched = run_job(make(common + ["method=lora", "execution.monitor.gradient_alignment=true"]),
                       tmp_path / "watched", name="lora", group="t")  # G₀ measured while it trains
-    plain, measured = (json.loads((folder / "lora" / "metrics.json").read_text())
-                       for folder in (tmp_path / "sweep", tmp_path / "watched"))
+    plain, measured = (json.loads((folder / "metrics.json").read_text())
+                       for folder in (tmp_path / "sweep" / "lora", tmp_path / "watched"))
     assert watched["status"] == "complete" and measured["best"] == plain["best"]  # the run's random state untouched
     last = measured["spectral_history"][-1]
     assert {"G0_column", "G0_row"} <= set(last["summary"]) and "G0_column" not in plain["spectral_history"][-1]["summary"]
