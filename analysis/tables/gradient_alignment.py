@@ -148,15 +148,16 @@ def alignment_curve_table(runs: pd.DataFrame) -> Table:
         for record in history:
             measured = [v for v in record["modules"].values() if "G0_column" in v]
             if measured:
-                records.append({"task": run["task"], "config": run["label"], "seed": run["seed"],
+                records.append({"task": run["task"], "config": run["label"], "seed": run["seed"], "run": run["run"],
                                 "epoch": record["epoch"], "step": record["step"], "modules": len(measured),
                                 **{f"φ {side}": sum(v[f"G0_{side}"] for v in measured) / len(measured)
                                    for side in ("column", "row")}})  # fmt: skip
     if not records:
         raise MissingRuns("φ over training needs runs trained with execution.monitor.gradient_alignment=true")
     frame = pd.DataFrame(records)
+    ran = list(dict.fromkeys(frame.pop("run")))
     return Table(frame=frame, title="Gradient alignment over training: φ with G₀'s top-r subspaces at each "
-                 "evaluation, mean over the measured modules", runs=sorted(set(frame["config"])),
+                 "evaluation, mean over the measured modules", runs=ran,
                  notes=["Measured by the run itself at each evaluation (experiments/monitor.py: B's column space and "
                         "Aᵀ's against G₀'s top-r left and right singular directions, r = the factors' rank; ΔW's top "
                         "8 without factors)."], float_format=".3f")  # fmt: skip
