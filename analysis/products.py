@@ -234,24 +234,32 @@ def _intruder_cost(runs, opts, out):
 
 
 def _sharpness(runs, opts, out):
-    """λ_max for every configuration with a searched rate on the task: the committed search (results/lr_search) and
-    any rate sweep among the runs given (beyond_sharpness), each configuration rebuilt at init from one of its runs'
-    folders, or from the overrides its committed run recorded."""
+    """λ_max for every configuration with a searched rate on the task: any rate sweep among the runs given
+    (beyond_sharpness) and, when the runs are of the model it searched, the committed search (results/lr_search), each
+    configuration rebuilt at init from one of its runs' folders, or from the overrides its committed run recorded.
+    Runs with no rate sweep and of another model: one configuration per run label, without the rank correlation."""
     from .runs import MissingRuns
     from .tables.lr_search import lr_search_tables
     from .tables.sharpness import best_rates, searched_configurations, sharpness_table
 
     task = opts.task or runs["task"].value_counts().idxmax()
-    trials = pd.read_csv(LR_SEARCH / "lr_search_runs.csv").rename(columns={"label": "run"})
-    summary = pd.read_csv(LR_SEARCH / "lr_search.csv")
+    on_task = runs[runs["task"] == task]
+    trials, summary = [], []
+    if set(on_task["model"]) <= set(pd.read_csv(LR_SEARCH / "runs.csv", usecols=["model"])["model"]):
+        trials.append(pd.read_csv(LR_SEARCH / "lr_search_runs.csv").rename(columns={"label": "run"}))
+        summary.append(pd.read_csv(LR_SEARCH / "lr_search.csv"))
     try:
-        new_trials, new_summary = lr_search_tables(runs[runs["task"] == task])
-        trials = pd.concat([trials, new_trials.frame], ignore_index=True)
-        summary = pd.concat([summary, new_summary.frame], ignore_index=True)
-    except MissingRuns:  # no rate sweep among the runs given: the committed search alone
+        new_trials, new_summary = lr_search_tables(on_task)
+        trials.append(new_trials.frame)
+        summary.append(new_summary.frame)
+    except MissingRuns:  # no rate sweep among the runs given
         pass
-    best = best_rates(summary, task)
-    methods = searched_configurations(trials, best, dict(zip(runs["run"], runs["run_dir"])))
+    if not summary:
+        first = on_task.sort_values("seed").groupby("label").head(1)  # one run per configuration
+        methods = {row["label"]: row["run_dir"] for _, row in first.iterrows()}
+        return _written([(sharpness_table(methods, data_dir=opts.data_dir), "sharpness")], out)
+    trials, summary = pd.concat(trials, ignore_index=True), pd.concat(summary, ignore_index=True)
+    methods = searched_configurations(trials, best_rates(summary, task), dict(zip(runs["run"], runs["run_dir"])))
     return _written([(sharpness_table(methods, summary, data_dir=opts.data_dir), "sharpness")], out)
 
 
