@@ -85,8 +85,9 @@ def _best_rate(arm: pd.DataFrame, min_seeds: int = 3) -> pd.DataFrame:
     return by_lr[max(by_lr, key=lambda lr: by_lr[lr]["score"].median())]
 
 
-def _pm(value: float) -> str:
-    return f"{value:+.1f}".replace("-", "−")
+def _interval(d: Difference, fmt: str = "+.1f") -> str:
+    """'+1.5 [−2.2, +5.3]': a difference and its interval, as every row writes them."""
+    return f"{format(d.estimate, fmt)} [{format(d.low, fmt)}, {format(d.high, fmt)}]".replace("-", "−")
 
 
 def _difference(a: pd.DataFrame, b: pd.DataFrame, metric: str, predictions: dict | None = None) -> Difference:
@@ -101,7 +102,7 @@ def _comparison(claim: str, paper: str, a: pd.DataFrame, b: pd.DataFrame, metric
     d = _difference(a, b, metric, predictions)
     margin = margin_for(metric)
     examples = f" · {d.examples} examples" if d.examples else " · seeds only"
-    ours = f"{_pm(d.estimate)} [{_pm(d.low)}, {_pm(d.high)}] ({d.a:.1f} vs {d.b:.1f}; p = {d.p_value:.2g})"
+    ours = f"{_interval(d)} ({d.a:.1f} vs {d.b:.1f}; p = {d.p_value:.2g})"
     return Row(claim, paper, ours + (f"; {note}" if note else ""), f"{d.seeds_a} vs {d.seeds_b}{examples}",
                f"{verdict(d, margin)} (±{margin:g})", rule, sources)
 
@@ -132,6 +133,7 @@ def load_predictions_csv(path: Path) -> dict[str, dict[str, np.ndarray]]:
 # ------------------------------------------------------------------------------------------------ the claims
 
 TASKS = "tasks/five_seeds/runs.csv"
+BEYOND = "— (beyond the paper)"  # the paper column of a claim the paper does not make
 PAPER_T2 = {"sst2": "95.1 vs 94.8 (RoBERTa-base)", "mrpc": "89.7 vs 90.2", "cola": "63.4 vs 63.6",
             "rte": "86.6 vs 78.7", "stsb": "91.5 vs 91.2"}  # LoRA vs full FT, the paper's Table 2 (RoBERTa-base)
 LEARNS = ("full FT must be *better* than the head alone (same rule) for the task to test the claim; then LoRA r=8 "
@@ -152,8 +154,7 @@ def table2_rows(root: Path) -> list[Row]:
         claim = f"Table 2, {task} (2,000 × 2 ep): LoRA matches full FT"
         learned = _difference(full, head, metric)
         if verdict(learned, margin_for(metric)) != "better":
-            rows.append(Row(claim, PAPER_T2[task], f"full FT − head alone {_pm(learned.estimate)} "
-                            f"[{_pm(learned.low)}, {_pm(learned.high)}]", f"{learned.seeds_a} vs {learned.seeds_b}"
+            rows.append(Row(claim, PAPER_T2[task], f"full FT − head alone {_interval(learned)}", f"{learned.seeds_a} vs {learned.seeds_b}"
                             " · seeds only", "not tested: the task did not learn at this budget", LEARNS, (TASKS,)))
             continue
         rows.append(_comparison(claim, PAPER_T2[task], lora, full, metric, LEARNS, (TASKS,),
@@ -322,7 +323,7 @@ def forgetting_rows(root: Path) -> list[Row]:
         full = _best_rate(_arm(on, method=roles.REFERENCE))
         a, b = full.assign(score=full["forgetting"]), lora.assign(score=lora["forgetting"])
         rows.append(_comparison(f"Forgetting, {task}: full FT forgets more of MiniLM's STS-B skill than LoRA",
-                                "— (beyond the paper)", a, b, "spearman", "full FT − LoRA forgetting (Spearman ×100 "
+                                BEYOND, a, b, "spearman", "full FT − LoRA forgetting (Spearman ×100 "
                                 "lost), each at its best-median task rate", (TASKS,)))
     return rows
 
@@ -377,7 +378,7 @@ def cross_task_rows(root: Path) -> list[Row]:
             chance = (on[f"random {side} space"].mean(), on[f"random {side} space 2.5%"].min(),
                       on[f"random {side} space 97.5%"].max())
             rows.append(_chance(f"Cross-task: {comparison}, {side} space ({factor}'s side), LoRA r=8",
-                                "— (beyond the paper)", (values.median(), values.min(), values.max()), chance,
+                                BEYOND, (values.median(), values.min(), values.max()), chance,
                                 f"{len(on)} (task pair, module) cells", "φ(r, r) against Haar-random subspaces "
                                 "(the shuffled-label control is not committed yet)", ("cross_task/cross_task_agg.csv",)))
     return rows
@@ -396,7 +397,7 @@ def interpolation_rows(root: Path) -> list[Row]:
         d = difference_interval(mixed, alone, "mean")
         margin = INTERPOLATION_MARGIN
         rows.append(Row(f"Interpolation: {task} at w = 0.5 of sst2 + stsb loses no more than its adapter alone at "
-                        "half scale", "— (beyond the paper)", f"{_pm(d.estimate)} [{_pm(d.low)}, {_pm(d.high)}] "
+                        "half scale", BEYOND, f"{_interval(d)} "
                         f"points of the metric kept ({d.a:.1f}% mixed vs {d.b:.1f}% alone)",
                         f"{d.seeds_a} vs {d.seeds_b} · seeds only", f"{verdict(d, margin)} (±{margin:g})",
                         "mixed − alone at the same scale, % of the full-scale metric; worse = interference",
@@ -418,8 +419,6 @@ def lr_rows(root: Path) -> list[Row]:
 # ------------------------------------------------------------------------------------------------ beyond the paper
 # Issue 23's rules B1–B4 (REPRODUCTION.md, "Beyond the paper"), read from results/beyond/<analysis>/<task>/.
 
-BEYOND = "— (beyond the paper)"
-
 
 def _beyond(root: Path, analysis: str, name: str) -> list[tuple[str, Path]]:
     """(task, file) of one beyond-the-paper analysis, one folder per task: results/beyond/<analysis>/<task>/<name>."""
@@ -428,10 +427,6 @@ def _beyond(root: Path, analysis: str, name: str) -> list[tuple[str, Path]]:
 
 def _source(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
-
-
-def _interval(d: Difference, fmt: str = "+.1f") -> str:
-    return f"{format(d.estimate, fmt)} [{format(d.low, fmt)}, {format(d.high, fmt)}]".replace("-", "−")
 
 
 def gradient_alignment_rows(root: Path) -> list[Row]:
@@ -480,7 +475,7 @@ def rank_allocation_rows(root: Path) -> list[Row]:
         predictions = load_predictions_csv(preds) if preds.is_file() else None
         sources = (_source(root, path),) + ((_source(root, preds),) if predictions else ())
         rows.append(_comparison(f"B2: a per-module rank from full FT's ΔW beats uniform r=8 ({task}, equal "
-                                "parameters)", "— (beyond the paper)", allocated, uniform, runs["metric"].iloc[0],
+                                "parameters)", BEYOND, allocated, uniform, runs["metric"].iloc[0],
                                 "allocated − uniform at uniform r=8's LoRA parameters; epoch chosen on a held-out "
                                 "training slice, dev reported", sources, predictions))
     return rows
