@@ -113,8 +113,9 @@ def run_bytes(cfg: DictConfig) -> RunBytes:
 
 
 def sweep_jobs(config: DictConfig) -> tuple[list[list[str]], str]:
-    """The override lists of a sweep's jobs, from its command line (Hydra's basic sweeper's expansion), and how they
-    were counted. Optuna: ``n_trials`` runs of the base config (its learning rate does not change the bytes)."""
+    """The override lists of a sweep's jobs, as Hydra's basic sweeper expands them: ``hydra.sweeper.params`` (an
+    experiment's sweep) then the command line, a key given twice taking its last value; and how they were counted.
+    Optuna: ``n_trials`` runs of the base config (its learning rate does not change the bytes)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -123,7 +124,8 @@ def sweep_jobs(config: DictConfig) -> tuple[list[list[str]], str]:
     if "optuna" in str(sweeper.get("_target_", "")):
         fixed = [o for o in task if "," not in o.split("=", 1)[-1]]
         return [fixed] * int(sweeper.get("n_trials") or 1), f"{sweeper.get('n_trials')} Optuna trials"
-    parsed = OverridesParser.create().parse_overrides(task)
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(params + task)
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     return jobs, f"{len(jobs)} runs"
 

@@ -97,3 +97,15 @@ def test_the_estimate_of_a_tiny_sweep_is_within_10_percent_of_what_it_writes(min
     assert abs(estimate - written) <= 0.1 * written, (estimate, written)
     table = pd.read_csv(sweep_dir / "runs.csv")
     assert table["size_on_disk_mb"].sum() * 1e6 >= written  # each run's folder, Hydra's files included
+
+
+def test_the_job_count_expands_the_experiments_sweep_with_the_command_line_winning():
+    """`+experiment=table2_learn task=rte`: the experiment sweeps task × seed × method, the command line fixes task."""
+    config = OmegaConf.create({"hydra": {
+        "overrides": {"task": ["+experiment=table2_learn", "task=rte", "execution.threads=1"]},
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                    "params": {"task": "mrpc,stsb", "seed": "0,1,2,3,4", "method": "lora,full"}}}})  # fmt: skip
+    jobs, counted = disk.sweep_jobs(config)
+    assert counted == "10 runs" and all("task=rte" in job and "+experiment=table2_learn" in job for job in jobs)
+    assert sorted((j[1], j[2]) for j in jobs) == sorted((f"seed={s}", f"method={m}") for s in range(5)
+                                                        for m in ("lora", "full"))  # fmt: skip
