@@ -370,3 +370,26 @@ def plot_lr_search(table: pd.DataFrame, points: pd.DataFrame) -> Figure:
         ax.set_xscale("log")
         _label_task_panel(ax, "learning rate", "dev metric ×100", f"{task}: median over seeds (dots: each run)")
     return fig
+
+
+def plot_budget_ladder(frame: pd.DataFrame) -> Figure:
+    """LoRA − full FT (points, bars: the 95% interval) against the examples trained on, one panel per task, the
+    band of equivalence (±margin) shaded and each rung's verdict beside its point."""
+    tasks = _by_task(frame)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False, layout="constrained")
+    for ax, task in zip(axes[0], tasks):
+        on_task = frame[frame["task"] == task].sort_values("examples trained")
+        x, y = on_task["examples trained"], on_task["LoRA − full FT"]
+        margin = on_task["margin"].iloc[0]
+        ax.axhspan(-margin, margin, color="0.9", label=f"±{margin:g}: equivalent")
+        ax.axhline(0, color="0.5", lw=0.8)
+        yerr = [y - on_task["LoRA − full FT 2.5%"], on_task["LoRA − full FT 97.5%"] - y]
+        ax.errorbar(x, y, yerr=yerr, fmt="o-", ms=5, capsize=3, color="C0", label="LoRA − full FT [95%]")
+        for xi, yi, word in zip(x, y, on_task["verdict"]):
+            ax.annotate(word.split(":")[0], (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=6)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(x), [f"{int(v):,}" for v in x], fontsize=7)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        _label_task_panel(ax, "examples trained on (log scale)", f"LoRA − full FT ({on_task['metric'].iloc[0]} ×100)",
+                          f"{task}: the gap against the budget")
+    return fig

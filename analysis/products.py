@@ -263,6 +263,15 @@ def _sharpness(runs, opts, out):
     return _written([(sharpness_table(methods, summary, data_dir=opts.data_dir), "sharpness")], out)
 
 
+def _budget_ladder(runs, opts, out):
+    from .tables.budget_ladder import budget_ladder_table
+
+    table = budget_ladder_table(runs)
+    figure = plots.save_figure(plots.plot_budget_ladder(table.frame), out, "fig_budget_ladder", table.runs,
+                               formats=opts.formats)  # fmt: skip
+    return _written([(table, "budget_ladder")], out, figure)
+
+
 def _predictions(runs, opts, out):
     from .runs import MissingRuns
     from .verdicts import write_predictions
@@ -278,6 +287,8 @@ PRODUCTS: dict[str, tuple[str, Product]] = {
     "table2": ("Table 2: methods compared per task", _table(tables.table2, "table2")),
     "table2_verdicts": ("Table 2's verdicts: each method at its best rate per task against full FT (rule 6)",
                         _table(tables.table2_verdicts, "table2_verdicts")),
+    "budget_ladder": ("The budget ladder: LoRA − full FT against the examples trained on (and fig_budget_ladder)",
+                      _budget_ladder),
     "predictions": ("Every run's per-example dev outputs, for verdicts with example-level intervals",
                     _predictions),
     "table3": ("Table 3: generation metrics (E2E NLG)", _table(tables.table3, "table3")),

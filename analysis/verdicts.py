@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from . import roles
-from .maths.stats import Difference, difference_interval, margin_for, paired_difference, verdict
+from .maths.stats import Difference, constant_score, difference_interval, margin_for, paired_difference, verdict
 
 TABLE_START, TABLE_END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
 HEADER = ("claim", "paper", "ours: difference [95% interval] or value vs chance", "seeds · examples", "verdict",
@@ -85,9 +85,13 @@ def _best_rate(arm: pd.DataFrame, min_seeds: int = 3) -> pd.DataFrame:
     return by_lr[max(by_lr, key=lambda lr: by_lr[lr]["score"].median())]
 
 
-def _interval(d: Difference, fmt: str = "+.1f") -> str:
+def _span(estimate: float, low: float, high: float, fmt: str = "+.1f") -> str:
     """'+1.5 [−2.2, +5.3]': a difference and its interval, as every row writes them."""
-    return f"{format(d.estimate, fmt)} [{format(d.low, fmt)}, {format(d.high, fmt)}]".replace("-", "−")
+    return f"{format(estimate, fmt)} [{format(low, fmt)}, {format(high, fmt)}]".replace("-", "−")
+
+
+def _interval(d: Difference, fmt: str = "+.1f") -> str:
+    return _span(d.estimate, d.low, d.high, fmt)
 
 
 def _difference(a: pd.DataFrame, b: pd.DataFrame, metric: str, predictions: dict | None = None) -> Difference:
@@ -194,6 +198,33 @@ def table2_learn_rows(root: Path) -> list[Row]:
             continue
         rows.append(_comparison(claim, PAPER_T2[task], lora, full, metric, rule, sources, predictions,
                                 note=f"the constant predictor scores {floor:.1f}"))
+    return rows
+
+
+def budget_ladder_rows(root: Path) -> list[Row]:
+    """One row per task: LoRA − full FT at each rung of the budget ladder (results/budget_ladder/budget_ladder.csv,
+    ``analysis.tables.budget_ladder``), the verdict of each rung, so a reader sees whether it moves with the budget."""
+    path = root / "budget_ladder" / "budget_ladder.csv"
+    if not path.is_file():
+        return []
+    ladder = pd.read_csv(path)
+    rows = []
+    for task, rungs in ladder.groupby("task", sort=False):
+        if len(rungs) < 2:
+            continue
+        rungs = rungs.sort_values("examples trained")
+        ours = " · ".join(f"{r['examples trained']:,}: " + _span(*(r[f"LoRA − full FT{end}"]
+                                                                    for end in ("", " 2.5%", " 97.5%")))
+                          for _, r in rungs.iterrows())  # fmt: skip
+        verdicts = " · ".join(str(v).split(":")[0] for v in rungs["verdict"])
+        seeds = " · ".join(dict.fromkeys(rungs["seeds"]))
+        examples = int(rungs["dev examples"].max()) if rungs["dev examples"].notna().all() else None
+        rows.append(Row(f"Budget ladder, {task}: does LoRA − full FT depend on the examples trained on?",
+                        "— (one budget per task)", ours, f"{seeds} per rung" + (f" · {examples} examples" if examples
+                                                                               else " · seeds only"),
+                        f"{verdicts} (±{rungs['margin'].iloc[0]:g})",
+                        "table2_learn's rule at each rung (epoch chosen on the 500-example selection slice, dev "
+                        "reported); rungs listed by examples trained", (_source(root, path),)))
     return rows
 
 
@@ -532,24 +563,14 @@ def sharpness_rows(root: Path) -> list[Row]:
 INTERPOLATION_MARGIN = 1.0  # points of the metric kept, % of the adapter's own score: fixed with the rule, before runs
 
 def _constant_predictor(predictions: dict, runs: pd.DataFrame, metric: str) -> float:
-    """What always answering the majority class scores on the runs' dev examples, in points (0 for a correlation:
-    a constant has none): the floor a task has to be learned above."""
-    labels = predictions[runs["run"].iloc[0]]["labels"]
-    if metric in ("pearson", "spearman", "matthews_correlation"):
-        return 0.0
-    values, counts = np.unique(labels, return_counts=True)
-    majority = values[counts.argmax()]
-    if metric == "accuracy":
-        return float(100 * counts.max() / len(labels))
-    if metric == "f1":  # the positive class's F1 when always predicting the majority class
-        return float(100 * 2 * counts.max() / (len(labels) + counts.max())) if majority == 1 else 0.0
-    raise KeyError(f"no constant-predictor floor for metric {metric!r}")
+    """The majority class's score on the runs' dev examples (``stats.constant_score``)."""
+    return constant_score(predictions[runs["run"].iloc[0]]["labels"], metric)
 
 
 CLAIMS: tuple[Callable[[Path], list[Row]], ...] = (
-    table2_rows, table2_learn_rows, table3_rows, table5_rows, table6_rows, table7_rows, subspace_rows, spectra_rows,
-    truncation_rows, forgetting_rows, intruder_rows, intruder_norm_rows, cross_task_rows, interpolation_rows, lr_rows,
-    gradient_alignment_rows, rank_allocation_rows, intruder_cost_rows, sharpness_rows,
+    table2_rows, table2_learn_rows, budget_ladder_rows, table3_rows, table5_rows, table6_rows, table7_rows,
+    subspace_rows, spectra_rows, truncation_rows, forgetting_rows, intruder_rows, intruder_norm_rows, cross_task_rows,
+    interpolation_rows, lr_rows, gradient_alignment_rows, rank_allocation_rows, intruder_cost_rows, sharpness_rows,
 )
 
 

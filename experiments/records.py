@@ -213,6 +213,7 @@ def _results(metrics: dict, method: str | None) -> dict[str, Any]:
     }
     for key in ("wall_time_s", "train_examples_per_s", "peak_memory_mb", "device"):
         row[key] = metrics.get(key)
+    row["train_examples"] = (metrics.get("data") or {}).get("train_examples")  # trained on (less the selection slice)
     return row
 
 
@@ -222,7 +223,7 @@ RECORD_COLUMNS = frozenset({
     "family", "model_path", "run_dir", "path", "error", "metric", "score", "score_last", "best_epoch",
     "trainable_params", "method_params", "total_params", "forgetting", "forgetting_before", "forgetting_after",
     "forgetting_probe", "adapted_modules", "has_truncation", "flags", "wall_time_s", "train_examples_per_s",
-    "peak_memory_mb", "device", "has_weights", "has_init",
+    "train_examples", "peak_memory_mb", "device", "has_weights", "has_init",
 })  # fmt: skip
 
 

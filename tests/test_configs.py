@@ -223,7 +223,7 @@ PRESETS = known_options("experiment")
 
 
 def test_every_table_and_figure_has_a_cpu_preset_and_a_paper_variant():
-    cpu = {"table2", "table3", "table5", "table6", "fig3_fig4", "table7", "table2_learn"}  # table2_learn: issue 22
+    cpu = {"table2", "table3", "table5", "table6", "fig3_fig4", "table7", "table2_learn", "budget_ladder"}  # issue 22
     beyond = {"beyond_runs", "beyond_rank_allocation", "beyond_gradient_init", "beyond_sharpness"}  # issue 23
     assert set(PRESETS) == (cpu | beyond) | {f"{name}_paper" for name in cpu | beyond} | {"controls"}
 

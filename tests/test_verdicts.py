@@ -100,3 +100,55 @@ def test_the_committed_verdicts_are_what_the_committed_results_give():
     """Byte for byte: rerunning the rules on the committed files reproduces the committed VERDICTS.md."""
     rows = verdicts.verdict_rows(REPO / "results")
     assert verdicts.document(rows) == (REPO / "results" / "VERDICTS.md").read_text(encoding="utf-8")
+
+
+def ladder_runs(root: Path, rungs: dict[int, dict[tuple[str, float], list]]) -> pd.DataFrame:
+    """A run table (scan_runs' columns) of LoRA and full FT runs at several training-set sizes; a run given as an
+    array of dev predictions keeps them (predictions.npz), one given as a float has only its score."""
+    import numpy as np
+
+    rows = []
+    for trained, arms in rungs.items():
+        for (method, lr), runs in arms.items():
+            for seed, run in enumerate(runs):
+                run_dir = root / f"{method}-{lr}-{trained}-{seed}"
+                run_dir.mkdir(parents=True)
+                if not isinstance(run, float):
+                    labels = np.arange(len(run)) % 2
+                    np.savez(run_dir / "predictions.npz", **{"validation/outputs": np.asarray(run, np.float32),
+                             "validation/labels": labels, "validation/index": np.arange(len(run))})  # fmt: skip
+                    run = float(np.mean(np.asarray(run).argmax(-1) == labels))
+                rows.append({"run": f"s/{run_dir.name}", "run_dir": str(run_dir), "task": "sst2", "method": method,
+                             "metric": "accuracy", "lr": lr, "config_id": f"{method}{lr}", "label": f"{method} {lr}",
+                             "train_examples": trained, "seed": seed, "score": run})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_the_budget_ladder_compares_each_rung_and_never_pools_two_configurations(tmp_path):
+    import numpy as np
+
+    from analysis.tables import write_table
+    from analysis.tables.budget_ladder import budget_ladder_table
+
+    tight = [0.900, 0.901, 0.899, 0.900, 0.900]
+    right = np.eye(2, dtype=np.float32)[np.arange(400) % 2]  # every dev example right
+    majority = np.tile(np.float32([1.0, 0.0]), (400, 1))  # always class 0: the constant predictor
+    runs = ladder_runs(tmp_path / "runs", {
+        1000: {("lora", 1e-3): tight, ("lora", 3e-3): tight, ("full", 3e-4): tight},  # two LoRA rates: left out
+        2000: {("lora", 1e-3): tight, ("full", 3e-4): tight},  # equivalent
+        4000: {("lora", 1e-3): [right] * 3, ("full", 3e-4): [majority] * 3},  # full FT at the floor: not tested
+        8000: {("lora", 1e-3): [0.95, 0.951, 0.949, 0.95, 0.95], ("full", 3e-4): tight},  # better
+    })  # fmt: skip
+    table = budget_ladder_table(runs)
+    frame = table.frame.set_index("examples trained")
+    assert list(frame.index) == [2000, 4000, 8000]
+    assert table.left_out == ["sst2 at 1,000 examples: more than one configuration per arm (full 0.0003; lora 0.001; "
+                              "lora 0.003), never pooled"]
+    assert frame.loc[2000, "verdict"] == "equivalent" and frame.loc[2000, "seeds"] == "5 vs 5"
+    assert frame.loc[4000, "verdict"] == "not tested: full FT did not learn" and frame.loc[4000, "constant"] == 50.0
+    assert frame.loc[4000, "dev examples"] == 400 and frame.loc[4000, "LoRA − full FT"] == pytest.approx(50.0)
+    assert frame.loc[8000, "verdict"] == "better" and np.isnan(frame.loc[8000, "dev examples"])
+    write_table(table, tmp_path / "budget_ladder", "budget_ladder")
+    (row,) = verdicts.budget_ladder_rows(tmp_path)
+    assert row.verdict == "equivalent · not tested · better (±1)"
+    assert row.ours.startswith("2,000: +0.0 [") and "8,000: +5.0 [" in row.ours

@@ -142,6 +142,20 @@ def margin_for(metric: str) -> float:
     return MARGINS[metric]
 
 
+def constant_score(labels: np.ndarray, metric: str) -> float:
+    """What always answering the majority class scores on these labels, in points (0 for a correlation: a constant
+    has none): the floor a task has to be learned above."""
+    if metric in ("pearson", "spearman", "matthews_correlation"):
+        return 0.0
+    values, counts = np.unique(np.asarray(labels), return_counts=True)
+    majority = values[counts.argmax()]
+    if metric == "accuracy":
+        return float(100 * counts.max() / len(labels))
+    if metric == "f1":  # the positive class's F1 when always predicting the majority class
+        return float(100 * 2 * counts.max() / (len(labels) + counts.max())) if majority == 1 else 0.0
+    raise KeyError(f"no constant-predictor floor for metric {metric!r}; known: accuracy, f1 and the correlations")
+
+
 def metric_on_resamples(metric: str, outputs: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """One run's metric (points) on each row of example indices ``rows`` (B × n): a vector of B values.
     ``rows = np.arange(n)[None]`` gives the metric on the data itself."""
