@@ -162,6 +162,12 @@ def _cross_task(runs, opts, out):
     return _written(made, out, figure)
 
 
+def _lr_selection(runs, opts, out):
+    from .tables.lr_search import selection_search_table
+
+    return _written([(selection_search_table(runs, opts.seed), "lr_selection")], out)
+
+
 def _interpolation(runs, opts, out):
     table = tables.interpolation_curves(runs, opts.pair, opts.interpolation_seeds, opts.interpolation_points,
                                           opts.data_dir)  # fmt: skip
@@ -308,6 +314,8 @@ PRODUCTS: dict[str, tuple[str, Product]] = {
     "forgetting": ("Forgetting: task gain vs the base model's skill lost", _forgetting),
     "cross_task": ("Cross-task subspaces: φ between the ΔW of adapters on different tasks", _cross_task),
     "lr_search": ("Learning rates tried (search and confirmation) and the one rule 6 chooses", _lr_search),
+    "lr_selection": ("Learning rates searched on the selection slice (one seed), the dev set kept for report",
+                     _lr_selection),
     "interpolation": ("Interpolating two tasks' adapters: each task's metric along w·A + (1−w)·B", _interpolation),
     "rank_allocation": ("Beyond: per-module rank from a full fine-tune's ΔW energy at uniform r=8's budget",
                         _rank_allocation),

@@ -150,5 +150,42 @@ def test_the_budget_ladder_compares_each_rung_and_never_pools_two_configurations
     assert frame.loc[8000, "verdict"] == "better" and np.isnan(frame.loc[8000, "dev examples"])
     write_table(table, tmp_path / "budget_ladder", "budget_ladder")
     (row,) = verdicts.budget_ladder_rows(tmp_path)
-    assert row.verdict == "equivalent · not tested · better (±1)"
+    assert row.verdict == "depends on the budget: equivalent · not tested · better (±1)"
     assert row.ours.startswith("2,000: +0.0 [") and "8,000: +5.0 [" in row.ours
+
+
+def test_a_searched_task_is_judged_on_its_confirmation_seeds_at_the_rates_chosen_on_the_selection_slice(tmp_path):
+    """Rule 15: the search's seed-0 trials choose each arm's rate by the selection slice, never by dev; the verdict
+    reads seeds 1–5 at those rates only, and an arm with fewer than 3 seeds gives no verdict."""
+    from analysis.tables import write_table
+    from analysis.tables.lr_search import selection_search_table
+
+    rows = []
+    def run(method, lr, seed, dev, selection):
+        rows.append({"run": f"s/{method},{lr},{seed}", "task": "cola", "method": method, "metric":
+                     "matthews_correlation", "lr": lr, "seed": seed, "score": dev, "train.select_on": "selection",
+                     "best_matthews_correlation_selection": selection, "train.epochs": 3,
+                     "title": "LoRA" if method == "lora" else "full FT", "config_id": f"{method}{lr}",
+                     "label_parts": {"rank": "r=8", "targets": "Wq, Wv"} if method == "lora" else {}})
+    # full FT: 1e-4 best on the selection slice, 3e-4 best on dev (it must not be chosen); LoRA: 3e-3
+    for lr, dev, sel in ((1e-5, 0.10, 0.10), (1e-4, 0.30, 0.35), (3e-4, 0.40, 0.20)):
+        run("full", lr, 0, dev, sel)
+    for lr, dev, sel in ((1e-3, 0.30, 0.30), (3e-3, 0.30, 0.32)):
+        run("lora", lr, 0, dev, sel)
+    for seed in range(1, 6):
+        run("full", 1e-4, seed, 0.300 + 0.001 * seed, 0.3)
+        run("lora", 3e-3, seed, 0.300 - 0.001 * seed, 0.3)
+    run("lora", 1e-3, 1, 0.9, 0.3)  # an unchosen rate's extra seed: never read
+    runs = pd.DataFrame(rows)
+    search = selection_search_table(runs)
+    picked = search.frame[search.frame["chosen"] == "chosen"].set_index("config")["lr"]
+    assert picked.to_dict() == {"LoRA (r=8, Wq, Wv)": 3e-3, "full FT": 1e-4}
+    folder = tmp_path / "table2_learn"
+    write_table(search, folder, "lr_selection")
+    runs.to_csv(folder / "runs.csv", index=False)
+    (row,) = verdicts.table2_learn_rows(tmp_path)
+    assert row.evidence == "5 vs 5 · seeds only" and row.verdict == "equivalent (±2)"
+    assert "(29.7 vs 30.3;" in row.ours and "table2_learn/lr_selection.csv" in row.sources
+    runs[runs["seed"].le(2) | runs["method"].eq("lora")].to_csv(folder / "runs.csv", index=False)
+    (row,) = verdicts.table2_learn_rows(tmp_path)
+    assert row.verdict == "not tested: fewer than 3 seeds per arm" and row.evidence == "5 vs 2 seeds"

@@ -142,11 +142,13 @@ def margin_for(metric: str) -> float:
     return MARGINS[metric]
 
 
-def constant_score(labels: np.ndarray, metric: str) -> float:
+def constant_score(labels: np.ndarray | None, metric: str) -> float:
     """What always answering the majority class scores on these labels, in points (0 for a correlation: a constant
-    has none): the floor a task has to be learned above."""
+    has none): the floor a task has to be learned above; NaN when the labels are unknown and the metric needs them."""
     if metric in ("pearson", "spearman", "matthews_correlation"):
         return 0.0
+    if labels is None:
+        return math.nan
     values, counts = np.unique(np.asarray(labels), return_counts=True)
     majority = values[counts.argmax()]
     if metric == "accuracy":

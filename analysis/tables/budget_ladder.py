@@ -12,6 +12,7 @@ a correlation) by more than the margin, as Table 2's rows require.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -53,9 +54,9 @@ def budget_ladder_table(runs: pd.DataFrame) -> Table:
         have = all(v is not None for v in outputs.values())
         a, b = ([outputs[r] for r in arm["run"]] if have else list(arm["score"]) for arm in (studied, reference))
         d = difference_interval(a, b, metric)
-        floor = constant_score(next(iter(outputs.values()))["labels"], metric) if have else float("nan")
+        floor = constant_score(next(iter(outputs.values()))["labels"] if have else None, metric)
         margin = margin_for(metric)
-        learned = d.b - floor > margin if have else None
+        learned = None if math.isnan(floor) else d.b - floor > margin
         rows.append({
             "task": task, "metric": metric, "examples trained": int(trained),
             "LoRA": d.a, "full FT": d.b, "constant": floor,

@@ -79,3 +79,39 @@ def lr_search_tables(runs: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> tuple[Ta
                "'chosen' is the best median when it beats every other confirmed rate; otherwise no rate is chosen."],
         formats={"lr": lambda v: f"{v:.3g}"},
     )  # fmt: skip
+
+
+def selection_search_table(runs: pd.DataFrame, seed: int = 0) -> Table:
+    """A grid search with selection apart from report (issue 22): per task, configuration and budget, one row per
+    learning rate tried at ``seed`` (the search's one seed), its metric on the selection slice held out of training
+    (``best_<metric>_selection``: the reported epoch's, chosen on that slice) and on the dev set; the rate *chosen* is
+    the one with the highest selection metric (the first of a tie, in rate order), the dev column never enters the
+    choice. Confirmation runs use other seeds, so none of a search's trials is among them. Only runs trained with
+    ``train.select_on=selection`` count."""
+    runs = true_label_runs(runs).assign(lr=lambda f: column(f, "lr"))
+    runs = runs[column(runs, "train.select_on").eq("selection") & runs["lr"].notna() & runs["seed"].eq(seed)]
+    if runs.empty:
+        raise MissingRuns(f"a selection-slice search needs seed-{seed} runs trained with train.select_on=selection "
+                          "(data.selection_examples > 0) at two or more learning rates")
+    laid_out = ("task", "lr", "train.max_train_samples", "train.epochs")
+    frame = runs.assign(config=config_names(runs, laid_out), budget=[training_budget(r) for _, r in runs.iterrows()])
+    rows = []
+    for (task, config, budget), group in frame.groupby(["task", "config", "budget"], sort=True):
+        if group["lr"].nunique() < 2:
+            continue
+        group = group.sort_values("lr")
+        metric = group["metric"].iloc[0]
+        selection = 100 * column(group, f"best_{metric}_selection").astype(float)
+        chosen = selection.idxmax() if selection.notna().any() else None
+        rows += [{"task": task, "config": config, "budget": budget, "lr": r["lr"], "metric": metric,
+                  "selection": selection[i], "dev (not used to choose)": 100 * r["score"],
+                  "chosen": "chosen" if i == chosen else "", "run": r["run"]} for i, r in group.iterrows()]  # fmt: skip
+    if not rows:
+        raise MissingRuns("a selection-slice search needs two or more learning rates of one configuration and budget")
+    table = pd.DataFrame(rows)
+    return Table(table.drop(columns="run"), f"Learning rates searched on the selection slice (seed {seed}): metric ×100",
+                 list(table["run"]), notes=["Each rate's run at the search's seed; 'selection': the metric on the "
+                                            "examples held out of training (data.selection_examples) at the reported "
+                                            "epoch, chosen on them; the highest is chosen. The dev column is shown for "
+                                            "the record and never enters the choice."],
+                 formats={"lr": lambda v: f"{v:.3g}"}, float_format=".1f")  # fmt: skip
