@@ -112,11 +112,12 @@ def _comparison(claim: str, paper: str, a: pd.DataFrame, b: pd.DataFrame, metric
 
 
 def _chance(claim: str, paper: str, ours: tuple[float, float, float], chance: tuple[float, float, float],
-            evidence: str, rule: str, sources: tuple[str, ...], fmt: str = ".3f") -> Row:
-    """Ours (median [min, max]) against chance (mean [2.5%, 97.5%] of random draws)."""
+            evidence: str, rule: str, sources: tuple[str, ...], fmt: str = ".3f", against: str = "chance") -> Row:
+    """Ours (median [min, max]) against chance (mean [2.5%, 97.5%] of random draws), or against a control's values
+    (``against``: its name; median [min, max]): above only when all of ours lies above all of it."""
     (med, lo, hi), (c_mean, c_lo, c_hi) = ours, chance
-    word = "above chance" if lo > c_hi else "below chance" if hi < c_lo else "at chance"
-    text = f"{med:{fmt}} [{lo:{fmt}}, {hi:{fmt}}] vs chance {c_mean:{fmt}} [{c_lo:{fmt}}, {c_hi:{fmt}}]"
+    word = f"above {against}" if lo > c_hi else f"below {against}" if hi < c_lo else f"at {against}"
+    text = f"{med:{fmt}} [{lo:{fmt}}, {hi:{fmt}}] vs {against} {c_mean:{fmt}} [{c_lo:{fmt}}, {c_hi:{fmt}}]"
     return Row(claim, paper, text, evidence, word, rule, sources)
 
 
@@ -435,6 +436,31 @@ def cross_task_rows(root: Path) -> list[Row]:
     return rows
 
 
+def cross_task_control_rows(root: Path) -> list[Row]:
+    """Rule 18: cross-task φ (other seeds) against the task-free control, LoRA's φ between a task's run and a run on
+    shuffled labels (other seeds), per side, on the table2_learn runs (results/table2_learn/cross_task_agg.csv)."""
+    path = root / "table2_learn" / "cross_task_agg.csv"
+    if not path.is_file():
+        return []
+    table = pd.read_csv(path)
+    table = table[table["LoRA"] == table["LoRA"].iloc[0]]
+    rows = []
+    for side, factor in (("column", "B"), ("row", "A")):
+        values = {c: table.loc[table["comparison"] == c, f"φ {side} space (k=r)"]
+                  for c in ("cross-task, other seeds", "task vs shuffled labels, other seeds")}
+        if any(v.empty for v in values.values()):
+            continue
+        ours, control = ((v.median(), v.min(), v.max()) for v in values.values())
+        rows.append(_chance(f"Cross-task: tasks share more than any training does, {side} space ({factor}'s side), "
+                            f"{table['LoRA'].iloc[0]}", BEYOND, ours, control,
+                            f"{len(values['cross-task, other seeds'])} vs "
+                            f"{len(values['task vs shuffled labels, other seeds'])} (task pair, module) cells",
+                            "cross-task φ (other seeds) above the task-free control (a task's run vs LoRA on shuffled "
+                            "labels, other seeds) when all its cells lie above all the control's", (_source(root, path),),
+                            against="the shuffled-label control"))
+    return rows
+
+
 def interpolation_rows(root: Path) -> list[Row]:
     table = pd.read_csv(root / "cross_task" / "interpolation.csv")
     rows = []
@@ -590,7 +616,8 @@ def _constant_predictor(predictions: dict | None, runs: pd.DataFrame, metric: st
 CLAIMS: tuple[Callable[[Path], list[Row]], ...] = (
     table2_rows, table2_learn_rows, budget_ladder_rows, table3_rows, table5_rows, table6_rows, table7_rows,
     subspace_rows, spectra_rows, truncation_rows, forgetting_rows, intruder_rows, intruder_norm_rows, cross_task_rows,
-    interpolation_rows, lr_rows, gradient_alignment_rows, rank_allocation_rows, intruder_cost_rows, sharpness_rows,
+    cross_task_control_rows, interpolation_rows, lr_rows, gradient_alignment_rows, rank_allocation_rows,
+    intruder_cost_rows, sharpness_rows,
 )
 
 

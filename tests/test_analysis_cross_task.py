@@ -68,8 +68,9 @@ def update(left: list[int], right: list[int], seed: int) -> torch.Tensor:
     return (p[:, left] @ mix @ q[:, right].T).float()
 
 
-def delta_run(sweep: Path, task: str, seed: int, left: list[int], right: list[int], rank: int = R) -> None:
-    run_dir = sweep / (f"task={task},seed={seed}" + ("" if rank == R else f",rank={rank}"))
+def delta_run(sweep: Path, task: str, seed: int, left: list[int], right: list[int], rank: int = R,
+              shuffled: bool = False) -> None:
+    run_dir = sweep / (f"task={task},seed={seed}" + ("" if rank == R else f",rank={rank}") + (",shuffled" * shuffled))
     run_dir.mkdir(parents=True)
     save_file({f"{m}": update(left, right, 10 * seed + i) for i, m in enumerate(MODULES)},
               str(run_dir / "delta_weights.safetensors"))  # fmt: skip
@@ -77,6 +78,8 @@ def delta_run(sweep: Path, task: str, seed: int, left: list[int], right: list[in
            "rank": rank, "alpha": 2.0 * rank, "targets": "qv", "seed": seed, "init": "gaussian", "rslora": False}
     if task != "sst2":  # sst2's runs predate these keys: their defaults, the same setting as the others
         run.update(quantize="none", loraplus_ratio=1.0, freeze_a=False)
+    if shuffled:
+        run["shuffle_labels"] = True
     last = {"epoch": 1, "accuracy": 0.5}
     (run_dir / "metrics.json").write_text(json.dumps({"run": run, "metric": "accuracy", "best": last, "last": last,
                                                       "adapted_modules": MODULES, "seed": seed}))  # fmt: skip
@@ -284,3 +287,29 @@ def test_interpolation_through_the_figure_command(adapter_sweep, tmp_path, capsy
     assert frame["alone"].notna().all()  # the control beside every point of the mix, and in the figure
     assert (out / "fig_interpolation.png").stat().st_size > 0
     assert "Interpolating two tasks' adapters" in (out / "index.md").read_text()
+
+
+def test_shuffled_label_runs_are_the_task_free_control_of_the_cross_task_values(tmp_path):
+    """Shuffled-label LoRA runs of the setting enter as a pseudo-task, compared with every true-label run ("task vs
+    shuffled labels") and with each other, never as a task of the cross-task matrix."""
+    sweep = tmp_path / "tasks"
+    delta_run(sweep, "sst2", 0, [0, 1], [0, 1])
+    delta_run(sweep, "mrpc", 1, [0, 4], [0, 4])
+    delta_run(sweep, "sst2", 1, [0, 1], [2, 3], shuffled=True)  # shares sst2 seed 0's column space, not its rows
+    delta_run(sweep, "sst2", 2, [5, 6], [5, 6], shuffled=True)
+    runs, _ = scan_runs([sweep])
+    pairs = cross_task_pairs(runs, draws=20)
+    got = pairs.frame.groupby(["comparison", "task A", "task B", "seed"])[
+        ["φ column space (k=r)", "φ row space (k=r)"]].mean()
+    shuffled = "sst2 (shuffled labels)"
+    assert got.loc[("task vs shuffled labels, other seeds", "sst2", shuffled, "0 vs 1")].tolist() == \
+        pytest.approx([1.0, 0.0], abs=1e-9)
+    assert got.loc[("task vs shuffled labels, same seed", "mrpc", shuffled, "1")].tolist() == \
+        pytest.approx([0.5, 0.0], abs=1e-9)
+    assert got.loc[("shuffled labels, other seeds", shuffled, shuffled, "1 vs 2")].tolist() == \
+        pytest.approx([0.0, 0.0], abs=1e-9)
+    assert got.loc[("cross-task, other seeds", "sst2", "mrpc", "0 vs 1")].tolist() == pytest.approx([0.5, 0.5])
+    assert set(pairs.frame["comparison"]) == {"cross-task, other seeds", "task vs shuffled labels, other seeds",
+                                              "task vs shuffled labels, same seed", "shuffled labels, other seeds"}
+    tasks, _ = cross_task_matrix(pairs, "column space", "cross-task, other seeds")
+    assert tasks == ["sst2", "mrpc"]

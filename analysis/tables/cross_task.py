@@ -15,8 +15,15 @@ moves little). Three comparisons, per adapted module:
 - cross-task, other seeds: task A seed s against task B seed t ≠ s, free of that shared init;
 - same task, other seeds: how alike two runs of one task can be (the reference a cross-task value is read against).
 
-Beside them the chance value: φ(r, r) of two Haar-random r-dimensional subspaces of R^d, mean and 95% interval
-(``maths.random_subspace_overlap``; mean ≈ r/d).
+Beside them two controls. Chance: φ(r, r) of two Haar-random r-dimensional subspaces of R^d, mean and 95% interval
+(``maths.random_subspace_overlap``; mean ≈ r/d). And a task-free control (issue 22): LoRA runs of the same setting
+trained on a task's *shuffled* labels (``data.shuffle_labels``: the inputs, the model and the optimisation, no task)
+enter as the pseudo-task "‹task› (shuffled labels)", compared with every true-label run:
+
+- task vs shuffled labels, same seed / other seeds: what any training of this model on these inputs shares with a
+  task's update. A cross-task value no higher than this says the shared directions come from the model and the data,
+  not from what the tasks have in common;
+- shuffled labels, other seeds: two task-free runs against each other.
 """
 
 from __future__ import annotations
@@ -30,26 +37,47 @@ from ..maths import Interval, random_subspace_overlap, singular_subspaces, subsp
 from ..runs import KIND_LABELS, MissingRuns, parse_module, run_deltas, sort_modules
 from ..runs.select import groups_across_tasks, lora_with
 from .. import roles
-from .common import config_names, weight_runs
+from .common import column, config_names, weight_runs
 from .metric_tables import task_order
 from .table import Table
 
 COMPARISONS = ("same task, other seeds", "cross-task, same seed", "cross-task, other seeds")
+CONTROL_COMPARISONS = ("task vs shuffled labels, same seed", "task vs shuffled labels, other seeds",
+                       "shuffled labels, other seeds")
+SHUFFLED = " (shuffled labels)"  # the pseudo-task a shuffled-label run enters as
 SIDES = {"column space": "φ column space (k=r)", "row space": "φ row space (k=r)"}
 WHAT = ("the cross-task subspace analysis needs LoRA runs on two or more tasks with the same model, rank, α and "
         "targets, with ΔW on disk (delta_weights.safetensors or adapter/)")  # fmt: skip
 
 
+def _comparison(a: str, b: str, same_seed: bool) -> str | None:
+    """Which comparison a pair of runs of (pseudo-)tasks a, b is; None for two shuffled-label runs of two tasks."""
+    controls = a.endswith(SHUFFLED) + b.endswith(SHUFFLED)
+    if controls == 0:
+        return COMPARISONS[0] if a == b else COMPARISONS[1] if same_seed else COMPARISONS[2]
+    if controls == 1:
+        return CONTROL_COMPARISONS[0] if same_seed else CONTROL_COMPARISONS[1]
+    return CONTROL_COMPARISONS[2] if a == b else None
+
+
 def _pairs(group: pd.DataFrame) -> list[tuple[str, pd.Series, pd.Series]]:
-    """(comparison, run x, run y) for every comparison the group allows, task x before task y in the paper's order."""
+    """(comparison, run x, run y) for every comparison the group allows, task x before task y in the paper's order
+    (a shuffled-label pseudo-task after every task)."""
     rows = {(r["task"], int(r["seed"])): r for _, r in group.iterrows()}
     tasks = task_order(group["task"])
+    tasks = [t for t in tasks if not t.endswith(SHUFFLED)] + [t for t in tasks if t.endswith(SHUFFLED)]
     seeds = {t: sorted(s for task, s in rows if task == t) for t in tasks}
-    pairs = [(COMPARISONS[0], rows[t, s], rows[t, u]) for t in tasks for s, u in combinations(seeds[t], 2)]
+    pairs = [(_comparison(t, t, False), rows[t, s], rows[t, u]) for t in tasks for s, u in combinations(seeds[t], 2)]
     for a, b in combinations(tasks, 2):
-        pairs += [(COMPARISONS[1] if s == u else COMPARISONS[2], rows[a, s], rows[b, u])
-                  for s in seeds[a] for u in seeds[b]]  # fmt: skip
-    return pairs
+        pairs += [(_comparison(a, b, s == u), rows[a, s], rows[b, u]) for s in seeds[a] for u in seeds[b]]
+    return [pair for pair in pairs if pair[0] is not None]
+
+
+def _with_controls(runs: pd.DataFrame) -> pd.DataFrame:
+    """LoRA's true-label runs and, as the pseudo-task '‹task› (shuffled labels)', its shuffled-label runs."""
+    lora = lora_with(runs, set())
+    shuffled = runs[roles.studied(runs) & column(runs, "data.shuffle_labels").eq(True)]
+    return pd.concat([lora, shuffled.assign(task=shuffled["task"] + SHUFFLED)])
 
 
 def cross_task_pairs(runs: pd.DataFrame, draws: int = 100, seed: int = 0) -> Table:
@@ -57,7 +85,8 @@ def cross_task_pairs(runs: pd.DataFrame, draws: int = 100, seed: int = 0) -> Tab
     spaces of the two ΔW, with the random-subspace mean and 95% interval of ``draws`` draws (generator ``seed``)
     beside each. Raises ``MissingRuns`` without two tasks in one setting."""
     runs, left_out = weight_runs(runs)
-    groups = groups_across_tasks(lora_with(runs, set()))
+    groups = [g for g in groups_across_tasks(_with_controls(runs))
+              if (~g["task"].str.endswith(SHUFFLED)).any()]  # a setting with true-label runs
     if not groups:
         tasks = sorted(set(runs.loc[roles.studied(runs), "task"].dropna()))
         raise MissingRuns(f"{WHAT}; LoRA runs with ΔW found on tasks {tasks}")
@@ -146,7 +175,7 @@ def cross_task_matrix(pairs: Table, side: str, off_diagonal: str) -> tuple[list[
         raise ValueError(f"side must be one of {list(SIDES)} and off_diagonal one of {list(COMPARISONS[1:])}, got "
                          f"{side!r} and {off_diagonal!r}")  # fmt: skip
     frame = pairs.frame[pairs.frame["LoRA"] == pairs.frame["LoRA"].iloc[0]]
-    tasks = task_order(set(frame["task A"]) | set(frame["task B"]))
+    tasks = [t for t in task_order(set(frame["task A"]) | set(frame["task B"])) if not t.endswith(SHUFFLED)]
     means = frame.groupby(["comparison", "task A", "task B"])[SIDES[side]].mean()
     matrix = torch.full((len(tasks), len(tasks)), float("nan"), dtype=torch.float64)
     for i, a in enumerate(tasks):
