@@ -25,7 +25,7 @@ KEYS: dict[str, Accepts] = {
     # Each method's learning rate (train.lr, train.full_lr, ...): the keys the method configs read, not a list here.
     **{f"train.{key}": POSITIVE for key in sorted(method_keys(node="train"))},
     "train.batch_size": POSITIVE_INT,
-    "train.epochs": POSITIVE_INT,
+    "train.epochs": NATURAL,  # 0: zero-shot, the prepared model evaluated once, nothing trained
     "train.max_length": Accepts(int, low=8),
     "train.max_train_samples": Accepts(int, low=1, nullable=True),
     "train.max_eval_samples": Accepts(int, low=1, nullable=True),

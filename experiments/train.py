@@ -189,6 +189,13 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
         if monitor.due(epoch, hp.epochs) and distributed.is_main():
             monitor.log(monitor.measure(model, epoch, step), logger)
 
+    if hp.epochs == 0:  # zero-shot: the model as the method prepared it (LoRA's B = 0: the pretrained model), once
+        scores, predictions = evaluation(model, device, autocast)
+        epochs.append({"epoch": 0, **scores})
+        chosen = (epochs[0], predictions)
+        logger.log({f"eval/{k}": v for k, v in scores.items()} | {"epoch": 0}, step=0)
+        log.info("%s zero-shot (train.epochs=0): %s", name, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+
     # What the analyses read: ΔW against the pretrained W, its rank truncations, and what the model forgot.
     deltas = method.delta_weights(model)
     truncation = None
@@ -230,7 +237,7 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
         "adapted_modules": list(adapted),
         "init_from": str(getattr(method, "init_adapter", None) or "") or None,
         "wall_time_s": time.perf_counter() - started,
-        "train_examples_per_s": train_examples / train_seconds,
+        "train_examples_per_s": train_examples / train_seconds if train_seconds else None,
         "peak_memory_mb": _peak_memory_mb(device),
         "device": device.type,
         "threads": torch.get_num_threads(),

@@ -235,3 +235,21 @@ def test_a_generation_run_that_writes_one_text_for_every_input_is_flagged():
         "constant predictions on test: the model writes 'same' for every input"]
     assert evaluation.flags({"test": frame.assign(generation=["", "", "x"])}) == ["empty generations on test: 2 of 3"]
     assert evaluation.flags({"test": frame.assign(generation=["a", "b", "c"])}) == []
+
+
+@pytest.mark.slow
+def test_a_zero_shot_decoder_run_is_table_3s_floor(decoder_dirs, e2e_dir, tmp_path):
+    """train.epochs=0: the pretrained decoder generates and is scored; Table 3 names it zero-shot, beside the run
+    trained from it."""
+    overrides = decoder_overrides(decoder_dirs["llama"], e2e_dir, tmp_path)
+    assert run_job(make(overrides + ["train.epochs=0"]), tmp_path / "zero", name="zero", group="t")["status"] == \
+        "complete"
+    assert run_job(make(overrides), tmp_path / "lora", name="lora", group="t")["status"] == "complete"
+    zero = json.loads((tmp_path / "zero" / "metrics.json").read_text())
+    assert [e["epoch"] for e in zero["epochs"]] == [0] and zero["loss_curve"] == []
+    runs, _ = scan_runs([tmp_path])
+    table = tables.table3(runs).frame.set_index("task / model / method")
+    names = [n for n in table.index if "paper" not in n]
+    assert len(names) == 2 and any(n.endswith("zero-shot (no training)") for n in names)
+    floor = table.loc[next(n for n in names if n.endswith("zero-shot (no training)"))]
+    assert floor["bleu"] == pytest.approx(zero["best"]["bleu"]) and floor["seeds"] == "1"

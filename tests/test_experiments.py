@@ -72,6 +72,16 @@ def test_same_seed_same_numbers(tiny_overrides):
     assert first["loss_curve"] != other["loss_curve"]
 
 
+def test_zero_epochs_is_zero_shot_the_prepared_model_evaluated_once(tiny_overrides):
+    """train.epochs=0: nothing trains; LoRA's B = 0 leaves the pretrained model, so it scores what full fine-tuning's
+    untouched model scores with the same seeded head."""
+    lora = train(make(tiny_overrides + ["train.epochs=0"]))
+    full = train(make(tiny_overrides + ["train.epochs=0", "method=full"]))
+    assert [e["epoch"] for e in lora["epochs"]] == [0] and lora["best"] == lora["last"] == lora["epochs"][0]
+    assert lora["loss_curve"] == [] and lora["train_examples_per_s"] is None
+    assert lora["epochs"][0] == full["epochs"][0]
+
+
 def test_run_folder_describes_itself(tiny_overrides, tmp_path):
     run_dir = tmp_path / "rank=2"
     status = run_job(make(tiny_overrides), run_dir, name="rank=2", group="test")

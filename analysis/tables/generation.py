@@ -36,7 +36,11 @@ def table3(runs: pd.DataFrame) -> Table:
     runs = _generation_runs(runs, "Table 3")
     best = {label: read_best(d) for label, d in zip(runs["run"], runs["run_dir"])}
     metrics = [m for m in METRIC_ORDER if any(m in b for b in best.values())]
-    frame = runs.assign(config=runs["task"].astype(str) + " " + config_names(runs, model=True), _order=roles.order(runs))
+    names = config_names(runs, model=True)
+    if "train.epochs" in runs:  # train.epochs=0: the model as loaded, nothing trained (for LoRA, B = 0: the base)
+        zero = runs["train.epochs"].eq(0)
+        names = names.where(~zero, runs["model"].astype(str) + " zero-shot (no training)")
+    frame = runs.assign(config=runs["task"].astype(str) + " " + names, _order=roles.order(runs))
     rows = []
     for config, group in frame.groupby("config", sort=False):
         row = {"task / model / method": config, "params": group["method_params"].median()}
