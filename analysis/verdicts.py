@@ -175,6 +175,7 @@ def table2_learn_rows(root: Path) -> list[Row]:
         return []
     runs = pd.read_csv(folder / "runs.csv")
     runs = runs[runs["status"].eq("complete")] if "status" in runs else runs
+    runs = runs[~runs["data.shuffle_labels"].astype(str).eq("True")] if "data.shuffle_labels" in runs else runs
     path = folder / "predictions.csv.gz"
     predictions = load_predictions_csv(path) if path.is_file() else None
     searched = folder / "lr_selection.csv"

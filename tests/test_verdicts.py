@@ -120,7 +120,8 @@ def ladder_runs(root: Path, rungs: dict[int, dict[tuple[str, float], list]]) -> 
                     run = float(np.mean(np.asarray(run).argmax(-1) == labels))
                 rows.append({"run": f"s/{run_dir.name}", "run_dir": str(run_dir), "task": "sst2", "method": method,
                              "metric": "accuracy", "lr": lr, "config_id": f"{method}{lr}", "label": f"{method} {lr}",
-                             "train_examples": trained, "seed": seed, "score": run})  # fmt: skip
+                             "train_examples": trained, "seed": seed, "score": run,
+                             "data.shuffle_labels": lr < 0})  # a negative rate marks a shuffled-label run (a control)
     return pd.DataFrame(rows)
 
 
@@ -135,7 +136,7 @@ def test_the_budget_ladder_compares_each_rung_and_never_pools_two_configurations
     majority = np.tile(np.float32([1.0, 0.0]), (400, 1))  # always class 0: the constant predictor
     runs = ladder_runs(tmp_path / "runs", {
         1000: {("lora", 1e-3): tight, ("lora", 3e-3): tight, ("full", 3e-4): tight},  # two LoRA rates: left out
-        2000: {("lora", 1e-3): tight, ("full", 3e-4): tight},  # equivalent
+        2000: {("lora", 1e-3): tight, ("full", 3e-4): tight, ("lora", -1.0): [0.5] * 3},  # equivalent; a control
         4000: {("lora", 1e-3): [right] * 3, ("full", 3e-4): [majority] * 3},  # full FT at the floor: not tested
         8000: {("lora", 1e-3): [0.95, 0.951, 0.949, 0.95, 0.95], ("full", 3e-4): tight},  # better
     })  # fmt: skip

@@ -20,6 +20,7 @@ import pandas as pd
 from .. import roles
 from ..maths.stats import constant_score, difference_interval, margin_for, verdict
 from ..runs import MissingRuns
+from .common import true_label_runs
 from .table import Table
 
 
@@ -36,6 +37,7 @@ def _dev_outputs(run_dir: str) -> dict | None:
 def budget_ladder_table(runs: pd.DataFrame) -> Table:
     if "train_examples" not in runs or runs["train_examples"].isna().all():
         raise MissingRuns("runs that record how many examples they trained on (metrics.json data.train_examples)")
+    runs = true_label_runs(runs)  # a shuffled-label run is a control, never an arm
     arms = runs[(roles.studied(runs) | roles.reference(runs)) & runs["train_examples"].notna()]
     rows, used, left_out = [], [], []
     for (task, trained), rung in arms.groupby(["task", "train_examples"], sort=True):
