@@ -31,19 +31,26 @@ def _generation_runs(runs: pd.DataFrame, what: str) -> pd.DataFrame:
     return found
 
 
+def _zero_shot(runs: pd.DataFrame) -> pd.Series:
+    """Runs with ``train.epochs=0``: the model as loaded, nothing trained (for LoRA, B = 0: the pretrained model)."""
+    return runs["train.epochs"].eq(0) if "train.epochs" in runs else pd.Series(False, index=runs.index)
+
+
+def _names(runs: pd.DataFrame) -> pd.Series:
+    """Each run's configuration name with its model; a zero-shot run is named so, whatever method prepared it."""
+    return config_names(runs, model=True).where(~_zero_shot(runs), runs["model"].astype(str) + " zero-shot (no training)")
+
+
 def table3(runs: pd.DataFrame) -> Table:
     """Table 3 analogue: one row per task / model / method configuration, one column per metric."""
     runs = _generation_runs(runs, "Table 3")
     best = {label: read_best(d) for label, d in zip(runs["run"], runs["run_dir"])}
     metrics = [m for m in METRIC_ORDER if any(m in b for b in best.values())]
-    names = config_names(runs, model=True)
-    if "train.epochs" in runs:  # train.epochs=0: the model as loaded, nothing trained (for LoRA, B = 0: the base)
-        zero = runs["train.epochs"].eq(0)
-        names = names.where(~zero, runs["model"].astype(str) + " zero-shot (no training)")
-    frame = runs.assign(config=runs["task"].astype(str) + " " + names, _order=roles.order(runs))
+    frame = runs.assign(config=runs["task"].astype(str) + " " + _names(runs), _order=roles.order(runs))
     rows = []
     for config, group in frame.groupby("config", sort=False):
-        row = {"task / model / method": config, "params": group["method_params"].median()}
+        row = {"task / model / method": config,
+               "params": 0 if _zero_shot(group).all() else group["method_params"].median()}  # nothing trained
         for m in metrics:
             values = pd.Series([best[label].get(m) for label in group["run"]], dtype=float)
             row.update(dict(zip((m, f"{m} min", f"{m} max"), _median_min_max(values, scale=1.0))))
@@ -73,7 +80,7 @@ def generation_samples(runs: pd.DataFrame, count: int = 5, seed: int = 0) -> Tab
         raise MissingRuns(f"generation samples need a run of seed {seed}; found seeds {sorted(runs['seed'].unique())}")
     rows: dict[str, dict] = {}
     used = []
-    names = config_names(chosen, model=True)
+    names = _names(chosen)
     for index, run in chosen.iterrows():
         outputs = read_generations(run["run_dir"])[:count]
         if not outputs:
