@@ -307,16 +307,20 @@ def table6_rows(root: Path) -> list[Row]:
 
 
 def table7_rows(root: Path) -> list[Row]:
-    table = pd.read_csv(root / "intrinsic_rank" / "table7.csv")
+    """Table 7 on the Gaussian-A runs and, where committed, on the Kaiming-A ones (A moves from its init there)."""
     col = "‖UᵀWVᵀ‖_F, U,V of ΔW"
     rand = "‖UᵀWVᵀ‖_F, U,V random"
     rows = []
-    for _, r in table.iterrows():
-        rows.append(_chance(f"Table 7: ΔW of {r['method']} amplifies W's directions ({r['module']}, layer 3, r=64)",
-                            "‖UᵀWVᵀ‖ of ΔW ≫ random (0.32 vs 0.02, amplification 21.5)",
-                            (r[col], r[f"{col} min"], r[f"{col} max"]), (r[rand], r[f"{rand} 2.5%"], r[f"{rand} 97.5%"]),
-                            f"{int(r['seeds'])} seeds · 100 random draws", "ours [min, max] over seeds against the "
-                            "95% interval of 100 random U, V", ("intrinsic_rank/table7.csv",)))
+    for folder, what in (("intrinsic_rank", ""), ("intrinsic_rank/fig3_kaiming", ", Kaiming A")):
+        if not (root / folder / "table7.csv").is_file():
+            continue
+        for _, r in pd.read_csv(root / folder / "table7.csv").iterrows():
+            rows.append(_chance(f"Table 7: ΔW of {r['method']} amplifies W's directions ({r['module']}, layer 3, "
+                                f"r={int(r['r'])}{what})", "‖UᵀWVᵀ‖ of ΔW ≫ random (0.32 vs 0.02, amplification 21.5)",
+                                (r[col], r[f"{col} min"], r[f"{col} max"]),
+                                (r[rand], r[f"{rand} 2.5%"], r[f"{rand} 97.5%"]),
+                                f"{int(r['seeds'])} seeds · 100 random draws", "ours [min, max] over seeds against the "
+                                "95% interval of 100 random U, V", (f"{folder}/table7.csv",)))
     return rows
 
 
