@@ -35,6 +35,7 @@ def _dev_outputs(run_dir: str) -> dict | None:
 
 
 def budget_ladder_table(runs: pd.DataFrame) -> Table:
+    """One row per rung (task × examples trained) of every task run at two or more sizes (module docstring)."""
     if "train_examples" not in runs or runs["train_examples"].isna().all():
         raise MissingRuns("runs that record how many examples they trained on (metrics.json data.train_examples)")
     runs = true_label_runs(runs)  # a shuffled-label run is a control, never an arm
@@ -46,8 +47,7 @@ def budget_ladder_table(runs: pd.DataFrame) -> Table:
         if studied.empty or reference.empty:
             left_out.append(f"{name}: only {'full FT' if studied.empty else 'LoRA'}")
             continue
-        mixed = [arm["label"].iloc[0] for arm in (studied, reference) if arm["config_id"].nunique() > 1]
-        if mixed:
+        if any(arm["config_id"].nunique() > 1 for arm in (studied, reference)):
             labels = sorted(set(studied["label"]) | set(reference["label"]))
             left_out.append(f"{name}: more than one configuration per arm ({'; '.join(labels)}), never pooled")
             continue
@@ -84,6 +84,6 @@ def budget_ladder_table(runs: pd.DataFrame) -> Table:
              "(analysis/maths/stats.py). 'constant': the majority class's score on the dev set, the floor full FT "
              "must clear by more than the margin for a rung to test the claim."]
     return Table(frame, "The budget ladder: LoRA − full FT against the examples trained on", used, notes,
-                 formats={"examples trained": "{:,}".format, "dev examples": "{:,.0f}".format, "p (seeds)": "{:.2g}".format,
-                          "LoRA lr": "{:.3g}".format, "full FT lr": "{:.3g}".format},
+                 formats={"examples trained": "{:,}".format, "dev examples": "{:,.0f}".format,
+                          "p (seeds)": "{:.2g}".format, "LoRA lr": "{:.3g}".format, "full FT lr": "{:.3g}".format},
                  float_format=".1f", left_out=left_out)  # fmt: skip
