@@ -393,18 +393,28 @@ def forgetting_rows(root: Path) -> list[Row]:
 
 
 def intruder_rows(root: Path) -> list[Row]:
-    table = pd.read_csv(root / "intrinsic_rank" / "intruders.csv")
+    """Raw and matched-norm intruders per method on the Gaussian-A runs and, where committed, the Kaiming-A ones (no
+    full fine-tune among those: raw counts only)."""
     rows = []
-    for method in sorted(set(table["method"])):
-        on = table[table["method"] == method]
-        raw, matched = on["intruders"], on["intruders at matched norm"].dropna()
-        rows.append(Row(f"Intruders: {method} (SST-2, top-10, ε = 0.5)", "LoRA has intruders, full FT few "
-                        "(Shuttleworth et al.)", f"raw {raw.median():g} [{raw.min():g}, {raw.max():g}], at matched "
-                        f"norm {matched.median():g} [{matched.min():g}, {matched.max():g}] per module",
-                        f"{int(on['seeds'].max())} seeds · {len(on)} modules", "has intruders" if matched.max() > 0
-                        else "none at matched norm", "intruders per module, median [min, max] over modules; LoRA's ΔW scaled to full FT's norm "
-                        "(the other direction is not in the committed files)",
-                        ("intrinsic_rank/intruders.csv",)))
+    for folder, what in (("intrinsic_rank", ""), ("intrinsic_rank/fig3_kaiming", ", Kaiming A")):
+        path = root / folder / "intruders.csv"
+        if not path.is_file():
+            continue
+        table = pd.read_csv(path)
+        for method in sorted(set(table["method"])):
+            on = table[table["method"] == method]
+            raw, matched = on["intruders"], on["intruders at matched norm"].dropna()
+            ours = f"raw {raw.median():g} [{raw.min():g}, {raw.max():g}]"
+            if len(matched):
+                ours += f", at matched norm {matched.median():g} [{matched.min():g}, {matched.max():g}] per module"
+                word = "has intruders" if matched.max() > 0 else "none at matched norm"
+            else:
+                ours += " per module; no full FT among these runs to match the norm to"
+                word = "has intruders (raw)" if raw.max() > 0 else "none (raw)"
+            rows.append(Row(f"Intruders: {method} (SST-2, top-10, ε = 0.5{what})", "LoRA has intruders, full FT few "
+                            "(Shuttleworth et al.)", ours, f"{int(on['seeds'].max())} seeds · {len(on)} modules", word,
+                            "intruders per module, median [min, max] over modules; LoRA's ΔW scaled to full FT's norm "
+                            "(the other direction: the rows 'Intruders at LoRA's norm')", (f"{folder}/intruders.csv",)))
     return rows
 
 
