@@ -207,6 +207,7 @@ def produced(sweep, tmp_path_factory) -> tuple[Path, int, str]:
 ONE_GLUE_TASK_SKIPS = {"Table 3", "What the generation runs wrote, beside the references", "Cross-task subspaces",
                        "Interpolating two tasks' adapters",
                        "Learning rates tried (search and confirmation) and the one rule 6 chooses",  # one rate each
+                       "Learning rates searched on the selection slice (one seed), the dev set kept for report",
                        "Every run's per-example dev outputs, for verdicts with example-level intervals",  # older runs
                        "The budget ladder",  # one training-set size
                        "Beyond"}  # the analyses that rebuild a run's model and data: hand-made runs have no data
