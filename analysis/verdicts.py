@@ -306,12 +306,18 @@ def table6_rows(root: Path) -> list[Row]:
     return rows
 
 
+# Section 7's runs (Gaussian A, 2,000 × 2) and the follow-ups issue 22 asks Table 7 and intruders on: Kaiming A (A
+# moves from its init) and the main job's 6× longer runs (8,000 × 3, r = 4, 8, 16, 64).
+FOLLOW_UPS = (("intrinsic_rank", ""), ("intrinsic_rank/fig3_kaiming", ", Kaiming A"),
+              ("intrinsic_rank/fig3_longer", ", 6× longer"))
+
+
 def table7_rows(root: Path) -> list[Row]:
     """Table 7 on the Gaussian-A runs and, where committed, on the Kaiming-A ones (A moves from its init there)."""
     col = "‖UᵀWVᵀ‖_F, U,V of ΔW"
     rand = "‖UᵀWVᵀ‖_F, U,V random"
     rows = []
-    for folder, what in (("intrinsic_rank", ""), ("intrinsic_rank/fig3_kaiming", ", Kaiming A")):
+    for folder, what in FOLLOW_UPS:
         if not (root / folder / "table7.csv").is_file():
             continue
         for _, r in pd.read_csv(root / folder / "table7.csv").iterrows():
@@ -396,7 +402,7 @@ def intruder_rows(root: Path) -> list[Row]:
     """Raw and matched-norm intruders per method on the Gaussian-A runs and, where committed, the Kaiming-A ones (no
     full fine-tune among those: raw counts only)."""
     rows = []
-    for folder, what in (("intrinsic_rank", ""), ("intrinsic_rank/fig3_kaiming", ", Kaiming A")):
+    for folder, what in FOLLOW_UPS:
         path = root / folder / "intruders.csv"
         if not path.is_file():
             continue
