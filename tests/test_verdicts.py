@@ -190,3 +190,17 @@ def test_a_searched_task_is_judged_on_its_confirmation_seeds_at_the_rates_chosen
     runs[runs["seed"].le(2) | runs["method"].eq("lora")].to_csv(folder / "runs.csv", index=False)
     (row,) = verdicts.table2_learn_rows(tmp_path)
     assert row.verdict == "not tested: fewer than 3 seeds per arm" and row.evidence == "5 vs 2 seeds"
+
+
+def test_table3_judges_every_metric_from_the_runs_own_values_when_the_run_table_has_them(tmp_path):
+    (tmp_path / "table3").mkdir()
+    rows = [{"run": f"t/{m},{s}", "task": "e2e", "method": m, "metric": "bleu", "seed": s, "score": 56.0 + s,
+             "best_nist": {"lora": 5.5, "full": 6.0}[m] + 0.01 * s, "best_rouge_l": 62.0 + 0.1 * s}
+            for m in ("lora", "full") for s in range(3)]  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp_path / "table3" / "runs.csv", index=False)
+    pd.DataFrame({"task / model / method": ["e2e smollm2 LoRA", "e2e smollm2 full FT"]}).to_csv(
+        tmp_path / "table3" / "table3.csv", index=False)
+    _, nist, rouge = verdicts.table3_rows(tmp_path)
+    assert nist.claim == "Table 3, E2E NIST: LoRA r=4 matches full FT" and nist.verdict == "worse (±0.1)"
+    assert nist.ours.startswith("−0.5 [")
+    assert rouge.verdict == "equivalent (±1)" and rouge.evidence == "3 vs 3 · seeds only"
