@@ -105,8 +105,9 @@ def _comparison(claim: str, paper: str, a: pd.DataFrame, b: pd.DataFrame, metric
                 sources: tuple[str, ...], predictions: dict | None = None, note: str = "") -> Row:
     d = _difference(a, b, metric, predictions)
     margin = margin_for(metric)
+    digits = 2 if margin < 0.5 else 1  # NIST's margin is 0.1: one decimal would hide it
     examples = f" · {d.examples} examples" if d.examples else " · seeds only"
-    ours = f"{_interval(d)} ({d.a:.1f} vs {d.b:.1f}; p = {d.p_value:.2g})"
+    ours = f"{_interval(d, f'+.{digits}f')} ({d.a:.{digits}f} vs {d.b:.{digits}f}; p = {d.p_value:.2g})"
     return Row(claim, paper, ours + (f"; {note}" if note else ""), f"{d.seeds_a} vs {d.seeds_b}{examples}",
                f"{verdict(d, margin)} (±{margin:g})", rule, sources)
 

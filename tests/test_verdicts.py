@@ -202,5 +202,5 @@ def test_table3_judges_every_metric_from_the_runs_own_values_when_the_run_table_
         tmp_path / "table3" / "table3.csv", index=False)
     _, nist, rouge = verdicts.table3_rows(tmp_path)
     assert nist.claim == "Table 3, E2E NIST: LoRA r=4 matches full FT" and nist.verdict == "worse (±0.1)"
-    assert nist.ours.startswith("−0.5 [")
+    assert nist.ours.startswith("−0.50 [")
     assert rouge.verdict == "equivalent (±1)" and rouge.evidence == "3 vs 3 · seeds only"
