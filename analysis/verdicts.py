@@ -470,7 +470,7 @@ def cross_task_rows(root: Path) -> list[Row]:
             rows.append(_chance(f"Cross-task: {comparison}, {side} space ({factor}'s side), LoRA r=8",
                                 BEYOND, (values.median(), values.min(), values.max()), chance,
                                 f"{len(on)} (task pair, module) cells", "φ(r, r) against Haar-random subspaces "
-                                "(the shuffled-label control is not committed yet)", ("cross_task/cross_task_agg.csv",)))
+                                "(the task-free control: the rows 'Cross-task: tasks share more than any training does')", ("cross_task/cross_task_agg.csv",)))
     return rows
 
 
