@@ -118,6 +118,19 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     last_line, rng_pending = time.perf_counter(), resumed is not None
     overhead["startup"] = round(last_line - started - overhead["probe_forgetting_before"], 3)
     monitor = SpectralMonitor.for_run(cfg, method, adapted, checkpoints, progress["step"])  # ΔW as it trains
+    predictions = None  # the last evaluation's
+
+    def evaluate(epoch: int) -> None:
+        """Evaluate on every eval split; record the epoch, keep the reported one's predictions, log both."""
+        nonlocal chosen, predictions
+        scores, predictions = evaluation(model, device, autocast)
+        results = {"epoch": epoch, **scores}
+        epochs.append(results)
+        _check_evaluation(epochs, hp.divergence_factor, initial)
+        if chosen is None or results[select_key] > chosen[0][select_key]:
+            chosen = (results, predictions)
+        logger.log({**{f"eval/{k}": v for k, v in scores.items()}, "epoch": epoch}, step=step)
+        log.info("%s epoch %d: %s", name, epoch, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
     for epoch in range(progress["epoch"], hp.epochs + 1):
         trained.train()
         epoch_start = time.perf_counter()
@@ -178,23 +191,11 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
             rng_pending = False
         train_seconds += time.perf_counter() - epoch_start
 
-        scores, predictions = evaluation(model, device, autocast)
-        results = {"epoch": epoch, **scores}
-        epochs.append(results)
-        _check_evaluation(epochs, hp.divergence_factor, initial)
-        if chosen is None or results[select_key] > chosen[0][select_key]:
-            chosen = (results, predictions)
-        logger.log({**{f"eval/{k}": v for k, v in results.items() if k != "epoch"}, "epoch": epoch}, step=step)
-        log.info("%s epoch %d: %s", name, epoch, ", ".join(f"{k}={v:.4f}" for k, v in results.items() if k != "epoch"))
+        evaluate(epoch)
         if monitor.due(epoch, hp.epochs) and distributed.is_main():
             monitor.log(monitor.measure(model, epoch, step), logger)
-
     if hp.epochs == 0:  # zero-shot: the model as the method prepared it (LoRA's B = 0: the pretrained model), once
-        scores, predictions = evaluation(model, device, autocast)
-        epochs.append({"epoch": 0, **scores})
-        chosen = (epochs[0], predictions)
-        logger.log({f"eval/{k}": v for k, v in scores.items()} | {"epoch": 0}, step=0)
-        log.info("%s zero-shot (train.epochs=0): %s", name, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+        evaluate(0)
 
     # What the analyses read: ΔW against the pretrained W, its rank truncations, and what the model forgot.
     deltas = method.delta_weights(model)
