@@ -197,8 +197,8 @@ def table2_learn_rows(root: Path) -> list[Row]:
                 "dev reported; tested only where full FT clears the constant predictor by more than the margin")
         rates = chosen[chosen["task"] == task]
         if len(rates):  # rule 15: each arm at the rate its search chose on the selection slice, the search's seed out
-            lora, full = (arm[np.isclose(arm["lr"], rates["lr"][rates["config"].str.startswith(name)].iloc[0])
-                              & arm["seed"].ne(0)] for arm, name in ((lora, "LoRA"), (full, "full FT")))
+            lora, full = (arm[np.isclose(arm["lr"], rates.loc[rates["method"] == role, "lr"].iloc[0])
+                              & arm["seed"].ne(0)] for arm, role in ((lora, roles.STUDIED), (full, roles.REFERENCE)))
             sources += ("table2_learn/lr_selection.csv",)
             rule = ("LoRA r=8 − full FT, each at the rate searched on the selection slice (seed 0, five rates; the "
                     "confirmation seeds 1–5 only); epoch chosen on that slice, dev reported; tested only where full FT "

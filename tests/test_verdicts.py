@@ -181,6 +181,7 @@ def test_a_searched_task_is_judged_on_its_confirmation_seeds_at_the_rates_chosen
     search = selection_search_table(runs)
     picked = search.frame[search.frame["chosen"] == "chosen"].set_index("config")["lr"]
     assert picked.to_dict() == {"LoRA (r=8, Wq, Wv)": 3e-3, "full FT": 1e-4}
+    assert set(search.frame.loc[search.frame["chosen"] == "chosen", "method"]) == {"lora", "full"}  # by identity
     folder = tmp_path / "table2_learn"
     write_table(search, folder, "lr_selection")
     runs.to_csv(folder / "runs.csv", index=False)

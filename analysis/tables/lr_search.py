@@ -103,8 +103,8 @@ def selection_search_table(runs: pd.DataFrame, seed: int = 0) -> Table:
         metric = group["metric"].iloc[0]
         selection = 100 * column(group, f"best_{metric}_selection").astype(float)
         chosen = selection.idxmax() if selection.notna().any() else None
-        rows += [{"task": task, "config": config, "budget": budget, "lr": r["lr"], "metric": metric,
-                  "selection": selection[i], "dev (not used to choose)": 100 * r["score"],
+        rows += [{"task": task, "config": config, "method": r["method"], "budget": budget, "lr": r["lr"],
+                  "metric": metric, "selection": selection[i], "dev (not used to choose)": 100 * r["score"],
                   "chosen": "chosen" if i == chosen else "", "run": r["run"]} for i, r in group.iterrows()]  # fmt: skip
     if not rows:
         raise MissingRuns("a selection-slice search needs two or more learning rates of one configuration and budget")
