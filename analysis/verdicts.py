@@ -68,14 +68,21 @@ def _runs(root: Path, *paths: str) -> pd.DataFrame:
     return runs.drop_duplicates(keys).reset_index(drop=True)
 
 
+def _true_labels(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs trained on their task's own labels: a shuffled-label run is a control, never an arm (the column is
+    ``data.shuffle_labels`` in run tables written since issue 21, ``shuffle_labels`` before)."""
+    for column in ("data.shuffle_labels", "shuffle_labels"):
+        if column in runs:
+            runs = runs[~runs[column].astype(str).eq("True")]
+    return runs
+
+
 def _arm(runs: pd.DataFrame, **match) -> pd.DataFrame:
     mask = pd.Series(True, index=runs.index)
     for key, value in match.items():
         column = runs[key]
         mask &= column.isna() if value is None else column.astype(str).eq(str(value)) | column.eq(value)
-    if "shuffle_labels" in runs:
-        mask &= ~runs["shuffle_labels"].astype(str).eq("True")
-    return runs[mask]
+    return _true_labels(runs[mask])
 
 
 def _best_rate(arm: pd.DataFrame, min_seeds: int = 3) -> pd.DataFrame:
@@ -160,8 +167,9 @@ def table2_rows(root: Path) -> list[Row]:
         claim = f"Table 2, {task} (2,000 × 2 ep): LoRA matches full FT"
         learned = _difference(full, head, metric)
         if verdict(learned, margin_for(metric)) != "better":
-            rows.append(Row(claim, PAPER_T2[task], f"full FT − head alone {_interval(learned)}", f"{learned.seeds_a} vs {learned.seeds_b}"
-                            " · seeds only", "not tested: the task did not learn at this budget", LEARNS, (TASKS,)))
+            rows.append(Row(claim, PAPER_T2[task], f"full FT − head alone {_interval(learned)}",
+                            f"{learned.seeds_a} vs {learned.seeds_b} · seeds only",
+                            "not tested: the task did not learn at this budget", LEARNS, (TASKS,)))
             continue
         rows.append(_comparison(claim, PAPER_T2[task], lora, full, metric, LEARNS, (TASKS,),
                                 note=f"rates {lora['lr'].iloc[0]:.3g} vs {full['lr'].iloc[0]:.3g}, chosen on dev"))
@@ -176,7 +184,7 @@ def table2_learn_rows(root: Path) -> list[Row]:
         return []
     runs = pd.read_csv(folder / "runs.csv")
     runs = runs[runs["status"].eq("complete")] if "status" in runs else runs
-    runs = runs[~runs["data.shuffle_labels"].astype(str).eq("True")] if "data.shuffle_labels" in runs else runs
+    runs = _true_labels(runs)
     path = folder / "predictions.csv.gz"
     predictions = load_predictions_csv(path) if path.is_file() else None
     searched = folder / "lr_selection.csv"
@@ -265,7 +273,6 @@ def table3_rows(root: Path) -> list[Row]:
             rows.append(_comparison(f"Table 3, E2E BLEU: {name} beats the zero-shot model", "— (no zero-shot row)",
                                     arm, zero, "bleu", "fine-tuned − the same model untrained (train.epochs=0, greedy: "
                                     "one deterministic run), the 50 test MRs", (source, "table3_zero_shot/runs.csv")))
-    table = pd.read_csv(root / "table3" / "table3.csv").set_index("task / model / method")
     for metric, paper in (("nist", "8.85 vs 8.68"), ("rouge_l", "71.8 vs 69.2")):
         column = f"best_{metric}"  # each run's value at its best epoch (run tables written since issue 22)
         if column in runs and runs[column].notna().all():
@@ -274,6 +281,7 @@ def table3_rows(root: Path) -> list[Row]:
                                     f"LoRA − full FT, {metric.upper()} of the best epoch, 50 test MRs, greedy",
                                     (source,)))
             continue
+        table = pd.read_csv(root / "table3" / "table3.csv").set_index("task / model / method")  # medians only
         cells = {m: (table.loc[i, metric], table.loc[i, f"{metric} min"], table.loc[i, f"{metric} max"])
                  for m, i in (("LoRA", next(i for i in table.index if "LoRA" in i)),
                               ("full FT", next(i for i in table.index if "full FT" in i and "smollm2" in i)))}
@@ -470,7 +478,8 @@ def cross_task_rows(root: Path) -> list[Row]:
             rows.append(_chance(f"Cross-task: {comparison}, {side} space ({factor}'s side), LoRA r=8",
                                 BEYOND, (values.median(), values.min(), values.max()), chance,
                                 f"{len(on)} (task pair, module) cells", "φ(r, r) against Haar-random subspaces "
-                                "(the task-free control: the rows 'Cross-task: tasks share more than any training does')", ("cross_task/cross_task_agg.csv",)))
+                                "(the task-free control: the rows 'Cross-task: tasks share more than any training "
+                                "does')", ("cross_task/cross_task_agg.csv",)))
     return rows
 
 
@@ -494,8 +503,8 @@ def cross_task_control_rows(root: Path) -> list[Row]:
                             f"{len(values['cross-task, other seeds'])} vs "
                             f"{len(values['task vs shuffled labels, other seeds'])} (task pair, module) cells",
                             "cross-task φ (other seeds) above the task-free control (a task's run vs LoRA on shuffled "
-                            "labels, other seeds) when all its cells lie above all the control's", (_source(root, path),),
-                            against="the shuffled-label control"))
+                            "labels, other seeds) when all its cells lie above all the control's",
+                            (_source(root, path),), against="the shuffled-label control"))
     return rows
 
 

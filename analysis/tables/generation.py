@@ -38,7 +38,8 @@ def _zero_shot(runs: pd.DataFrame) -> pd.Series:
 
 def _names(runs: pd.DataFrame) -> pd.Series:
     """Each run's configuration name with its model; a zero-shot run is named so, whatever method prepared it."""
-    return config_names(runs, model=True).where(~_zero_shot(runs), runs["model"].astype(str) + " zero-shot (no training)")
+    zero_shot = runs["model"].astype(str) + " zero-shot (no training)"
+    return config_names(runs, model=True).where(~_zero_shot(runs), zero_shot)
 
 
 def table3(runs: pd.DataFrame) -> Table:

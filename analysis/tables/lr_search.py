@@ -109,9 +109,9 @@ def selection_search_table(runs: pd.DataFrame, seed: int = 0) -> Table:
     if not rows:
         raise MissingRuns("a selection-slice search needs two or more learning rates of one configuration and budget")
     table = pd.DataFrame(rows)
-    return Table(table.drop(columns="run"), f"Learning rates searched on the selection slice (seed {seed}): metric ×100",
-                 list(table["run"]), notes=["Each rate's run at the search's seed; 'selection': the metric on the "
-                                            "examples held out of training (data.selection_examples) at the reported "
-                                            "epoch, chosen on them; the highest is chosen. The dev column is shown for "
-                                            "the record and never enters the choice."],
-                 formats={"lr": lambda v: f"{v:.3g}"}, float_format=".1f")  # fmt: skip
+    note = ("Each rate's run at the search's seed; 'selection': the metric on the examples held out of training "
+            "(data.selection_examples) at the reported epoch, chosen on them; the highest is chosen. The dev column is "
+            "shown for the record and never enters the choice.")
+    title = f"Learning rates searched on the selection slice (seed {seed}): metric ×100"
+    return Table(table.drop(columns="run"), title, list(table["run"]), notes=[note],
+                 formats={"lr": lambda v: f"{v:.3g}"}, float_format=".1f")
