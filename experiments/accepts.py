@@ -11,8 +11,17 @@ from typing import Any, Mapping
 from experiments.errors import ConfigError
 
 
+class _Checked:
+    """``check``: one line naming the key, the value and what is accepted, from the subclass's ``accepts`` and
+    ``describe``."""
+
+    def check(self, key: str, value: Any) -> None:
+        if not self.accepts(value):
+            raise ConfigError(f"{key}={_show(value)} is not accepted: {key} must be {self.describe()}")
+
+
 @dataclass(frozen=True)
-class Accepts:
+class Accepts(_Checked):
     """The values of one key: a type, an optional closed or open range, choices, and whether null is allowed."""
 
     kind: type  # int, float, bool, str or dict
@@ -59,9 +68,19 @@ class Accepts:
             return False
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
-    def check(self, key: str, value: Any) -> None:
-        if not self.accepts(value):
-            raise ConfigError(f"{key}={_show(value)} is not accepted: {key} must be {self.describe()}")
+
+@dataclass(frozen=True)
+class OneOf(_Checked):
+    """The values of a key that takes one of several kinds (``true | false | an integer ≥ 0``): accepted when any
+    alternative accepts, described as their union."""
+
+    alternatives: tuple[Accepts, ...]
+
+    def describe(self) -> str:
+        return " | ".join(a.describe() for a in self.alternatives)
+
+    def accepts(self, value: Any) -> bool:
+        return any(a.accepts(value) for a in self.alternatives)
 
 
 def _show(value: Any) -> str:

@@ -86,6 +86,7 @@ class SweepCallback(Callback):
         counts = table["status"].value_counts().to_dict() if len(table) else {}
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no runs"
         print(f"[lorakit] {summary}; table: {sweep_dir / (TABLE + '.csv')}", flush=True)
+        # Not this sweep's to answer for: a run another sweep is training in the same folder ("running").
         unfinished = table["status"].isin(["failed", "incomplete"]) if len(table) else []
         SweepCallback.failed = table.loc[unfinished, "name"].tolist() if len(table) else []
         flagged = table[(table["status"] == "complete") & table["flags"].notna()] if "flags" in table else table[:0]

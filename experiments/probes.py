@@ -2,7 +2,7 @@
 
 - ``truncation``: replace ΔW of every adapted matrix by its best rank-k approximation (Eckart–Young: the top k singular
   triplets) and evaluate on the dev set, k = 0 (ΔW removed: the trained head on the pretrained encoder), 1, 2, 4, …
-  below ΔW's rank. If the update is low-rank in the sense that matters, small k keeps the task.
+  below ΔW's rank (or up to a given k). If the update is low-rank in the sense that matters, small k keeps the task.
 - ``SentenceSkill``: forgetting (Biderman et al. 2024, "LoRA Learns Less and Forgets Less"): the base model's own
   skill before and after fine-tuning. For a sentence-embedding checkpoint (all-MiniLM-L6-v2) that is zero-shot STS-B:
   the Spearman correlation between the cosine of two sentences' mean-pooled embeddings and the gold similarity.
@@ -44,16 +44,19 @@ def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
 
 
 @torch.no_grad()
-def truncation(model: nn.Module, deltas: dict[str, torch.Tensor], evaluate: Callable[[], dict]) -> list[dict]:
+def truncation(model: nn.Module, deltas: dict[str, torch.Tensor], evaluate: Callable[[], dict],
+               up_to: int | None = None) -> list[dict]:
     """``[{"k": k, **evaluate()}, ...]`` with every ΔW cut to rank k, for k = 0 and the powers of two below the largest
-    numerical rank among the ΔW. The model is left as it was (unmerged, its trained weights)."""
+    numerical rank among the ΔW (``probes.truncation=true``), or only those k ≤ ``up_to`` (``probes.truncation=K``: one
+    dev evaluation each, so the curve's length is the probe's cost). The model is left as it was (unmerged, its
+    trained weights)."""
     modules = dict(model.named_modules())
     lorakit.merge_lora(model)  # W = W₀ + ΔW for the LoRA family; a full fine-tune's W already is
     weights = {name: modules[name].weight for name in deltas}
     merged = {name: w.detach().clone() for name, w in weights.items()}
     factors = {name: torch.linalg.svd(delta.double(), full_matrices=False) for name, delta in deltas.items()}
     top = max(_numerical_rank(s) for _, s, _ in factors.values())
-    ranks = [0] + [2**i for i in range(top.bit_length()) if 2**i < top]
+    ranks = [k for k in [0] + [2**i for i in range(top.bit_length()) if 2**i < top] if up_to is None or k <= up_to]
     results = []
     try:
         for k in ranks:

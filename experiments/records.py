@@ -16,8 +16,10 @@ Runs written before metrics.json carried ``identity``, ``config_id`` and ``label
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -46,12 +48,33 @@ def read_config(run_dir: str | Path) -> dict:
 
 
 def status(run_dir: str | Path) -> str:
+    """superseded | complete | failed | running (a job holds the folder's lock: another sweep's, side by side in one
+    folder) | incomplete (killed or crashed: a rerun resumes it)."""
     run_dir = Path(run_dir)
     if (run_dir / SUPERSEDED).is_file():
         return "superseded"
     if (run_dir / COMPLETE).is_file() and (run_dir / METRICS).is_file():
         return "complete"
-    return "failed" if (run_dir / FAILED).is_file() else "incomplete"
+    if (run_dir / FAILED).is_file():
+        return "failed"
+    return "running" if _locked(run_dir) else "incomplete"
+
+
+def _locked(run_dir: Path) -> bool:
+    """Whether a job holds ``run_dir``'s lock (experiments/store.run_lock's flock); False where flock is refused."""
+    try:
+        fd = os.open(run_dir, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases a lock taken here
+    return False
 
 
 def describe_run(config: dict, run: dict | None = None) -> dict:

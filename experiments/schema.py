@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from experiments.accepts import FLAG, NATURAL, POSITIVE, POSITIVE_INT, Accepts
+from experiments.accepts import FLAG, NATURAL, POSITIVE, POSITIVE_INT, Accepts, OneOf
 from experiments.errors import ConfigError
 from experiments.identity import known_options, method_keys
 
@@ -38,7 +38,7 @@ KEYS: dict[str, Accepts] = {
     "data.shuffle_labels": FLAG,
     "data.selection_examples": NATURAL,
     "train.select_on": Accepts(str, choices=("dev", "selection")),
-    "probes.truncation": FLAG,
+    "probes.truncation": OneOf((FLAG, NATURAL)),  # true: every k (0, 1, 2, 4, ... below ΔW's rank); K: those ≤ K
     "probes.forgetting": Accepts(str, choices=("auto", True, False)),
     "probes.forgetting_pairs": Accepts(int, low=10, nullable=True),
     "method.lr": POSITIVE,

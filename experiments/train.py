@@ -200,9 +200,10 @@ def train(cfg: DictConfig, out_dir: Path | None = None, logger: NullLogger | Non
     # What the analyses read: ΔW against the pretrained W, its rank truncations, and what the model forgot.
     deltas = method.delta_weights(model)
     truncation = None
-    if deltas and cfg.probes.truncation:
+    if deltas and cfg.probes.truncation is not False:
+        up_to = None if cfg.probes.truncation is True else cfg.probes.truncation  # K: only the k ≤ K
         with probes.timed(overhead, "probe_truncation"):
-            truncation = probes.truncation(model, deltas, lambda: evaluation(model, device, autocast)[0])
+            truncation = probes.truncation(model, deltas, lambda: evaluation(model, device, autocast)[0], up_to)
     with probes.timed(overhead, "probe_forgetting_after"):
         forgetting = skill.forgetting(before, model, device) if skill else None
     monitor.log_final(logger, step, truncation, task.metric)

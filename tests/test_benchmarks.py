@@ -332,3 +332,15 @@ def test_qlora_benchmark_runs_end_to_end_on_minilm(tmp_path: Path) -> None:
     minilm = result["models"]["minilm"]
     assert result["machine"]["precision"] and minilm["adapted_w0_ratio"] <= 0.35 and minilm["target_w0_ratio_met"]
     assert set(minilm["memory"]) == {"fp32", "nf4"} and all(m["peak_mb"] > 0 for m in minilm["memory"].values())
+
+
+def test_job_overhead_splits_a_runs_wall_time_into_steps_evaluation_and_overhead() -> None:
+    from benchmarks.job_overhead import run_record
+
+    metrics = {"run": {"name": "rank=4"}, "data": {"train_examples": 1000}, "epochs": [{}, {}],
+               "train_examples_per_s": 20.0, "wall_time_s": 120.0,
+               "overhead_s": {"startup": 0.5, "probe_truncation": 6.0, "probe_forgetting_after": 5.5}}  # fmt: skip
+    record = run_record(metrics)
+    # 2,000 examples at 20/s: 100 s of steps; 12 s named overhead; the other 8 s were the epochs' evaluations.
+    assert (record["training_steps_s"], record["overhead_s"], record["evaluation_s"]) == (100.0, 12.0, 8.0)
+    assert record["overhead_share"] == 0.1 and record["run"] == "rank=4"

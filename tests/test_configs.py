@@ -194,6 +194,8 @@ def test_unknown_model_lists_the_options():
                                      "and ≤ 1"),
         (["execution.device=tpu"], "execution.device='tpu' is not accepted: execution.device must be auto | cpu | cuda"),
         (["loraplus_ratio=0"], "loraplus_ratio=0 is not accepted: loraplus_ratio must be a number > 0"),
+        (["probes.truncation=-1"], "probes.truncation=-1 is not accepted: probes.truncation must be true | false | "
+                                   "an integer ≥ 0"),
     ],
 )
 def test_bad_input_is_one_line(overrides, message):

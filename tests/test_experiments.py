@@ -236,10 +236,14 @@ def test_missing_data_says_where_it_looked(tiny_overrides, tmp_path):
 def test_run_table_lists_every_run_with_its_status(tiny_overrides, tmp_path):
     run_job(make(tiny_overrides + ["train.epochs=1"]), tmp_path / "rank=2", name="rank=2", group="t")
     run_job(make(tiny_overrides + ["rank=64"]), tmp_path / "rank=64", name="rank=64", group="t")
-    (tmp_path / "rank=8").mkdir()
-    store.write_config(tmp_path / "rank=8", make(tiny_overrides + ["rank=8"]))  # started, never finished
-    table = store.write_run_table(tmp_path)
-    assert dict(zip(table["name"], table["status"])) == {"rank=2": "complete", "rank=64": "failed", "rank=8": "incomplete"}
+    for rank in (8, 16):
+        (tmp_path / f"rank={rank}").mkdir()
+        store.write_config(tmp_path / f"rank={rank}", make(tiny_overrides + [f"rank={rank}"]))  # started, unfinished
+    with store.run_lock(tmp_path / "rank=16"):  # a job (another sweep's, in the same folder) still training it
+        table = store.write_run_table(tmp_path)
+    assert dict(zip(table["name"], table["status"])) == {"rank=2": "complete", "rank=64": "failed", "rank=8": "incomplete",
+                                                         "rank=16": "running"}
+    assert store.write_run_table(tmp_path).set_index("name").loc["rank=16", "status"] == "incomplete"  # lock released
     assert table.set_index("name").loc["rank=2", "best_accuracy"] >= 0
     assert "rank" in table.set_index("name").loc["rank=64", "error"]
     assert (tmp_path / "runs.csv").is_file() and (tmp_path / "runs.parquet").is_file()

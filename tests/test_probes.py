@@ -73,3 +73,8 @@ def test_truncation_at_zero_removes_the_update_and_leaves_the_model_as_it_was(ba
     assert not torch.allclose(results[2]["logits"], trained, atol=1e-4)  # rank 2 of a rank-4 ΔW is not all of it
     assert torch.equal(model(**batch).logits, trained)  # restored: unmerged, its trained factors
     assert not any(m.merged for m in lorakit.lora_modules(model).values())
+    # probes.truncation=K: the same cuts, only k ≤ K (the main job's 1: the two its table reports), equal to the curve's.
+    short = truncation(model, deltas, lambda: {"logits": model(**batch).logits.clone()}, up_to=1)
+    assert [r["k"] for r in short] == [0, 1]
+    assert all(torch.equal(s["logits"], r["logits"]) for s, r in zip(short, results))
+    assert torch.equal(model(**batch).logits, trained)
