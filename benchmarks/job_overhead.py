@@ -10,9 +10,9 @@ run, from its metrics.json:
 For the job: the process's wall time, start to exit; its overhead is the runs' plus what no run holds (imports,
 Hydra, the disk estimate, W&B and the run table between and around the runs).
 ``--ranks 4 --short`` measures one run of fewer examples and epochs (a quick check; the shares are then not the main
-job's).
+job's); ``--keep`` keeps the sweep (the README's main-job table is its runs table).
 
-    python -m benchmarks.job_overhead --threads 1
+    python -m benchmarks.job_overhead --threads 1 --keep multirun/main_job_<date>
 """
 
 from __future__ import annotations
@@ -49,19 +49,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     common.setup(args)
     overrides = [f"rank={args.ranks}", f"execution.threads={args.threads}", *(SHORT if args.short else [])]
     folder = Path(tempfile.mkdtemp(prefix="lorakit-job-overhead-"))
+    sweep = args.keep or folder / "sweep"
+    if sweep.exists():
+        raise SystemExit(f"--keep {sweep} exists: the main job there would skip its complete runs; name a new folder")
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "LORAKIT_CACHE": str(folder / "cache")}  # fmt: skip
     share = common.CpuShare()
     try:
         with share.measure():
             start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "experiments.sweep", f"hydra.sweep.dir={folder / 'sweep'}",
+            done = subprocess.run([sys.executable, "-m", "experiments.sweep", f"hydra.sweep.dir={sweep}",
                                    *overrides], cwd=Path(__file__).resolve().parent.parent, env=env,
                                   capture_output=True, text=True)  # fmt: skip
             wall = time.perf_counter() - start
         if done.returncode != 0:
             raise SystemExit(f"the main job failed: {done.stderr[-2000:]}")
-        runs = [run_record(json.loads(p.read_text())) for p in sorted((folder / "sweep").glob("*/metrics.json"),
+        runs = [run_record(json.loads(p.read_text())) for p in sorted(sweep.glob("*/metrics.json"),
                                                                            key=lambda p: p.stat().st_mtime)]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -92,6 +95,8 @@ def render(result: dict[str, Any]) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ranks", default=MAIN_RANKS, help=f"the sweep's ranks (the main job's: {MAIN_RANKS})")
+    p.add_argument("--keep", type=Path, help="a new folder the main job's sweep is written to and kept (its runs "
+                   "table is the README's); by default a temporary one, removed")
     p.add_argument("--short", action="store_true", help=f"train {' '.join(SHORT)} instead of the main job's budget")
     common.add_machine_args(p)
     return p
