@@ -244,6 +244,14 @@ def test_preset_composes_and_resolves(preset):
     else:
         assert job["train"]["max_length"] == job["task"]["cpu"]["max_length"]
     validate(make([f"+experiment={preset}"]))
+    # The main job measures k ≤ 1 and 500 forgetting pairs (issue 26); a preset keeps what its runs were written with
+    # (the whole curve unless it turns truncation off, all pairs), so its runs' identities did not change.
+    assert job["probes"]["truncation"] in (True, False) and job["probes"]["forgetting_pairs"] is None
+
+
+def test_the_main_job_measures_only_what_its_table_reports():
+    probes = make([]).probes
+    assert (probes.truncation, probes.forgetting_pairs) == (1, 500)
 
 
 def test_table5_spends_one_budget_over_the_weight_types():
