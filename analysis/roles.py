@@ -16,6 +16,9 @@ import pandas as pd
 REFERENCE = "full"
 BASELINE = "head"
 STUDIED = "lora"
+# A control, not an arm: a run trained on its task's shuffled labels enters the cross-task tables (and their verdicts)
+# as the pseudo-task "‹task› (shuffled labels)".
+SHUFFLED_TASK = " (shuffled labels)"
 
 
 def reference(runs: pd.DataFrame) -> pd.Series:

@@ -483,28 +483,38 @@ def cross_task_rows(root: Path) -> list[Row]:
     return rows
 
 
+RULE_18_CONTROLS = ("sst2", "stsb")  # the shuffled-label tasks rule 18 named before its runs; 18b adds the others'
+
+
 def cross_task_control_rows(root: Path) -> list[Row]:
-    """Rule 18: cross-task φ (other seeds) against the task-free control, LoRA's φ between a task's run and a run on
-    shuffled labels (other seeds), per side, on the table2_learn runs (results/table2_learn/cross_task_agg.csv)."""
+    """Rules 18 and 18b: cross-task φ (other seeds) against the task-free control, LoRA's φ between a task's run and a
+    run on shuffled labels (other seeds), per side, on the table2_learn runs (results/table2_learn/cross_task_agg.csv):
+    rule 18 with the controls it named (SST-2's and STS-B's shuffled labels), 18b with every task's."""
     path = root / "table2_learn" / "cross_task_agg.csv"
     if not path.is_file():
         return []
     table = pd.read_csv(path)
     table = table[table["LoRA"] == table["LoRA"].iloc[0]]
+    control = table["comparison"] == "task vs shuffled labels, other seeds"
+    shuffled = table.loc[control, "task B"].str.removesuffix(roles.SHUFFLED_TASK)  # the shuffled run is task B
+    named = control & table["task B"].isin([t + roles.SHUFFLED_TASK for t in RULE_18_CONTROLS])
+    arms = [("", named, "18")]
+    if set(shuffled) - set(RULE_18_CONTROLS):
+        arms.append((f", every task's control ({len(set(shuffled))} tasks)", control, "18b"))
     rows = []
-    for side, factor in (("column", "B"), ("row", "A")):
-        values = {c: table.loc[table["comparison"] == c, f"φ {side} space (k=r)"]
-                  for c in ("cross-task, other seeds", "task vs shuffled labels, other seeds")}
-        if any(v.empty for v in values.values()):
-            continue
-        ours, control = ((v.median(), v.min(), v.max()) for v in values.values())
-        rows.append(_chance(f"Cross-task: tasks share more than any training does, {side} space ({factor}'s side), "
-                            f"{table['LoRA'].iloc[0]}", BEYOND, ours, control,
-                            f"{len(values['cross-task, other seeds'])} vs "
-                            f"{len(values['task vs shuffled labels, other seeds'])} (task pair, module) cells",
-                            "cross-task φ (other seeds) above the task-free control (a task's run vs LoRA on shuffled "
-                            "labels, other seeds) when all its cells lie above all the control's",
-                            (_source(root, path),), against="the shuffled-label control"))
+    for which, cells, rule in arms:
+        for side, factor in (("column", "B"), ("row", "A")):
+            column = f"φ {side} space (k=r)"
+            ours, floor = table.loc[table["comparison"] == "cross-task, other seeds", column], table.loc[cells, column]
+            if ours.empty or floor.empty:
+                continue
+            rows.append(_chance(f"Cross-task: tasks share more than any training does, {side} space ({factor}'s "
+                                f"side), {table['LoRA'].iloc[0]}{which}", BEYOND,
+                                (ours.median(), ours.min(), ours.max()), (floor.median(), floor.min(), floor.max()),
+                                f"{len(ours)} vs {len(floor)} (task pair, module) cells",
+                                f"rule {rule}: cross-task φ (other seeds) above the task-free control (a task's run vs "
+                                "LoRA on shuffled labels, other seeds) when all its cells lie above all the control's",
+                                (_source(root, path),), against="the shuffled-label control"))
     return rows
 
 

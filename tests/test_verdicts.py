@@ -205,3 +205,23 @@ def test_table3_judges_every_metric_from_the_runs_own_values_when_the_run_table_
     assert nist.claim == "Table 3, E2E NIST: LoRA r=4 matches full FT" and nist.verdict == "worse (±0.1)"
     assert nist.ours.startswith("−0.50 [")
     assert rouge.verdict == "equivalent (±1)" and rouge.evidence == "3 vs 3 · seeds only"
+
+
+def test_rule_18_reads_only_the_controls_it_named_and_18b_every_tasks(tmp_path):
+    """Rule 18 named SST-2's and STS-B's shuffled labels before its runs; a control added later (rule 18b) gets a row of
+    its own and never moves rule 18's. Column space: cross-task cells 0.05–0.07; the named controls 0.02–0.03 (the
+    tasks above them), RTE's shuffled-label control 0.09 (every task's control then reaches above the tasks)."""
+    cells = [("cross-task, other seeds", "sst2", "mrpc", 0.05), ("cross-task, other seeds", "sst2", "stsb", 0.07),
+             ("task vs shuffled labels, other seeds", "sst2", "stsb (shuffled labels)", 0.03),
+             ("task vs shuffled labels, other seeds", "mrpc", "sst2 (shuffled labels)", 0.02),
+             ("task vs shuffled labels, other seeds", "sst2", "rte (shuffled labels)", 0.09)]  # fmt: skip
+    (tmp_path / "table2_learn").mkdir()
+    pd.DataFrame([{"LoRA": "LoRA (r=8, Wq, Wv)", "comparison": c, "task A": a, "task B": b, "module": "Wq",
+                   "φ column space (k=r)": v, "φ row space (k=r)": 0.02} for c, a, b, v in cells]).to_csv(
+        tmp_path / "table2_learn" / "cross_task_agg.csv", index=False)
+    rows = {(r.claim.split(", ")[1], r.rule.split(":")[0]): r for r in verdicts.cross_task_control_rows(tmp_path)}
+    assert rows["column space (B's side)", "rule 18"].verdict == "above the shuffled-label control"
+    assert rows["column space (B's side)", "rule 18"].evidence == "2 vs 2 (task pair, module) cells"
+    assert rows["column space (B's side)", "rule 18b"].verdict == "at the shuffled-label control"
+    assert "every task's control (3 tasks)" in rows["column space (B's side)", "rule 18b"].claim
+    assert rows["row space (A's side)", "rule 18"].verdict == "at the shuffled-label control"

@@ -44,7 +44,7 @@ from .table import Table
 COMPARISONS = ("same task, other seeds", "cross-task, same seed", "cross-task, other seeds")
 CONTROL_COMPARISONS = ("task vs shuffled labels, same seed", "task vs shuffled labels, other seeds",
                        "shuffled labels, other seeds")
-SHUFFLED = " (shuffled labels)"  # the pseudo-task a shuffled-label run enters as
+SHUFFLED = roles.SHUFFLED_TASK  # the pseudo-task a shuffled-label run enters as
 SIDES = {"column space": "φ column space (k=r)", "row space": "φ row space (k=r)"}
 WHAT = ("the cross-task subspace analysis needs LoRA runs on two or more tasks with the same model, rank, α and "
         "targets, with ΔW on disk (delta_weights.safetensors or adapter/)")  # fmt: skip
