@@ -225,3 +225,14 @@ def test_rule_18_reads_only_the_controls_it_named_and_18b_every_tasks(tmp_path):
     assert rows["column space (B's side)", "rule 18b"].verdict == "at the shuffled-label control"
     assert "every task's control (3 tasks)" in rows["column space (B's side)", "rule 18b"].claim
     assert rows["row space (A's side)", "rule 18"].verdict == "at the shuffled-label control"
+
+
+def test_two_cross_task_settings_with_one_name_are_told_apart_by_their_rates(monkeypatch):
+    """A search's or a confirmation's LoRA runs at another rate form a setting of their own; named alike, their cells
+    would be read as one setting's (a task's seeds at two rates pooled)."""
+    from analysis.tables import cross_task
+
+    monkeypatch.setattr(cross_task, "config_names", lambda g: pd.Series(["LoRA (r=8, Wq, Wv)"] * len(g)))
+    groups = [pd.DataFrame({"lr": [1e-3, 1e-3]}), pd.DataFrame({"lr": [2.72e-3]})]
+    assert cross_task._setting_names(groups) == ["LoRA (r=8, Wq, Wv) (lr 0.001)", "LoRA (r=8, Wq, Wv) (lr 0.00272)"]
+    assert cross_task._setting_names(groups[:1]) == ["LoRA (r=8, Wq, Wv)"]

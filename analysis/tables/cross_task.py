@@ -80,6 +80,14 @@ def _with_controls(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([lora, shuffled.assign(task=shuffled["task"] + SHUFFLED)])
 
 
+def _setting_names(groups: list[pd.DataFrame]) -> list[str]:
+    """Each setting's name; settings whose names coincide (LoRA at two learning rates: a search's or a confirmation's
+    rate beside the presets') get their rates added, so their cells are never read as one setting's."""
+    names = [config_names(g).iloc[0] for g in groups]
+    return [f"{name} (lr {', '.join(f'{lr:g}' for lr in sorted(g['lr'].dropna().unique()))})"
+            if names.count(name) > 1 else name for name, g in zip(names, groups)]
+
+
 def cross_task_pairs(runs: pd.DataFrame, draws: int = 100, seed: int = 0) -> Table:
     """One row per (LoRA setting, comparison, task pair, seed pair, adapted module): φ(r, r) of the column and row
     spaces of the two ΔW, with the random-subspace mean and 95% interval of ``draws`` draws (generator ``seed``)
@@ -105,8 +113,8 @@ def cross_task_pairs(runs: pd.DataFrame, draws: int = 100, seed: int = 0) -> Tab
         return chance[d, r]
 
     records, used = [], set()
-    for group in groups:
-        config, r = config_names(group).iloc[0], int(group["rank"].iloc[0])
+    for group, config in zip(groups, _setting_names(groups)):
+        r = int(group["rank"].iloc[0])
         for comparison, x, y in _pairs(group):
             bx, by = subspaces(x), subspaces(y)
             for name in sort_modules([n for n in bx if n in by]):
