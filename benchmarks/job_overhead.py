@@ -48,10 +48,10 @@ def run_record(metrics: dict[str, Any]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     common.setup(args)
     overrides = [f"rank={args.ranks}", f"execution.threads={args.threads}", *(SHORT if args.short else [])]
+    if args.keep is not None and args.keep.exists():
+        raise SystemExit(f"--keep {args.keep} exists: the main job there would skip its complete runs; name a new folder")
     folder = Path(tempfile.mkdtemp(prefix="lorakit-job-overhead-"))
     sweep = args.keep or folder / "sweep"
-    if sweep.exists():
-        raise SystemExit(f"--keep {sweep} exists: the main job there would skip its complete runs; name a new folder")
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "LORAKIT_CACHE": str(folder / "cache")}  # fmt: skip
     share = common.CpuShare()

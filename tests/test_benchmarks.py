@@ -344,3 +344,10 @@ def test_job_overhead_splits_a_runs_wall_time_into_steps_evaluation_and_overhead
     # 2,000 examples at 20/s: 100 s of steps; 12 s named overhead; the other 8 s were the epochs' evaluations.
     assert (record["training_steps_s"], record["overhead_s"], record["evaluation_s"]) == (100.0, 12.0, 8.0)
     assert record["overhead_share"] == 0.1 and record["run"] == "rank=4"
+
+
+def test_job_overhead_refuses_to_keep_its_sweep_in_an_existing_folder(tmp_path: Path) -> None:
+    from benchmarks import job_overhead
+
+    with pytest.raises(SystemExit, match="exists: the main job there would skip its complete runs"):
+        job_overhead.main(["--keep", str(tmp_path), "--out", str(tmp_path / "out"), "--device", "cpu"])
