@@ -230,9 +230,25 @@ def test_rule_18_reads_only_the_controls_it_named_and_18b_every_tasks(tmp_path):
 def test_two_cross_task_settings_with_one_name_are_told_apart_by_their_rates(monkeypatch):
     """A search's or a confirmation's LoRA runs at another rate form a setting of their own; named alike, their cells
     would be read as one setting's (a task's seeds at two rates pooled)."""
-    from analysis.tables import cross_task
+    from analysis.tables import common
 
-    monkeypatch.setattr(cross_task, "config_names", lambda g: pd.Series(["LoRA (r=8, Wq, Wv)"] * len(g)))
+    monkeypatch.setattr(common, "config_names", lambda g: pd.Series(["LoRA (r=8, Wq, Wv)"] * len(g)))
     groups = [pd.DataFrame({"lr": [1e-3, 1e-3]}), pd.DataFrame({"lr": [2.72e-3]})]
-    assert cross_task._setting_names(groups) == ["LoRA (r=8, Wq, Wv) (lr 0.001)", "LoRA (r=8, Wq, Wv) (lr 0.00272)"]
-    assert cross_task._setting_names(groups[:1]) == ["LoRA (r=8, Wq, Wv)"]
+    assert common.setting_names(groups) == ["LoRA (r=8, Wq, Wv) (lr 0.001)", "LoRA (r=8, Wq, Wv) (lr 0.00272)"]
+    assert common.setting_names(groups[:1]) == ["LoRA (r=8, Wq, Wv)"]
+
+
+def test_the_interpolation_names_its_setting_by_rate_when_another_shares_its_name(monkeypatch):
+    """The interpolation's title names the setting it chose; beside a LoRA setting at another rate (a search's), the
+    bare name would not say which."""
+    from analysis.tables import common, interpolation
+
+    monkeypatch.setattr(common, "config_names", lambda g: pd.Series(["LoRA (r=8, Wq, Wv)"] * len(g)))
+    monkeypatch.setattr(interpolation, "_with_adapter", lambda runs: runs)
+    at = lambda lr, seeds: pd.DataFrame({"task": ["sst2", "mrpc"] * len(seeds), "lr": lr,  # noqa: E731
+                                         "seed": [s for s in seeds for _ in (0, 1)]})
+    monkeypatch.setattr(interpolation, "groups_across_tasks", lambda runs: [at(1e-3, [0, 1]), at(2.72e-3, [0])])
+    group, name, a, b, seeds = interpolation.choose_pair(pd.DataFrame())
+    assert (name, a, b, seeds) == ("LoRA (r=8, Wq, Wv) (lr 0.001)", "sst2", "mrpc", [0, 1])
+    monkeypatch.setattr(interpolation, "groups_across_tasks", lambda runs: [at(1e-3, [0, 1])])
+    assert interpolation.choose_pair(pd.DataFrame())[1] == "LoRA (r=8, Wq, Wv)"

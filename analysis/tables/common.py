@@ -50,6 +50,15 @@ def config_names(runs: pd.DataFrame, laid_out: tuple[str, ...] = ("task",), mode
     return names.where(~clash, names + " {" + runs["config_id"].astype(str) + "}")
 
 
+def setting_names(groups: list[pd.DataFrame]) -> list[str]:
+    """One name per setting of ``select.groups_across_tasks`` (a setting's runs span tasks, so ``config_names`` of
+    one group never sees the others): settings whose names coincide (LoRA at two learning rates, a search's or a
+    confirmation's rate beside the presets') get their rates added, so no table reads their cells as one setting's."""
+    names = [config_names(g).iloc[0] for g in groups]
+    return [f"{name} (lr {', '.join(f'{lr:g}' for lr in sorted(g['lr'].dropna().unique()))})"
+            if names.count(name) > 1 else name for name, g in zip(names, groups)]
+
+
 def varying_columns(runs: pd.DataFrame, laid_out: tuple[str, ...] = ("task",)) -> list[str]:
     """What a table's header says its configurations differ in: the method when there are several, and each identity
     column that takes two values among runs of one method in one laid-out cell (not the keys that only follow the

@@ -37,7 +37,7 @@ from ..maths import Interval, random_subspace_overlap, singular_subspaces, subsp
 from ..runs import KIND_LABELS, MissingRuns, parse_module, run_deltas, sort_modules
 from ..runs.select import groups_across_tasks, lora_with
 from .. import roles
-from .common import column, config_names, weight_runs
+from .common import column, setting_names, weight_runs
 from .metric_tables import task_order
 from .table import Table
 
@@ -80,14 +80,6 @@ def _with_controls(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([lora, shuffled.assign(task=shuffled["task"] + SHUFFLED)])
 
 
-def _setting_names(groups: list[pd.DataFrame]) -> list[str]:
-    """Each setting's name; settings whose names coincide (LoRA at two learning rates: a search's or a confirmation's
-    rate beside the presets') get their rates added, so their cells are never read as one setting's."""
-    names = [config_names(g).iloc[0] for g in groups]
-    return [f"{name} (lr {', '.join(f'{lr:g}' for lr in sorted(g['lr'].dropna().unique()))})"
-            if names.count(name) > 1 else name for name, g in zip(names, groups)]
-
-
 def cross_task_pairs(runs: pd.DataFrame, draws: int = 100, seed: int = 0) -> Table:
     """One row per (LoRA setting, comparison, task pair, seed pair, adapted module): φ(r, r) of the column and row
     spaces of the two ΔW, with the random-subspace mean and 95% interval of ``draws`` draws (generator ``seed``)
@@ -113,7 +105,8 @@ def cross_task_pairs(runs: pd.DataFrame, draws: int = 100, seed: int = 0) -> Tab
         return chance[d, r]
 
     records, used = [], set()
-    for group, config in zip(groups, _setting_names(groups)):
+    names = setting_names(groups)
+    for group, config in zip(groups, names):
         r = int(group["rank"].iloc[0])
         for comparison, x, y in _pairs(group):
             bx, by = subspaces(x), subspaces(y)
@@ -139,7 +132,7 @@ def cross_task_pairs(runs: pd.DataFrame, draws: int = 100, seed: int = 0) -> Tab
         title="Cross-task subspaces: φ(r, r) between the ΔW of LoRA runs on two tasks, per module and pair of runs",
         runs=sorted(used),
         notes=[f"Random: φ(r, r) of two Haar-random r-dim subspaces of R^d, mean [2.5%, 97.5%] of {draws} draws.",
-               f"Heat map: {config_names(first).iloc[0]}, tasks {', '.join(task_order(first['task']))}."],
+               f"Heat map: {names[0]}, tasks {', '.join(task_order(first['task']))}."],
         float_format=".3f",
         left_out=left_out,
     )

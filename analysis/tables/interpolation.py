@@ -30,7 +30,7 @@ from experiments.records import FACTORS
 from ..runs import MissingRuns, RunError
 from ..runs.dev_sets import DevSet, dev_set
 from ..runs.select import groups_across_tasks, lora_with
-from .common import config_names, head_baseline, true_label_runs
+from .common import head_baseline, setting_names, true_label_runs
 from .metric_tables import task_order
 from .table import Table
 
@@ -42,10 +42,12 @@ def _with_adapter(runs: pd.DataFrame) -> pd.DataFrame:
     return lora[[(Path(d) / FACTORS).is_dir() for d in lora["run_dir"]]] if len(lora) else lora
 
 
-def choose_pair(runs: pd.DataFrame, pair: tuple[str, str] | None = None) -> tuple[pd.DataFrame, str, str, list[int]]:
-    """(the runs of one setting, task A, task B, their common seeds): ``pair`` if given, else, in the first setting
-    of ``select.groups_across_tasks``, the pair with the most common seeds (then the paper's task order)."""
+def choose_pair(runs: pd.DataFrame, pair: tuple[str, str] | None = None
+                ) -> tuple[pd.DataFrame, str, str, str, list[int]]:
+    """(the runs of one setting, its name, task A, task B, their common seeds): ``pair`` if given, else, in the first
+    setting of ``select.groups_across_tasks``, the pair with the most common seeds (then the paper's task order)."""
     groups = groups_across_tasks(_with_adapter(runs))
+    names = setting_names(groups)
     what = ("the interpolation curve needs LoRA runs with adapter/ on two tasks with the same model, rank, α, "
             "targets and seed")  # fmt: skip
     if not groups:
@@ -57,16 +59,16 @@ def choose_pair(runs: pd.DataFrame, pair: tuple[str, str] | None = None) -> tupl
 
     if pair is not None:
         a, b = pair
-        for group in groups:
+        for group, name in zip(groups, names):
             if common(group, a, b):
-                return group, a, b, common(group, a, b)
+                return group, name, a, b, common(group, a, b)
         found = sorted({f"{x} + {y}" for g in groups for x, y in _task_pairs(g) if common(g, x, y)})
         raise MissingRuns(f"{what}: no such runs for the pair {a} + {b} (pairs with runs: {found})")
-    for group in groups:
+    for group, name in zip(groups, names):
         candidates = [(x, y) for x, y in _task_pairs(group) if common(group, x, y)]
         if candidates:
             a, b = max(candidates, key=lambda p: len(common(group, *p)))  # the first of the paper's order among equals
-            return group, a, b, common(group, a, b)
+            return group, name, a, b, common(group, a, b)
     raise MissingRuns(f"{what}: no two tasks share a seed")
 
 
@@ -117,7 +119,7 @@ def interpolation_curves(
         raise ValueError(f"points must be an integer >= 2 (w = 0 and 1 at least), got {points!r}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
-    group, a, b, common = choose_pair(runs, pair)
+    group, setting, a, b, common = choose_pair(runs, pair)
     common = common[:seeds]
     rows = {(t, s): group[(group["task"] == t) & (group["seed"] == s)].iloc[0] for t in (a, b) for s in common}
     for row in rows.values():
@@ -155,7 +157,7 @@ def interpolation_curves(
     missing = [f"head-only baseline — needs method=head runs on {t}" for t in (a, b) if math.isnan(baselines[t])]
     return Table(
         frame=frame,
-        title=f"Interpolation {a} + {b} ({config_names(group).iloc[0]}): dev metric ×100 of each task with "
+        title=f"Interpolation {a} + {b} ({setting}): dev metric ×100 of each task with "
         f"w·ΔW_{a} + (1 − w)·ΔW_{b} and with its own adapter alone at the same scale, each task with its own head",
         runs=sorted(row["run"] for row in rows.values()),
         notes=[f"w: the weight of {a}'s update (1: {a}'s adapter alone; 0: {b}'s). combine_adapters(how='cat'), exact. "
