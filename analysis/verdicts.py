@@ -444,18 +444,20 @@ def intruder_rows(root: Path) -> list[Row]:
 
 def intruder_norm_rows(root: Path) -> list[Row]:
     """LoRA − full FT in intruders per run (summed over the modules both changed) at a common norm, both ways: the
-    full fine-tune's (LoRA's ΔW scaled down) and LoRA's (full FT's scaled up), on the table2_learn runs."""
+    full fine-tune's (LoRA's ΔW scaled down) and LoRA's (full FT's scaled up), per task folder of results/intruders
+    (the table2_learn runs; E2E's, the Table 3 runs)."""
     rows = []
     for path in sorted((root / "intruders").glob("*/intruders_runs.csv")):
         table, task = pd.read_csv(path), path.parent.name
         lora, full = table[table["method"].str.startswith("LoRA")], table[table["method"].eq("full FT")]
+        studied = " · ".join(sorted(set(lora["method"])))
         for column, how in (("intruders at matched norm", "full FT's norm (LoRA's ΔW scaled down)"),
                             ("intruders at LoRA's norm", "LoRA's norm (full FT's ΔW scaled up)")):  # fmt: skip
             d = difference_interval(list(lora[column]), list(full[column]), "mean")
             found = verdict(d, 0.0)
             word = {"better": "LoRA has more", "worse": "full FT has more", "equivalent": "none in either"}.get(
                 found, "not told apart")
-            rows.append(Row(f"Intruders at {how}: LoRA r=8 vs full FT ({task}, the table2_learn runs)",
+            rows.append(Row(f"Intruders at {how}: {studied} vs full FT ({task})",
                             "LoRA has intruders, full FT few (Shuttleworth et al.)",
                             f"{_interval(d)} per run ({d.a:.1f} vs {d.b:.1f} over {int(lora['modules'].iloc[0])} "
                             f"modules; p = {d.p_value:.2g})", f"{d.seeds_a} vs {d.seeds_b} · seeds only", word,

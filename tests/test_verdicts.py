@@ -252,3 +252,23 @@ def test_the_interpolation_names_its_setting_by_rate_when_another_shares_its_nam
     assert (name, a, b, seeds) == ("LoRA (r=8, Wq, Wv) (lr 0.001)", "sst2", "mrpc", [0, 1])
     monkeypatch.setattr(interpolation, "groups_across_tasks", lambda runs: [at(1e-3, [0, 1])])
     assert interpolation.choose_pair(pd.DataFrame())[1] == "LoRA (r=8, Wq, Wv)"
+
+
+def test_intruders_at_a_common_norm_name_each_folders_lora_and_read_both_ways(tmp_path):
+    """One row per way per task folder, naming the LoRA configuration the folder holds (r=4 on E2E, r=8 on SST-2)."""
+    for task, lora, counts in (("e2e", "LoRA (r=4, Wq, Wv)", ((19, 0, 18), (19, 0, 23), (19, 0, 19))),
+                               ("sst2", "LoRA (r=8, Wq, Wv)", ((11, 0, 11), (12, 0, 15), (12, 1, 12)))):
+        rows = [{"task": task, "method": method, "seed": seed, "modules": 12, "intruders": raw,
+                 "intruders at matched norm": down, "intruders at LoRA's norm": up}
+                for method, scale in ((lora, 1), ("full FT", 0))
+                for seed, (raw, down, up) in enumerate(counts)
+                for raw, down, up in [(raw * scale, down * scale, up * scale + 2 * (1 - scale))]]  # fmt: skip
+        (tmp_path / "intruders" / task).mkdir(parents=True)
+        pd.DataFrame(rows).to_csv(tmp_path / "intruders" / task / "intruders_runs.csv", index=False)
+    found = {(r.claim.split(":")[0].split(" (")[0], r.claim.split("(")[-1].rstrip(")")): r
+             for r in verdicts.intruder_norm_rows(tmp_path)}
+    down, up = "Intruders at full FT's norm", "Intruders at LoRA's norm"
+    assert "LoRA (r=4, Wq, Wv) vs full FT (e2e)" in found[down, "e2e"].claim
+    assert (found[down, "e2e"].verdict, found[up, "e2e"].verdict) == ("none in either", "LoRA has more")
+    assert found[down, "sst2"].verdict == "not told apart"
+    assert "LoRA (r=8, Wq, Wv) vs full FT (sst2)" in found[up, "sst2"].claim
