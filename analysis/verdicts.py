@@ -259,26 +259,43 @@ def budget_ladder_rows(root: Path) -> list[Row]:
     return rows
 
 
-def table3_rows(root: Path) -> list[Row]:
-    """Table 3 from the rerun's run table (results/table3_rerun: every run's BLEU, NIST and ROUGE-L) where committed,
-    else from the first one (results/table3: BLEU per run, the other two only as medians)."""
+def _table3_runs(root: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, str, tuple[str, ...]]:
+    """(the trained runs, the zero-shot run or None, the test MRs scored, the sources): rule 22's whole test set
+    (results/table3_test) once it holds three seeds per arm and the zero-shot run, else the 50-MR rerun
+    (results/table3_rerun, beside table3_zero_shot), else the first table (results/table3)."""
+    path = root / "table3_test" / "runs.csv"
+    if path.is_file():
+        runs = _runs(root, "table3_test/runs.csv")
+        untrained = runs["train.epochs"].eq(0)
+        trained = runs[~untrained]
+        arms = [_arm(trained, method=m)["seed"].nunique() for m in (roles.STUDIED, roles.REFERENCE)]
+        if untrained.any() and min(arms) >= 3:
+            return trained, runs[untrained], "all 630 test MRs", ("table3_test/runs.csv",)
     source = "table3_rerun/runs.csv" if (root / "table3_rerun" / "runs.csv").is_file() else "table3/runs.csv"
-    runs = _runs(root, source)
+    zero = "table3_zero_shot/runs.csv"
+    return (_runs(root, source), _runs(root, zero) if (root / zero).is_file() else None, "50 test MRs",
+            (source,) + ((zero,) if (root / zero).is_file() else ()))
+
+
+def table3_rows(root: Path) -> list[Row]:
+    """Table 3, one verdict per metric, LoRA r=4 against full FT and each against the untrained model, from
+    ``_table3_runs``."""
+    runs, zero, scored, sources = _table3_runs(root)
+    source = sources[0]
     lora, full = _arm(runs, method=roles.STUDIED), _arm(runs, method=roles.REFERENCE)
     rows = [_comparison("Table 3, E2E BLEU: LoRA r=4 matches full FT", "70.4 vs 68.2 (GPT-2 M)", lora, full, "bleu",
-                        "LoRA − full FT, BLEU of the best epoch, 50 test MRs, greedy", (source,))]
-    if (root / "table3_zero_shot" / "runs.csv").is_file():  # the floor: SmolLM2 as loaded, nothing trained
-        zero = _runs(root, "table3_zero_shot/runs.csv")
+                        f"LoRA − full FT, BLEU of the best epoch, {scored}, greedy", (source,))]
+    if zero is not None:  # the floor: SmolLM2 as loaded, nothing trained
         for name, arm in (("LoRA r=4", lora), ("full FT", full)):
             rows.append(_comparison(f"Table 3, E2E BLEU: {name} beats the zero-shot model", "— (no zero-shot row)",
                                     arm, zero, "bleu", "fine-tuned − the same model untrained (train.epochs=0, greedy: "
-                                    "one deterministic run), the 50 test MRs", (source, "table3_zero_shot/runs.csv")))
+                                    f"one deterministic run), {scored}", sources))
     for metric, paper in (("nist", "8.85 vs 8.68"), ("rouge_l", "71.8 vs 69.2")):
         column = f"best_{metric}"  # each run's value at its best epoch (run tables written since issue 22)
         if column in runs and runs[column].notna().all():
             rows.append(_comparison(f"Table 3, E2E {metric.upper()}: LoRA r=4 matches full FT", paper,
                                     lora.assign(score=lora[column]), full.assign(score=full[column]), metric,
-                                    f"LoRA − full FT, {metric.upper()} of the best epoch, 50 test MRs, greedy",
+                                    f"LoRA − full FT, {metric.upper()} of the best epoch, {scored}, greedy",
                                     (source,)))
             continue
         table = pd.read_csv(root / "table3" / "table3.csv").set_index("task / model / method")  # medians only

@@ -207,6 +207,27 @@ def test_table3_judges_every_metric_from_the_runs_own_values_when_the_run_table_
     assert rouge.verdict == "equivalent (±1)" and rouge.evidence == "3 vs 3 · seeds only"
 
 
+def test_table3_reads_the_whole_test_set_once_it_has_three_seeds_per_arm_and_the_zero_shot_run(tmp_path):
+    """Rule 22: the 630-MR runs replace the 50-MR rerun only when complete; until then the rows stay the rerun's."""
+    def write(folder: str, runs: list[tuple[str, int, int, float]]) -> None:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        pd.DataFrame([{"run": f"{folder}/{m},{s},{e}", "task": "e2e", "method": m, "metric": "bleu", "seed": s,
+                       "train.epochs": e, "score": score, "best_nist": 6.0, "best_rouge_l": 62.0}
+                      for m, s, e, score in runs]).to_csv(tmp_path / folder / "runs.csv", index=False)  # fmt: skip
+
+    write("table3_rerun", [(m, s, 1, 56.0 + s) for m in ("lora", "full") for s in range(3)])
+    write("table3_zero_shot", [("lora", 0, 0, 1.5)])
+    whole = [(m, s, 1, {"lora": 60.0, "full": 58.0}[m] + 0.1 * s) for m in ("lora", "full") for s in range(3)]
+    write("table3_test", whole[:5] + [("lora", 0, 0, 2.0)])  # full FT's third seed still training
+    bleu, zero, *_ = verdicts.table3_rows(tmp_path)
+    assert "50 test MRs" in bleu.rule and zero.sources == ("table3_rerun/runs.csv", "table3_zero_shot/runs.csv")
+    write("table3_test", whole + [("lora", 0, 0, 2.0)])
+    bleu, zero, _, nist, rouge = verdicts.table3_rows(tmp_path)
+    assert "all 630 test MRs" in bleu.rule and bleu.verdict == "better (±1)" and bleu.ours.startswith("+2.0 [")
+    assert zero.ours.startswith("+58.1 [") and zero.sources == ("table3_test/runs.csv",)
+    assert "all 630 test MRs" in nist.rule and nist.verdict == "equivalent (±0.1)"
+
+
 def test_rule_18_reads_only_the_controls_it_named_and_18b_every_tasks(tmp_path):
     """Rule 18 named SST-2's and STS-B's shuffled labels before its runs; a control added later (rule 18b) gets a row of
     its own and never moves rule 18's. Column space: cross-task cells 0.05–0.07; the named controls 0.02–0.03 (the
