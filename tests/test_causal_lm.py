@@ -251,5 +251,6 @@ def test_a_zero_shot_decoder_run_is_table_3s_floor(decoder_dirs, e2e_dir, tmp_pa
     table = tables.table3(runs).frame.set_index("task / model / method")
     names = [n for n in table.index if "paper" not in n]
     assert len(names) == 2 and any(n.endswith("zero-shot (no training)") for n in names)
+    assert not any("train.epochs" in n for n in names)  # the trained run is named among the trained runs
     floor = table.loc[next(n for n in names if n.endswith("zero-shot (no training)"))]
     assert floor["bleu"] == pytest.approx(zero["best"]["bleu"]) and floor["seeds"] == "1" and floor["params"] == 0

@@ -37,9 +37,13 @@ def _zero_shot(runs: pd.DataFrame) -> pd.Series:
 
 
 def _names(runs: pd.DataFrame) -> pd.Series:
-    """Each run's configuration name with its model; a zero-shot run is named so, whatever method prepared it."""
-    zero_shot = runs["model"].astype(str) + " zero-shot (no training)"
-    return config_names(runs, model=True).where(~_zero_shot(runs), zero_shot)
+    """Each run's configuration name with its model; a zero-shot run is named so, whatever method prepared it, and
+    the trained runs are named among themselves (its ``train.epochs=0`` does not make them '[train.epochs=1]')."""
+    untrained = _zero_shot(runs)
+    names = runs["model"].astype(str) + " zero-shot (no training)"
+    if (~untrained).any():
+        names[~untrained] = config_names(runs[~untrained], model=True)
+    return names
 
 
 def table3(runs: pd.DataFrame) -> Table:
