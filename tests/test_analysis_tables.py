@@ -133,6 +133,17 @@ def test_config_names_name_every_setting_that_makes_an_arm_and_only_what_varies(
     assert names([run(method="full", lr=1e-4), run(method="full", lr=1e-4, seed=2)]) == ["full FT"] * 2
 
 
+def test_two_cross_task_settings_with_one_label_are_told_apart_by_what_they_differ_in():
+    """A search's or a confirmation's LoRA runs at another rate form a setting of their own; named alike, their cells
+    would be read as one setting's (a task's seeds at two rates pooled). Alone, a setting keeps its bare name."""
+    from analysis.tables import setting_names
+
+    runs = table([run(task=t, seed=s, lr=lr) for lr in (1e-3, 2.72e-3) for t in ("sst2", "mrpc") for s in (1, 2)])
+    groups = [runs[runs["lr"] == lr] for lr in (1e-3, 2.72e-3)]
+    assert setting_names(groups) == ["LoRA (r=8, Wq, Wv) [lr=0.001]", "LoRA (r=8, Wq, Wv) [lr=0.00272]"]
+    assert setting_names(groups[:1]) == ["LoRA (r=8, Wq, Wv)"] and setting_names([]) == []
+
+
 def test_runs_differing_in_anything_but_the_seed_are_never_pooled():
     """Batch size, budget, dropout or max_length: a row each, named by what differs (issue 21)."""
     for knob in ({"batch_size": 16}, {"samples": 2000}, {"epochs": 1}, {"dropout": 0.1}):

@@ -248,31 +248,21 @@ def test_rule_18_reads_only_the_controls_it_named_and_18b_every_tasks(tmp_path):
     assert rows["row space (A's side)", "rule 18"].verdict == "at the shuffled-label control"
 
 
-def test_two_cross_task_settings_with_one_name_are_told_apart_by_their_rates(monkeypatch):
-    """A search's or a confirmation's LoRA runs at another rate form a setting of their own; named alike, their cells
-    would be read as one setting's (a task's seeds at two rates pooled)."""
-    from analysis.tables import common
+def test_the_interpolation_is_titled_with_the_name_of_the_setting_it_chose(monkeypatch):
+    """The interpolation's title names the setting it chose (``setting_names``, tested with the run tables'
+    naming in test_analysis_tables), the name of the group it returns."""
+    from analysis.tables import interpolation
 
-    monkeypatch.setattr(common, "config_names", lambda g: pd.Series(["LoRA (r=8, Wq, Wv)"] * len(g)))
-    groups = [pd.DataFrame({"lr": [1e-3, 1e-3]}), pd.DataFrame({"lr": [2.72e-3]})]
-    assert common.setting_names(groups) == ["LoRA (r=8, Wq, Wv) (lr 0.001)", "LoRA (r=8, Wq, Wv) (lr 0.00272)"]
-    assert common.setting_names(groups[:1]) == ["LoRA (r=8, Wq, Wv)"]
-
-
-def test_the_interpolation_names_its_setting_by_rate_when_another_shares_its_name(monkeypatch):
-    """The interpolation's title names the setting it chose; beside a LoRA setting at another rate (a search's), the
-    bare name would not say which."""
-    from analysis.tables import common, interpolation
-
-    monkeypatch.setattr(common, "config_names", lambda g: pd.Series(["LoRA (r=8, Wq, Wv)"] * len(g)))
+    monkeypatch.setattr(interpolation, "setting_names", lambda groups: [f"LoRA [lr={g['lr'].iloc[0]:g}]" for g in groups])
     monkeypatch.setattr(interpolation, "_with_adapter", lambda runs: runs)
     at = lambda lr, seeds: pd.DataFrame({"task": ["sst2", "mrpc"] * len(seeds), "lr": lr,  # noqa: E731
                                          "seed": [s for s in seeds for _ in (0, 1)]})
     monkeypatch.setattr(interpolation, "groups_across_tasks", lambda runs: [at(1e-3, [0, 1]), at(2.72e-3, [0])])
     group, name, a, b, seeds = interpolation.choose_pair(pd.DataFrame())
-    assert (name, a, b, seeds) == ("LoRA (r=8, Wq, Wv) (lr 0.001)", "sst2", "mrpc", [0, 1])
-    monkeypatch.setattr(interpolation, "groups_across_tasks", lambda runs: [at(1e-3, [0, 1])])
-    assert interpolation.choose_pair(pd.DataFrame())[1] == "LoRA (r=8, Wq, Wv)"
+    assert (name, a, b, seeds) == ("LoRA [lr=0.001]", "sst2", "mrpc", [0, 1])
+    monkeypatch.setattr(interpolation, "groups_across_tasks", lambda runs: [at(2.72e-3, [0]), at(1e-3, [0, 1])])
+    group, name, *_ = interpolation.choose_pair(pd.DataFrame())  # the first setting with a pair: its own name
+    assert name == "LoRA [lr=0.00272]" and (group["lr"] == 2.72e-3).all()
 
 
 def test_intruders_at_a_common_norm_name_each_folders_lora_and_read_both_ways(tmp_path):

@@ -1,7 +1,7 @@
 """Tables and figure data from the run table: each builder takes ``analysis.runs.scan_runs``'s table and returns
 numbers ready to write or plot, or raises ``MissingRuns`` naming the runs it needs."""
 
-from .common import config_names, head_baseline, seed_spread, varying_note, weight_runs
+from .common import config_names, head_baseline, seed_spread, setting_names, varying_note, weight_runs
 from .cross_task import cross_task_agg, cross_task_matrix, cross_task_pairs, cross_task_table
 from .forgetting import forgetting_table
 from .generation import generation_samples, table3
@@ -28,6 +28,7 @@ __all__ = [
     "SubspaceGrids",
     "Table",
     "config_names",
+    "setting_names",
     "cross_task_agg",
     "cross_task_matrix",
     "cross_task_pairs",

@@ -51,12 +51,13 @@ def config_names(runs: pd.DataFrame, laid_out: tuple[str, ...] = ("task",), mode
 
 
 def setting_names(groups: list[pd.DataFrame]) -> list[str]:
-    """One name per setting of ``select.groups_across_tasks`` (a setting's runs span tasks, so ``config_names`` of
-    one group never sees the others): settings whose names coincide (LoRA at two learning rates, a search's or a
-    confirmation's rate beside the presets') get their rates added, so no table reads their cells as one setting's."""
-    names = [config_names(g).iloc[0] for g in groups]
-    return [f"{name} (lr {', '.join(f'{lr:g}' for lr in sorted(g['lr'].dropna().unique()))})"
-            if names.count(name) > 1 else name for name, g in zip(names, groups)]
+    """One name per setting of ``select.groups_across_tasks``: ``config_names`` over all the settings' runs at once
+    (one setting's runs never see the others'), so settings whose labels coincide get named by the key they differ
+    in (LoRA at a search's rate beside the presets': '[lr=0.00272]'), and no table reads their cells as one setting's."""
+    if not groups:
+        return []
+    names = config_names(pd.concat(groups))
+    return [names.loc[g.index[0]] for g in groups]
 
 
 def varying_columns(runs: pd.DataFrame, laid_out: tuple[str, ...] = ("task",)) -> list[str]:
