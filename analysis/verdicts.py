@@ -263,8 +263,7 @@ def _table3_runs(root: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, str, tu
     """(the trained runs, the zero-shot run or None, the test MRs scored, the sources): rule 22's whole test set
     (results/table3_test) once it holds three seeds per arm and the zero-shot run, else the 50-MR rerun
     (results/table3_rerun, beside table3_zero_shot), else the first table (results/table3)."""
-    path = root / "table3_test" / "runs.csv"
-    if path.is_file():
+    if (root / "table3_test" / "runs.csv").is_file():
         runs = _runs(root, "table3_test/runs.csv")
         untrained = runs["train.epochs"].eq(0)
         trained = runs[~untrained]
@@ -273,8 +272,8 @@ def _table3_runs(root: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, str, tu
             return trained, runs[untrained], "all 630 test MRs", ("table3_test/runs.csv",)
     source = "table3_rerun/runs.csv" if (root / "table3_rerun" / "runs.csv").is_file() else "table3/runs.csv"
     zero = "table3_zero_shot/runs.csv"
-    return (_runs(root, source), _runs(root, zero) if (root / zero).is_file() else None, "50 test MRs",
-            (source,) + ((zero,) if (root / zero).is_file() else ()))
+    zeros = (zero,) if (root / zero).is_file() else ()
+    return _runs(root, source), _runs(root, zero) if zeros else None, "50 test MRs", (source, *zeros)
 
 
 def table3_rows(root: Path) -> list[Row]:
